@@ -1,0 +1,207 @@
+//! Decoder layers. Shapes are for one sequence (no batch dimension): `T` new positions,
+//! `S` = past + `T` cached positions, `H` query heads, `K` key/value heads, `D` head dim.
+
+use burn::prelude::*;
+use burn::tensor::activation::{silu, softmax};
+use smolbit_weights::ModelConfig;
+use smolbit_weights::mapping::{LayerRole, Role, hf_name};
+
+use crate::ModelError;
+
+/// Per-layer cached keys and values, `[K, S, D]` each.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<3>, Tensor<3>)>>,
+    len: usize,
+}
+
+impl KvCache {
+    pub(crate) fn new(n_layers: usize) -> Self {
+        KvCache {
+            layers: (0..n_layers).map(|_| None).collect(),
+            len: 0,
+        }
+    }
+
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub(crate) fn layer_mut(&mut self, i: usize) -> &mut Option<(Tensor<3>, Tensor<3>)> {
+        &mut self.layers[i]
+    }
+
+    pub(crate) fn advance(&mut self, n: usize) {
+        self.len += n;
+    }
+}
+
+/// `x * rsqrt(mean(x^2) + eps) * w` over the last dimension of `x: [T, hidden]`.
+pub(crate) fn rms_norm(x: Tensor<2>, w: &Tensor<1>, eps: f64) -> Tensor<2> {
+    let var = x.clone().square().mean_dim(1);
+    let inv = var.add_scalar(eps).sqrt().recip();
+    x.mul(inv).mul(w.clone().unsqueeze::<2>())
+}
+
+/// Rotary tables for positions `past .. past + T`: `cos`, `sin` as `[1, T, D]`.
+pub(crate) struct Rope {
+    cos: Tensor<3>,
+    sin: Tensor<3>,
+}
+
+impl Rope {
+    /// Computed like transformers' default RoPE: `inv_freq = 1 / theta^(2i/D)` and the angle
+    /// `pos * inv_freq` in f32, then `emb = cat(freqs, freqs)`.
+    pub(crate) fn new(c: &ModelConfig, past: usize, t: usize, device: &Device) -> Self {
+        let d = c.head_dim;
+        let half = d / 2;
+        let theta = c.rope_theta as f32;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32))
+            .collect();
+        let mut cos = Vec::with_capacity(t * d);
+        let mut sin = Vec::with_capacity(t * d);
+        for p in past..past + t {
+            for _ in 0..2 {
+                for &f in &inv_freq {
+                    let a = (p as f32 * f) as f64;
+                    cos.push(a.cos() as f32);
+                    sin.push(a.sin() as f32);
+                }
+            }
+        }
+        Rope {
+            cos: Tensor::from_data(TensorData::new(cos, [1, t, d]), device),
+            sin: Tensor::from_data(TensorData::new(sin, [1, t, d]), device),
+        }
+    }
+
+    /// `x * cos + rotate_half(x) * sin` for `x: [heads, T, D]`.
+    fn apply(&self, x: Tensor<3>) -> Tensor<3> {
+        let d = x.dims()[2];
+        let x1 = x.clone().narrow(2, 0, d / 2);
+        let x2 = x.clone().narrow(2, d / 2, d / 2);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 2);
+        x.mul(self.cos.clone()).add(rotated.mul(self.sin.clone()))
+    }
+}
+
+/// One decoder block. Linear weights are held as `[in, out]` (transposed views of HF's
+/// `[out, in]`), so `y = x.matmul(w)`.
+#[derive(Debug)]
+pub struct Block {
+    attn_norm: Tensor<1>,
+    wq: Tensor<2>,
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    wo: Tensor<2>,
+    mlp_norm: Tensor<1>,
+    gate: Tensor<2>,
+    up: Tensor<2>,
+    down: Tensor<2>,
+    use_rope: bool,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    eps: f64,
+}
+
+impl Block {
+    pub(crate) fn load(
+        c: &ModelConfig,
+        i: usize,
+        get1: &impl Fn(&str, usize) -> Result<Tensor<1>, ModelError>,
+        get2: &impl Fn(&str, usize, usize) -> Result<Tensor<2>, ModelError>,
+    ) -> Result<Self, ModelError> {
+        let name = |r: LayerRole| hf_name(Role::Layer(r), Some(i));
+        let (h, f) = (c.hidden_size, c.intermediate_size);
+        let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
+        let lin = |r: LayerRole, out: usize, inp: usize| Ok::<_, ModelError>(get2(&name(r), out, inp)?.transpose());
+        Ok(Block {
+            attn_norm: get1(&name(LayerRole::AttnNorm), h)?,
+            wq: lin(LayerRole::Q, q, h)?,
+            wk: lin(LayerRole::K, kv, h)?,
+            wv: lin(LayerRole::V, kv, h)?,
+            wo: lin(LayerRole::O, h, q)?,
+            mlp_norm: get1(&name(LayerRole::MlpNorm), h)?,
+            gate: lin(LayerRole::Gate, f, h)?,
+            up: lin(LayerRole::Up, f, h)?,
+            down: lin(LayerRole::Down, h, f)?,
+            use_rope: c.rope_layers[i],
+            n_heads: c.num_heads,
+            n_kv: c.num_kv_heads,
+            head_dim: c.head_dim,
+            eps: c.rms_norm_eps,
+        })
+    }
+
+    /// `x: [T, hidden]` -> `[T, hidden]`.
+    pub(crate) fn forward(
+        &self,
+        x: Tensor<2>,
+        rope: &Rope,
+        cache: &mut Option<(Tensor<3>, Tensor<3>)>,
+        past: usize,
+    ) -> Tensor<2> {
+        let h = rms_norm(x.clone(), &self.attn_norm, self.eps);
+        let x = x.add(self.attention(h, rope, cache, past));
+        let h = rms_norm(x.clone(), &self.mlp_norm, self.eps);
+        let mlp = silu(h.clone().matmul(self.gate.clone()))
+            .mul(h.matmul(self.up.clone()))
+            .matmul(self.down.clone());
+        x.add(mlp)
+    }
+
+    fn attention(
+        &self,
+        x: Tensor<2>,
+        rope: &Rope,
+        cache: &mut Option<(Tensor<3>, Tensor<3>)>,
+        past: usize,
+    ) -> Tensor<2> {
+        let t = x.dims()[0];
+        let (nh, nkv, d) = (self.n_heads, self.n_kv, self.head_dim);
+        let group = nh / nkv;
+        // [T, H*D] -> [H, T, D]
+        let heads = |y: Tensor<2>, n: usize| y.reshape([t, n, d]).swap_dims(0, 1);
+        let mut q = heads(x.clone().matmul(self.wq.clone()), nh);
+        let mut k = heads(x.clone().matmul(self.wk.clone()), nkv);
+        let v = heads(x.matmul(self.wv.clone()), nkv);
+        if self.use_rope {
+            q = rope.apply(q);
+            k = rope.apply(k);
+        }
+        let (k, v) = match cache.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 1), Tensor::cat(vec![pv, v], 1)),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let s = past + t;
+        // Query head h uses key/value head h / group (transformers' repeat_kv), so the `group`
+        // query heads of one KV head become `group * T` rows against that head's keys.
+        let q = q.reshape([nkv, group * t, d]);
+        let mut scores = q
+            .matmul(k.swap_dims(1, 2))
+            .mul_scalar(1.0 / (d as f64).sqrt());
+        if t > 1 {
+            // Row r is position past + (r % T); it may see keys 0..=past + r % T.
+            let mut mask = Vec::with_capacity(group * t * s);
+            for r in 0..group * t {
+                let pos = past + r % t;
+                mask.extend((0..s).map(|j| if j <= pos { 0.0f32 } else { f32::NEG_INFINITY }));
+            }
+            let mask = Tensor::<2>::from_data(TensorData::new(mask, [group * t, s]), &scores.device());
+            scores = scores.add(mask.unsqueeze::<3>());
+        }
+        let probs = softmax(scores, 2);
+        // [K, G*T, D] -> [H, T, D] -> [T, H, D] -> [T, H*D]
+        let out = probs.matmul(v).reshape([nh, t, d]).swap_dims(0, 1).reshape([t, nh * d]);
+        out.matmul(self.wo.clone())
+    }
+}

@@ -1,0 +1,222 @@
+//! The SmolLM decoder on burn: Llama (SmolLM, SmolLM2) and SmolLM3 (no-RoPE layers).
+//!
+//! Embedding, RMSNorm, grouped-query attention with rotary embeddings (HF's non-interleaved
+//! `rotate_half` form), SwiGLU MLP, tied or untied output head and a KV cache for incremental
+//! decoding. Weights come from a Hugging Face directory through `smolbit-weights`; this crate is the
+//! only one that names burn.
+//!
+//! It runs on burn's Flex CPU backend, and on wgpu with the `wgpu` feature; see [`device`].
+
+mod layers;
+
+use std::path::Path;
+
+use burn::prelude::*;
+use smolbit_weights::{LoadError, ModelConfig, ModelDir};
+
+pub use layers::{Block, KvCache};
+
+/// Why the model could not be built or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Loading the directory failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A token id outside the vocabulary.
+    #[error("token id {id} is out of range (vocabulary size {vocab})")]
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+    /// More positions than the model's context.
+    #[error("{needed} positions exceed the model's context length {max}")]
+    ContextOverflow {
+        /// Positions the call needs.
+        needed: usize,
+        /// `max_position_embeddings`.
+        max: usize,
+    },
+    /// No tokens given.
+    #[error("no input tokens")]
+    Empty,
+    /// A device name this build does not provide.
+    #[error("unknown device '{0}' (available: {1})")]
+    Device(String, &'static str),
+}
+
+/// Device names this build accepts.
+pub const DEVICES: &str = if cfg!(feature = "wgpu") { "cpu, wgpu" } else { "cpu" };
+
+/// The burn device for a name: `cpu` (burn's Flex backend) or, with the `wgpu` feature, `wgpu`.
+pub fn device(name: &str) -> Result<Device, ModelError> {
+    match name {
+        "cpu" => Ok(Device::flex()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(Device::wgpu(Default::default())),
+        other => Err(ModelError::Device(other.to_string(), DEVICES)),
+    }
+}
+
+/// A loaded decoder.
+#[derive(Debug)]
+pub struct Model {
+    config: ModelConfig,
+    device: Device,
+    /// `[vocab, hidden]`
+    embed: Tensor<2>,
+    layers: Vec<Block>,
+    /// `[hidden]`
+    norm: Tensor<1>,
+    /// `[hidden, vocab]` (a transposed view of the embedding when tied)
+    head: Tensor<2>,
+}
+
+/// Upload a row-major f32 matrix `[rows, cols]`.
+pub(crate) fn upload2(data: Vec<f32>, rows: usize, cols: usize, device: &Device) -> Tensor<2> {
+    Tensor::from_data(TensorData::new(data, [rows, cols]), device)
+}
+
+impl Model {
+    /// Load a Hugging Face style directory (as `smolbit convert` writes) onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let md = ModelDir::open(dir)?;
+        let c = md.config.clone();
+        let get2 = |name: &str, rows: usize, cols: usize| -> Result<Tensor<2>, ModelError> {
+            Ok(upload2(md.tensor_f32(name, &[rows, cols])?, rows, cols, device))
+        };
+        let get1 = |name: &str, n: usize| -> Result<Tensor<1>, ModelError> {
+            Ok(Tensor::from_data(TensorData::new(md.tensor_f32(name, &[n])?, [n]), device))
+        };
+        let embed = get2("model.embed_tokens.weight", c.vocab_size, c.hidden_size)?;
+        let head = if c.tie_word_embeddings {
+            embed.clone().transpose()
+        } else {
+            get2("lm_head.weight", c.vocab_size, c.hidden_size)?.transpose()
+        };
+        let norm = get1("model.norm.weight", c.hidden_size)?;
+        let layers = (0..c.num_layers)
+            .map(|i| Block::load(&c, i, &get1, &get2))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Model {
+            config: c,
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            head,
+        })
+    }
+
+    /// The resolved config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// An empty KV cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.config.num_layers)
+    }
+
+    fn check_tokens(&self, tokens: &[u32], cache: &KvCache) -> Result<(), ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::Empty);
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                vocab: self.config.vocab_size,
+            });
+        }
+        let needed = cache.len() + tokens.len();
+        if needed > self.config.max_position_embeddings {
+            return Err(ModelError::ContextOverflow {
+                needed,
+                max: self.config.max_position_embeddings,
+            });
+        }
+        Ok(())
+    }
+
+    /// Run `tokens` after what `cache` holds and return the final hidden states `[T, hidden]`
+    /// (after the last RMSNorm), appending the new keys and values to `cache`.
+    pub fn hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor<2>, ModelError> {
+        self.check_tokens(tokens, cache)?;
+        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
+        let mut x = self.embed.clone().select(0, ids);
+        let past = cache.len();
+        let rope = layers::Rope::new(&self.config, past, tokens.len(), &self.device);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x, &rope, cache.layer_mut(i), past);
+        }
+        cache.advance(tokens.len());
+        Ok(layers::rms_norm(x, &self.norm, self.config.rms_norm_eps))
+    }
+
+    /// Logits `[T, vocab]` for every position of `tokens`, continuing from `cache`.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor<2>, ModelError> {
+        let h = self.hidden(tokens, cache)?;
+        Ok(h.matmul(self.head.clone()))
+    }
+
+    /// Logits of the last position only (what decoding needs), as a `Vec`.
+    pub fn forward_last(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+        let h = self.hidden(tokens, cache)?;
+        let t = tokens.len();
+        let last = h.narrow(0, t - 1, 1);
+        Ok(tensor_to_vec(last.matmul(self.head.clone())))
+    }
+
+    /// Greedy decoding: up to `max_new` tokens after `prompt`, stopping after an EOS token
+    /// (which is included, as transformers' `generate` returns it).
+    pub fn generate_greedy(&self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>, ModelError> {
+        let mut cache = self.new_cache();
+        let mut out = Vec::with_capacity(max_new);
+        let mut logits = self.forward_last(prompt, &mut cache)?;
+        for _ in 0..max_new {
+            let next = argmax(&logits) as u32;
+            out.push(next);
+            if self.config.eos_token_ids.contains(&next) || out.len() == max_new {
+                break;
+            }
+            logits = self.forward_last(&[next], &mut cache)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Read a float tensor back as a flat `Vec<f32>`.
+pub fn tensor_to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.try_into_vec_as::<f32>()
+        .expect("reading back an f32 tensor from its own device cannot fail")
+}
+
+/// Index of the largest value (the first one on ties, as `torch.argmax`).
+pub fn argmax(v: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Indices of the `k` largest values, largest first.
+pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    let k = k.min(v.len());
+    idx.select_nth_unstable_by(k.saturating_sub(1).min(v.len().saturating_sub(1)), |&a, &b| {
+        v[b].total_cmp(&v[a])
+    });
+    idx.truncate(k);
+    idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
+    idx
+}

@@ -1,0 +1,401 @@
+//! Model configuration: a serde mirror of Hugging Face `config.json` ([`HfConfig`]) resolved into
+//! [`ModelConfig`], which has no optional fields and refuses features smolbit does not implement.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value as Json, json};
+
+/// The decoder families smolbit runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Arch {
+    /// `LlamaForCausalLM` (SmolLM, SmolLM2).
+    Llama,
+    /// `SmolLM3ForCausalLM`: Llama with no-RoPE layers.
+    SmolLM3,
+}
+
+impl Arch {
+    /// The `model_type` string.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::SmolLM3 => "smollm3",
+        }
+    }
+
+    /// The `architectures[0]` class name.
+    pub fn class_name(self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::SmolLM3 => "SmolLM3ForCausalLM",
+        }
+    }
+}
+
+/// Why a config could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Not valid JSON, or a field of the wrong type.
+    #[error("{path}: {source}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        source: serde_json::Error,
+    },
+    /// A valid config that asks for something smolbit does not implement.
+    #[error("{path}: unsupported: {what}")]
+    Unsupported {
+        /// The file.
+        path: PathBuf,
+        /// The feature.
+        what: String,
+    },
+    /// Values that contradict each other (heads not dividing the hidden size, ...).
+    #[error("{path}: invalid: {what}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// RoPE parameters as transformers 5 writes them (`rope_parameters`) or as `rope_scaling` was.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+pub struct RopeParameters {
+    /// `default`, `linear`, `llama3`, `yarn`, ...
+    #[serde(default)]
+    pub rope_type: Option<String>,
+    /// Older spelling of `rope_type`.
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    /// Base frequency.
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+}
+
+/// Mirror of the `config.json` fields smolbit reads; unknown fields are ignored.
+#[derive(Debug, Clone, Deserialize)]
+#[allow(missing_docs)]
+pub struct HfConfig {
+    #[serde(default)]
+    pub architectures: Vec<String>,
+    pub model_type: Option<String>,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub num_key_value_heads: Option<usize>,
+    pub head_dim: Option<usize>,
+    pub rms_norm_eps: f64,
+    pub rope_theta: Option<f64>,
+    pub rope_parameters: Option<RopeParameters>,
+    pub rope_scaling: Option<RopeParameters>,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: Option<bool>,
+    pub hidden_act: Option<String>,
+    pub attention_bias: Option<bool>,
+    pub mlp_bias: Option<bool>,
+    pub no_rope_layers: Option<Vec<u8>>,
+    pub no_rope_layer_interval: Option<usize>,
+    pub use_sliding_window: Option<bool>,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<Json>,
+    pub pad_token_id: Option<u32>,
+}
+
+/// A fully resolved decoder configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Family.
+    pub arch: Arch,
+    /// Vocabulary size (rows of the embedding).
+    pub vocab_size: usize,
+    /// Model width.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Decoder blocks.
+    pub num_layers: usize,
+    /// Query heads.
+    pub num_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `num_heads`).
+    pub num_kv_heads: usize,
+    /// Per-head dimension.
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// RoPE base frequency.
+    pub rope_theta: f64,
+    /// Whether each layer applies RoPE (false for SmolLM3's no-RoPE layers).
+    pub rope_layers: Vec<bool>,
+    /// Context length the model was trained for.
+    pub max_position_embeddings: usize,
+    /// Output head shares the embedding matrix.
+    pub tie_word_embeddings: bool,
+    /// Beginning-of-sequence token, if the model has one.
+    pub bos_token_id: Option<u32>,
+    /// End-of-sequence tokens (possibly several).
+    pub eos_token_ids: Vec<u32>,
+    /// Padding token, if any.
+    pub pad_token_id: Option<u32>,
+}
+
+impl ModelConfig {
+    /// Read and resolve `<dir>/config.json`.
+    pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        Self::from_json_str(&text, &path)
+    }
+
+    /// Parse and resolve config.json text; `path` is only used in errors.
+    pub fn from_json_str(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let hf: HfConfig = serde_json::from_str(text).map_err(|source| ConfigError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        hf.resolve(path)
+    }
+
+    /// The config.json that transformers reads for this model (both RoPE spellings, so older and
+    /// newer transformers agree).
+    pub fn to_hf_json(&self, dtype: &str) -> Json {
+        let mut c = json!({
+            "architectures": [self.arch.class_name()],
+            "model_type": self.arch.model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": false,
+            "mlp_bias": false,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": match self.eos_token_ids.as_slice() {
+                [one] => json!(one),
+                many => json!(many),
+            },
+            "pad_token_id": self.pad_token_id,
+            "dtype": dtype,
+            "torch_dtype": dtype,
+        });
+        if self.arch == Arch::SmolLM3 {
+            c["no_rope_layers"] = json!(self.rope_layers.iter().map(|&r| u8::from(r)).collect::<Vec<_>>());
+            c["use_sliding_window"] = json!(false);
+            c["sliding_window"] = Json::Null;
+        }
+        c
+    }
+}
+
+impl HfConfig {
+    /// Check and resolve into a [`ModelConfig`].
+    pub fn resolve(self, path: &Path) -> Result<ModelConfig, ConfigError> {
+        let unsupported = |what: String| ConfigError::Unsupported {
+            path: path.to_path_buf(),
+            what,
+        };
+        let invalid = |what: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            what,
+        };
+        let model_type = self
+            .model_type
+            .clone()
+            .or_else(|| {
+                self.architectures.first().map(|a| match a.as_str() {
+                    "LlamaForCausalLM" => "llama".to_string(),
+                    "SmolLM3ForCausalLM" => "smollm3".to_string(),
+                    other => other.to_string(),
+                })
+            })
+            .unwrap_or_default();
+        let arch = match model_type.as_str() {
+            "llama" => Arch::Llama,
+            "smollm3" => Arch::SmolLM3,
+            other => {
+                return Err(unsupported(format!(
+                    "model_type '{other}' (supported: llama, smollm3)"
+                )));
+            }
+        };
+        if let Some(act) = &self.hidden_act
+            && act != "silu"
+        {
+            return Err(unsupported(format!("hidden_act '{act}' (only silu)")));
+        }
+        if self.attention_bias == Some(true) || self.mlp_bias == Some(true) {
+            return Err(unsupported("attention_bias / mlp_bias".into()));
+        }
+        if self.use_sliding_window == Some(true) {
+            return Err(unsupported("use_sliding_window".into()));
+        }
+        for rp in [&self.rope_parameters, &self.rope_scaling].into_iter().flatten() {
+            let ty = rp.rope_type.as_deref().or(rp.kind.as_deref()).unwrap_or("default");
+            if ty != "default" {
+                return Err(unsupported(format!("rope type '{ty}' (only default RoPE)")));
+            }
+        }
+        let rope_theta = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|r| r.rope_theta)
+            .or(self.rope_theta)
+            .unwrap_or(10000.0);
+        let n_heads = self.num_attention_heads;
+        let n_kv = self.num_key_value_heads.unwrap_or(n_heads);
+        if n_heads == 0 || n_kv == 0 || n_heads % n_kv != 0 {
+            return Err(invalid(format!(
+                "num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}"
+            )));
+        }
+        let head_dim = match self.head_dim {
+            Some(h) => h,
+            None if self.hidden_size % n_heads == 0 => self.hidden_size / n_heads,
+            None => {
+                return Err(invalid(format!(
+                    "hidden_size {} is not divisible by num_attention_heads {n_heads}",
+                    self.hidden_size
+                )));
+            }
+        };
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(invalid(format!("head_dim {head_dim} must be even and non-zero")));
+        }
+        if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 {
+            return Err(invalid("vocab_size, hidden_size and num_hidden_layers must be non-zero".into()));
+        }
+        let n_layers = self.num_hidden_layers;
+        let rope_layers = match arch {
+            Arch::Llama => vec![true; n_layers],
+            Arch::SmolLM3 => match &self.no_rope_layers {
+                Some(v) if v.len() == n_layers => v.iter().map(|&x| x != 0).collect(),
+                Some(v) => {
+                    return Err(invalid(format!(
+                        "no_rope_layers has {} entries for {n_layers} layers",
+                        v.len()
+                    )));
+                }
+                None => {
+                    let interval = self.no_rope_layer_interval.unwrap_or(4);
+                    if interval == 0 {
+                        return Err(invalid("no_rope_layer_interval is 0".into()));
+                    }
+                    (0..n_layers).map(|i| (i + 1) % interval != 0).collect()
+                }
+            },
+        };
+        let eos_token_ids = match &self.eos_token_id {
+            None | Some(Json::Null) => vec![],
+            Some(Json::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
+            Some(Json::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
+            Some(other) => return Err(invalid(format!("eos_token_id {other} is not an id or list of ids"))),
+        };
+        Ok(ModelConfig {
+            arch,
+            vocab_size: self.vocab_size,
+            hidden_size: self.hidden_size,
+            intermediate_size: self.intermediate_size,
+            num_layers: n_layers,
+            num_heads: n_heads,
+            num_kv_heads: n_kv,
+            head_dim,
+            rms_norm_eps: self.rms_norm_eps,
+            rope_theta,
+            rope_layers,
+            max_position_embeddings: self.max_position_embeddings,
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(arch == Arch::SmolLM3),
+            bos_token_id: self.bos_token_id,
+            eos_token_ids,
+            pad_token_id: self.pad_token_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(json: &str, expect: Result<(f64, Vec<bool>, usize), &str>) {
+        let got = ModelConfig::from_json_str(json, Path::new("config.json"));
+        match (got, expect) {
+            (Ok(c), Ok((theta, rope, hd))) => {
+                assert_eq!(c.rope_theta, theta);
+                assert_eq!(c.rope_layers, rope);
+                assert_eq!(c.head_dim, hd);
+            }
+            (Err(e), Err(msg)) => {
+                let e = e.to_string();
+                assert!(e.starts_with("config.json: ") && e.contains(msg), "{e}");
+            }
+            (got, expect) => panic!("got {got:?}, expected {expect:?}"),
+        }
+    }
+
+    const BASE: &str = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,
+        "num_hidden_layers": 4, "num_attention_heads": 2, "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 32"#;
+
+    #[test]
+    fn rope_spellings_and_no_rope_layers() {
+        let all = vec![true; 4];
+        check(&format!(r#"{{"model_type": "llama", {BASE}}}"#), Ok((10000.0, all.clone(), 4)));
+        check(&format!(r#"{{"model_type": "llama", "rope_theta": 5e5, {BASE}}}"#), Ok((5e5, all.clone(), 4)));
+        check(
+            &format!(r#"{{"model_type": "llama", "rope_parameters": {{"rope_type": "default", "rope_theta": 7.0}}, {BASE}}}"#),
+            Ok((7.0, all.clone(), 4)),
+        );
+        check(
+            &format!(r#"{{"model_type": "smollm3", "head_dim": 6, {BASE}}}"#),
+            Ok((10000.0, vec![true, true, true, false], 6)),
+        );
+        check(
+            &format!(r#"{{"model_type": "smollm3", "no_rope_layers": [0, 1, 0, 1], {BASE}}}"#),
+            Ok((10000.0, vec![false, true, false, true], 4)),
+        );
+        check(
+            &format!(r#"{{"model_type": "smollm3", "no_rope_layer_interval": 2, {BASE}}}"#),
+            Ok((10000.0, vec![true, false, true, false], 4)),
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        check(&format!(r#"{{"model_type": "gpt2", {BASE}}}"#), Err("unsupported: model_type 'gpt2'"));
+        check(
+            &format!(r#"{{"model_type": "llama", "rope_scaling": {{"rope_type": "llama3"}}, {BASE}}}"#),
+            Err("rope type 'llama3'"),
+        );
+        check(
+            &format!(r#"{{"model_type": "llama", "rope_parameters": {{"rope_type": "yarn", "rope_theta": 1.0}}, {BASE}}}"#),
+            Err("rope type 'yarn'"),
+        );
+        check(&format!(r#"{{"model_type": "llama", "num_key_value_heads": 3, {BASE}}}"#), Err("not a multiple"));
+        check(&format!(r#"{{"model_type": "smollm3", "no_rope_layers": [1], {BASE}}}"#), Err("no_rope_layers has 1"));
+        check(r#"{"model_type": "llama"}"#, Err("missing field"));
+        check(&format!(r#"{{"model_type": "llama", "hidden_act": "gelu", {BASE}}}"#), Err("hidden_act 'gelu'"));
+    }
+}
