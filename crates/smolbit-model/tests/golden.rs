@@ -12,7 +12,9 @@ use smolbit_model::{Model, ModelError, device, tensor_to_vec};
 const TOL: f32 = 1e-4;
 
 fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(name)
 }
 
 struct Golden {
@@ -22,7 +24,8 @@ struct Golden {
 
 fn golden(file: &str) -> Golden {
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(testdata(file)).expect("read golden")).expect("json");
+        serde_json::from_str(&std::fs::read_to_string(testdata(file)).expect("read golden"))
+            .expect("json");
     Golden {
         tokens: serde_json::from_value(v["tokens"].clone()).expect("tokens"),
         logits: serde_json::from_value(v["logits"].clone()).expect("logits"),
@@ -50,7 +53,12 @@ fn assert_close(ours: &[f32], theirs: &[f32], what: &str) {
         .map(|(a, b)| (a - b).abs())
         .enumerate()
         .fold((0, 0f32), |m, (i, d)| if d > m.1 { (i, d) } else { m });
-    assert!(d <= TOL, "{what}: max |diff| {d} at {i} (ours {}, transformers {})", ours[i], theirs[i]);
+    assert!(
+        d <= TOL,
+        "{what}: max |diff| {d} at {i} (ours {}, transformers {})",
+        ours[i],
+        theirs[i]
+    );
 }
 
 fn check(model_input: &str, golden_file: &str) {
@@ -61,15 +69,29 @@ fn check(model_input: &str, golden_file: &str) {
     let mut cache = model.new_cache();
     let all = tensor_to_vec(model.forward(&g.tokens, &mut cache).expect("forward"));
     for (p, row) in g.logits.iter().enumerate() {
-        assert_close(&all[p * vocab..(p + 1) * vocab], row, &format!("{model_input} position {p}"));
+        assert_close(
+            &all[p * vocab..(p + 1) * vocab],
+            row,
+            &format!("{model_input} position {p}"),
+        );
     }
     // Prefill five tokens, then decode one at a time through the KV cache.
     let mut cache = model.new_cache();
     let prefill = tensor_to_vec(model.forward(&g.tokens[..5], &mut cache).expect("prefill"));
-    assert_close(&prefill[4 * vocab..], &g.logits[4], &format!("{model_input} prefill"));
+    assert_close(
+        &prefill[4 * vocab..],
+        &g.logits[4],
+        &format!("{model_input} prefill"),
+    );
     for p in 5..g.tokens.len() {
-        let step = model.forward_last(&g.tokens[p..p + 1], &mut cache).expect("decode");
-        assert_close(&step, &g.logits[p], &format!("{model_input} cached position {p}"));
+        let step = model
+            .forward_last(&g.tokens[p..p + 1], &mut cache)
+            .expect("decode");
+        assert_close(
+            &step,
+            &g.logits[p],
+            &format!("{model_input} cached position {p}"),
+        );
     }
     assert_eq!(cache.len(), g.tokens.len());
 }
@@ -100,7 +122,8 @@ fn no_rope_layer_matters() {
     // move the logits well past the tolerance.
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("m");
-    smolbit_weights::convert(&testdata("tiny-smollm3"), &dir, &Default::default()).expect("convert");
+    smolbit_weights::convert(&testdata("tiny-smollm3"), &dir, &Default::default())
+        .expect("convert");
     let cfg_path = dir.join("config.json");
     let mut cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cfg_path).expect("read")).expect("json");
@@ -108,23 +131,48 @@ fn no_rope_layer_matters() {
     std::fs::write(&cfg_path, cfg.to_string()).expect("write");
     let model = Model::load(&dir, &device("cpu").expect("cpu")).expect("load");
     let g = golden("tiny-smollm3/logits.json");
-    let last = model.forward_last(&g.tokens, &mut model.new_cache()).expect("forward");
-    let d = last.iter().zip(g.logits.last().expect("row")).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(d > 100.0 * TOL, "RoPE on every layer changed the logits by only {d}");
+    let last = model
+        .forward_last(&g.tokens, &mut model.new_cache())
+        .expect("forward");
+    let d = last
+        .iter()
+        .zip(g.logits.last().expect("row"))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        d > 100.0 * TOL,
+        "RoPE on every layer changed the logits by only {d}"
+    );
 }
 
 #[test]
 fn bad_inputs_are_errors() {
     let (model, _tmp) = load("tiny-smollm3");
     let mut cache = model.new_cache();
-    let err = model.forward(&[1, 256], &mut cache).expect_err("out of range");
-    assert_eq!(err.to_string(), "token id 256 is out of range (vocabulary size 256)");
-    assert!(matches!(model.forward(&[], &mut cache), Err(ModelError::Empty)));
+    let err = model
+        .forward(&[1, 256], &mut cache)
+        .expect_err("out of range");
+    assert_eq!(
+        err.to_string(),
+        "token id 256 is out of range (vocabulary size 256)"
+    );
+    assert!(matches!(
+        model.forward(&[], &mut cache),
+        Err(ModelError::Empty)
+    ));
     let long = vec![1u32; 129];
     let err = model.forward(&long, &mut cache).expect_err("too long");
-    assert_eq!(err.to_string(), "129 positions exceed the model's context length 128");
-    let err = Model::load(&testdata("tiny-llama.gguf"), &device("cpu").expect("cpu")).expect_err("a file");
-    assert!(err.to_string().contains("tiny-llama.gguf: not a model directory (a file; convert it first"), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "129 positions exceed the model's context length 128"
+    );
+    let err = Model::load(&testdata("tiny-llama.gguf"), &device("cpu").expect("cpu"))
+        .expect_err("a file");
+    assert!(
+        err.to_string()
+            .contains("tiny-llama.gguf: not a model directory (a file; convert it first"),
+        "{err}"
+    );
     let err = device("tpu").expect_err("unknown device");
     assert!(err.to_string().starts_with("unknown device 'tpu'"), "{err}");
 }

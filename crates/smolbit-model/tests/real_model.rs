@@ -15,7 +15,9 @@ use smolbit_model::{Model, device, tensor_to_vec};
 const TOL: f32 = 2e-3;
 
 fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(name)
 }
 
 struct Real {
@@ -30,22 +32,35 @@ fn real() -> Option<&'static Real> {
         let gguf = smolbit_weights::cache::default_model_gguf();
         if !gguf.is_file() {
             if std::env::var("SMOLBIT_REQUIRE_MODEL").as_deref() == Ok("1") {
-                panic!("{}: default model missing; run `cargo xtask fetch-model`", gguf.display());
+                panic!(
+                    "{}: default model missing; run `cargo xtask fetch-model`",
+                    gguf.display()
+                );
             }
-            eprintln!("skipped: {} not found (run `cargo xtask fetch-model`)", gguf.display());
+            eprintln!(
+                "skipped: {} not found (run `cargo xtask fetch-model`)",
+                gguf.display()
+            );
             return None;
         }
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("smollm2");
         smolbit_weights::convert(&gguf, &dir, &Default::default()).expect("convert default model");
         let model = Model::load(&dir, &device("cpu").expect("cpu")).expect("load");
-        Some(Real { _tmp: tmp, dir, model })
+        Some(Real {
+            _tmp: tmp,
+            dir,
+            model,
+        })
     })
     .as_ref()
 }
 
 fn reference() -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(testdata("smollm2-reference.json")).expect("read")).expect("json")
+    serde_json::from_str(
+        &std::fs::read_to_string(testdata("smollm2-reference.json")).expect("read"),
+    )
+    .expect("json")
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -59,13 +74,21 @@ fn logits_match_transformers() {
     let reference = reference();
     for (name, case) in reference["logits"].as_object().expect("logits") {
         let tokens = ids(&case["tokens"]);
-        let all = tensor_to_vec(r.model.forward(&tokens, &mut r.model.new_cache()).expect("forward"));
+        let all = tensor_to_vec(
+            r.model
+                .forward(&tokens, &mut r.model.new_cache())
+                .expect("forward"),
+        );
         let last = &all[(tokens.len() - 1) * vocab..];
         let top_ids = ids(&case["last_top100_ids"]);
-        let top_logits: Vec<f32> = serde_json::from_value(case["last_top100_logits"].clone()).expect("logits");
+        let top_logits: Vec<f32> =
+            serde_json::from_value(case["last_top100_logits"].clone()).expect("logits");
         for (id, want) in top_ids.iter().zip(&top_logits) {
             let got = last[*id as usize];
-            assert!((got - want).abs() <= TOL, "{name}: logit of {id}: ours {got}, transformers {want}");
+            assert!(
+                (got - want).abs() <= TOL,
+                "{name}: logit of {id}: ours {got}, transformers {want}"
+            );
         }
         let top10: Vec<Vec<u32>> = serde_json::from_value(case["top10"].clone()).expect("top10");
         for (p, want) in top10.iter().enumerate() {
@@ -89,17 +112,28 @@ fn greedy_64_tokens_match_transformers() {
 #[test]
 fn tokenizer_built_from_gguf_matches_transformers() {
     let Some(r) = real() else { return };
-    let tok = tokenizers::Tokenizer::from_file(r.dir.join("tokenizer.json")).expect("tokenizer.json loads");
+    let tok = tokenizers::Tokenizer::from_file(r.dir.join("tokenizer.json"))
+        .expect("tokenizer.json loads");
     for case in reference()["tokenizer"].as_array().expect("tokenizer") {
         let text = case["text"].as_str().expect("text");
         let enc = tok.encode(text, false).expect("encode");
-        assert_eq!(enc.get_ids(), ids(&case["ids"]).as_slice(), "ids of {text:?}");
+        assert_eq!(
+            enc.get_ids(),
+            ids(&case["ids"]).as_slice(),
+            "ids of {text:?}"
+        );
         let back = tok.decode(enc.get_ids(), false).expect("decode");
         assert_eq!(back, text, "decode(encode(x)) round trip");
     }
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(r.dir.join("tokenizer_config.json")).expect("read")).expect("json");
-    let template = cfg["chat_template"].as_str().expect("chat template carried over");
-    assert!(template.starts_with("{% for message in messages %}") && template.contains("<|im_start|>"));
+    let cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(r.dir.join("tokenizer_config.json")).expect("read"),
+    )
+    .expect("json");
+    let template = cfg["chat_template"]
+        .as_str()
+        .expect("chat template carried over");
+    assert!(
+        template.starts_with("{% for message in messages %}") && template.contains("<|im_start|>")
+    );
     assert_eq!(cfg["eos_token"], "<|im_end|>");
 }

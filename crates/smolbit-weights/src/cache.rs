@@ -13,7 +13,8 @@ impl DefaultModel {
     /// File name in the cache.
     pub const FILE_NAME: &'static str = "SmolLM2-135M-Instruct.Q4_1.gguf";
     /// sha256 of the GGUF.
-    pub const SHA256: &'static str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+    pub const SHA256: &'static str =
+        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 }
 
 /// `$SMOLBIT_CACHE_DIR`, else `$XDG_CACHE_HOME/smolbit`, else `$HOME/.cache/smolbit`.
@@ -24,7 +25,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("smolbit");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("smolbit")
 }
 

@@ -203,7 +203,12 @@ impl ModelConfig {
             "torch_dtype": dtype,
         });
         if self.arch == Arch::SmolLM3 {
-            c["no_rope_layers"] = json!(self.rope_layers.iter().map(|&r| u8::from(r)).collect::<Vec<_>>());
+            c["no_rope_layers"] = json!(
+                self.rope_layers
+                    .iter()
+                    .map(|&r| u8::from(r))
+                    .collect::<Vec<_>>()
+            );
             c["use_sliding_window"] = json!(false);
             c["sliding_window"] = Json::Null;
         }
@@ -253,8 +258,15 @@ impl HfConfig {
         if self.use_sliding_window == Some(true) {
             return Err(unsupported("use_sliding_window".into()));
         }
-        for rp in [&self.rope_parameters, &self.rope_scaling].into_iter().flatten() {
-            let ty = rp.rope_type.as_deref().or(rp.kind.as_deref()).unwrap_or("default");
+        for rp in [&self.rope_parameters, &self.rope_scaling]
+            .into_iter()
+            .flatten()
+        {
+            let ty = rp
+                .rope_type
+                .as_deref()
+                .or(rp.kind.as_deref())
+                .unwrap_or("default");
             if ty != "default" {
                 return Err(unsupported(format!("rope type '{ty}' (only default RoPE)")));
             }
@@ -267,14 +279,14 @@ impl HfConfig {
             .unwrap_or(10000.0);
         let n_heads = self.num_attention_heads;
         let n_kv = self.num_key_value_heads.unwrap_or(n_heads);
-        if n_heads == 0 || n_kv == 0 || n_heads % n_kv != 0 {
+        if n_heads == 0 || n_kv == 0 || !n_heads.is_multiple_of(n_kv) {
             return Err(invalid(format!(
                 "num_attention_heads {n_heads} is not a multiple of num_key_value_heads {n_kv}"
             )));
         }
         let head_dim = match self.head_dim {
             Some(h) => h,
-            None if self.hidden_size % n_heads == 0 => self.hidden_size / n_heads,
+            None if self.hidden_size.is_multiple_of(n_heads) => self.hidden_size / n_heads,
             None => {
                 return Err(invalid(format!(
                     "hidden_size {} is not divisible by num_attention_heads {n_heads}",
@@ -283,10 +295,14 @@ impl HfConfig {
             }
         };
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(invalid(format!("head_dim {head_dim} must be even and non-zero")));
+            return Err(invalid(format!(
+                "head_dim {head_dim} must be even and non-zero"
+            )));
         }
         if self.vocab_size == 0 || self.hidden_size == 0 || self.num_hidden_layers == 0 {
-            return Err(invalid("vocab_size, hidden_size and num_hidden_layers must be non-zero".into()));
+            return Err(invalid(
+                "vocab_size, hidden_size and num_hidden_layers must be non-zero".into(),
+            ));
         }
         let n_layers = self.num_hidden_layers;
         let rope_layers = match arch {
@@ -311,8 +327,16 @@ impl HfConfig {
         let eos_token_ids = match &self.eos_token_id {
             None | Some(Json::Null) => vec![],
             Some(Json::Number(n)) => n.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
-            Some(Json::Array(a)) => a.iter().filter_map(|v| v.as_u64()).map(|v| v as u32).collect(),
-            Some(other) => return Err(invalid(format!("eos_token_id {other} is not an id or list of ids"))),
+            Some(Json::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64())
+                .map(|v| v as u32)
+                .collect(),
+            Some(other) => {
+                return Err(invalid(format!(
+                    "eos_token_id {other} is not an id or list of ids"
+                )));
+            }
         };
         Ok(ModelConfig {
             arch,
@@ -362,10 +386,18 @@ mod tests {
     #[test]
     fn rope_spellings_and_no_rope_layers() {
         let all = vec![true; 4];
-        check(&format!(r#"{{"model_type": "llama", {BASE}}}"#), Ok((10000.0, all.clone(), 4)));
-        check(&format!(r#"{{"model_type": "llama", "rope_theta": 5e5, {BASE}}}"#), Ok((5e5, all.clone(), 4)));
         check(
-            &format!(r#"{{"model_type": "llama", "rope_parameters": {{"rope_type": "default", "rope_theta": 7.0}}, {BASE}}}"#),
+            &format!(r#"{{"model_type": "llama", {BASE}}}"#),
+            Ok((10000.0, all.clone(), 4)),
+        );
+        check(
+            &format!(r#"{{"model_type": "llama", "rope_theta": 5e5, {BASE}}}"#),
+            Ok((5e5, all.clone(), 4)),
+        );
+        check(
+            &format!(
+                r#"{{"model_type": "llama", "rope_parameters": {{"rope_type": "default", "rope_theta": 7.0}}, {BASE}}}"#
+            ),
             Ok((7.0, all.clone(), 4)),
         );
         check(
@@ -384,18 +416,34 @@ mod tests {
 
     #[test]
     fn refusals() {
-        check(&format!(r#"{{"model_type": "gpt2", {BASE}}}"#), Err("unsupported: model_type 'gpt2'"));
         check(
-            &format!(r#"{{"model_type": "llama", "rope_scaling": {{"rope_type": "llama3"}}, {BASE}}}"#),
+            &format!(r#"{{"model_type": "gpt2", {BASE}}}"#),
+            Err("unsupported: model_type 'gpt2'"),
+        );
+        check(
+            &format!(
+                r#"{{"model_type": "llama", "rope_scaling": {{"rope_type": "llama3"}}, {BASE}}}"#
+            ),
             Err("rope type 'llama3'"),
         );
         check(
-            &format!(r#"{{"model_type": "llama", "rope_parameters": {{"rope_type": "yarn", "rope_theta": 1.0}}, {BASE}}}"#),
+            &format!(
+                r#"{{"model_type": "llama", "rope_parameters": {{"rope_type": "yarn", "rope_theta": 1.0}}, {BASE}}}"#
+            ),
             Err("rope type 'yarn'"),
         );
-        check(&format!(r#"{{"model_type": "llama", "num_key_value_heads": 3, {BASE}}}"#), Err("not a multiple"));
-        check(&format!(r#"{{"model_type": "smollm3", "no_rope_layers": [1], {BASE}}}"#), Err("no_rope_layers has 1"));
+        check(
+            &format!(r#"{{"model_type": "llama", "num_key_value_heads": 3, {BASE}}}"#),
+            Err("not a multiple"),
+        );
+        check(
+            &format!(r#"{{"model_type": "smollm3", "no_rope_layers": [1], {BASE}}}"#),
+            Err("no_rope_layers has 1"),
+        );
         check(r#"{"model_type": "llama"}"#, Err("missing field"));
-        check(&format!(r#"{{"model_type": "llama", "hidden_act": "gelu", {BASE}}}"#), Err("hidden_act 'gelu'"));
+        check(
+            &format!(r#"{{"model_type": "llama", "hidden_act": "gelu", {BASE}}}"#),
+            Err("hidden_act 'gelu'"),
+        );
     }
 }

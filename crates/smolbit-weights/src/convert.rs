@@ -106,7 +106,11 @@ pub struct ConvertReport {
 }
 
 /// Convert `input` (a `.gguf` file or a HF model directory) into a HF directory at `out`.
-pub fn convert(input: &Path, out: &Path, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
+pub fn convert(
+    input: &Path,
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport, ConvertError> {
     if out.exists() && !opts.overwrite {
         return Err(ConvertError::Output {
             path: out.to_path_buf(),
@@ -150,7 +154,11 @@ pub fn staging_dir(out: &Path) -> Result<PathBuf, ConvertError> {
         path: parent.clone(),
         what: format!("cannot create: {e}"),
     })?;
-    let staging = parent.join(format!(".{}.partial-{}", name.to_string_lossy(), std::process::id()));
+    let staging = parent.join(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir(&staging).map_err(|e| ConvertError::Output {
         path: staging.clone(),
@@ -185,10 +193,16 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ConvertError
 fn st_metadata(source: &Path) -> BTreeMap<String, String> {
     BTreeMap::from([
         ("format".to_string(), "pt".to_string()),
-        ("converter".to_string(), format!("smolbit {}", env!("CARGO_PKG_VERSION"))),
+        (
+            "converter".to_string(),
+            format!("smolbit {}", env!("CARGO_PKG_VERSION")),
+        ),
         (
             "source".to_string(),
-            source.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            source
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
         ),
     ])
 }
@@ -213,7 +227,8 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ConvertError> {
         path: g.path().to_path_buf(),
         what,
     };
-    let as_usize = |key: &str| -> Result<usize, ConvertError> { Ok(g.require_u64(&k(key))? as usize) };
+    let as_usize =
+        |key: &str| -> Result<usize, ConvertError> { Ok(g.require_u64(&k(key))? as usize) };
     let hidden = as_usize(keys::EMBEDDING_LENGTH)?;
     let n_layers = as_usize(keys::BLOCK_COUNT)?;
     let n_heads = as_usize(keys::HEAD_COUNT)?;
@@ -239,13 +254,15 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig, ConvertError> {
             )));
         }
     }
-    if let Some(v) = g.get(&k(keys::ROPE_SCALING_TYPE)) {
-        if v.as_str() != Some("none") {
-            return Err(invalid(format!("rope scaling {v} is not supported")));
-        }
+    if let Some(v) = g.get(&k(keys::ROPE_SCALING_TYPE))
+        && v.as_str() != Some("none")
+    {
+        return Err(invalid(format!("rope scaling {v} is not supported")));
     }
     if g.tensor("rope_freqs.weight").is_some() {
-        return Err(invalid("rope_freqs.weight (Llama 3 RoPE scaling) is not supported".into()));
+        return Err(invalid(
+            "rope_freqs.weight (Llama 3 RoPE scaling) is not supported".into(),
+        ));
     }
     let vocab = match g.get(&k(keys::VOCAB_SIZE)) {
         Some(_) => as_usize(keys::VOCAB_SIZE)?,
@@ -338,7 +355,11 @@ fn check_tensors<'a>(
     Ok(())
 }
 
-fn convert_gguf(input: &Path, staging: &Path, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
+fn convert_gguf(
+    input: &Path,
+    staging: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport, ConvertError> {
     let g = GgufFile::open(input)?;
     let config = config_from_gguf(&g)?;
     let needed = mapping::needed_tensors(&config);
@@ -348,7 +369,8 @@ fn convert_gguf(input: &Path, staging: &Path, opts: &ConvertOptions) -> Result<C
         |name| g.tensor(name).map(|t| t.torch_shape()),
         |n| n.gguf_name.as_str(),
     )?;
-    let used: std::collections::HashSet<&str> = needed.iter().map(|n| n.gguf_name.as_str()).collect();
+    let used: std::collections::HashSet<&str> =
+        needed.iter().map(|n| n.gguf_name.as_str()).collect();
     let leftover: Vec<String> = g
         .tensors
         .iter()
@@ -368,10 +390,12 @@ fn convert_gguf(input: &Path, staging: &Path, opts: &ConvertOptions) -> Result<C
     let st_path = staging.join("model.safetensors");
     safetensors::write_streaming(&st_path, &specs, &st_metadata(input), |i, _| {
         let n = &needed[i];
-        let info = g.tensor(&n.gguf_name).ok_or_else(|| ConvertError::MissingTensors {
-            path: input.to_path_buf(),
-            names: vec![n.gguf_name.clone()],
-        })?;
+        let info = g
+            .tensor(&n.gguf_name)
+            .ok_or_else(|| ConvertError::MissingTensors {
+                path: input.to_path_buf(),
+                names: vec![n.gguf_name.clone()],
+            })?;
         let mut w = g.tensor_f32(info);
         let cols = n.shape.last().copied().unwrap_or(1);
         match n.role {
@@ -382,7 +406,10 @@ fn convert_gguf(input: &Path, staging: &Path, opts: &ConvertOptions) -> Result<C
         Ok::<_, ConvertError>(safetensors::encode_f32(&w, dtype))
     })?;
 
-    write_json(&staging.join("config.json"), &config.to_hf_json(dtype.torch_name()))?;
+    write_json(
+        &staging.join("config.json"),
+        &config.to_hf_json(dtype.torch_name()),
+    )?;
     write_json(
         &staging.join("generation_config.json"),
         &json!({"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_ids.first(),
@@ -405,7 +432,11 @@ fn convert_gguf(input: &Path, staging: &Path, opts: &ConvertOptions) -> Result<C
 
 // ------------------------------------------------------------------------------------- HF
 
-fn convert_hf(input: &Path, staging: &Path, opts: &ConvertOptions) -> Result<ConvertReport, ConvertError> {
+fn convert_hf(
+    input: &Path,
+    staging: &Path,
+    opts: &ConvertOptions,
+) -> Result<ConvertReport, ConvertError> {
     let config = ModelConfig::from_dir(input)?;
     let st = SafeTensors::open_dir(input)?;
     let needed = mapping::needed_tensors(&config);
@@ -416,7 +447,11 @@ fn convert_hf(input: &Path, staging: &Path, opts: &ConvertOptions) -> Result<Con
         |n| n.hf_name.as_str(),
     )?;
     let used: std::collections::HashSet<&str> = needed.iter().map(|n| n.hf_name.as_str()).collect();
-    let leftover: Vec<String> = st.names().filter(|n| !used.contains(n)).map(String::from).collect();
+    let leftover: Vec<String> = st
+        .names()
+        .filter(|n| !used.contains(n))
+        .map(String::from)
+        .collect();
     let mut dtypes = Vec::new();
     let specs: Vec<TensorSpec> = needed
         .iter()
@@ -440,8 +475,13 @@ fn convert_hf(input: &Path, staging: &Path, opts: &ConvertOptions) -> Result<Con
         };
         Ok::<_, ConvertError>(bytes.into_owned())
     })?;
-    let out_dtype = opts.dtype.unwrap_or_else(|| dtypes.first().copied().unwrap_or(Dtype::F32));
-    write_json(&staging.join("config.json"), &config.to_hf_json(out_dtype.torch_name()))?;
+    let out_dtype = opts
+        .dtype
+        .unwrap_or_else(|| dtypes.first().copied().unwrap_or(Dtype::F32));
+    write_json(
+        &staging.join("config.json"),
+        &config.to_hf_json(out_dtype.torch_name()),
+    )?;
     let mut tokenizer = false;
     for f in HF_SIDE_FILES {
         let src = input.join(f);

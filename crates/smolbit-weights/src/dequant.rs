@@ -172,12 +172,14 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     let bs = ty.block_size();
     assert!(
-        out.len() % bs == 0 && bytes.len() == out.len() / bs * ty.type_size(),
+        out.len().is_multiple_of(bs) && bytes.len() == out.len() / bs * ty.type_size(),
         "dequantize: {} bytes do not hold {} {ty:?} elements",
         bytes.len(),
         out.len()
     );
-    let blocks = bytes.chunks_exact(ty.type_size()).zip(out.chunks_exact_mut(bs));
+    let blocks = bytes
+        .chunks_exact(ty.type_size())
+        .zip(out.chunks_exact_mut(bs));
     match ty {
         GgmlType::F32 => {
             for (b, y) in blocks {

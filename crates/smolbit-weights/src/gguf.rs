@@ -321,12 +321,13 @@ impl GgufFile {
             }
             let type_id = r.u32(&format!("type of tensor '{name}'"))?;
             let offset = r.u64(&format!("offset of tensor '{name}'"))?;
-            let ggml_type = GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnsupportedType {
-                path: path.clone(),
-                tensor: name.clone(),
-                type_id,
-                name: dequant::ggml_type_name(type_id),
-            })?;
+            let ggml_type =
+                GgmlType::from_id(type_id).ok_or_else(|| GgufError::UnsupportedType {
+                    path: path.clone(),
+                    tensor: name.clone(),
+                    type_id,
+                    name: dequant::ggml_type_name(type_id),
+                })?;
             tensors.push(TensorInfo {
                 name,
                 dims,
@@ -335,13 +336,16 @@ impl GgufFile {
             });
         }
 
-        let alignment = match metadata.iter().find(|(k, _)| k == crate::keys::GENERAL_ALIGNMENT) {
+        let alignment = match metadata
+            .iter()
+            .find(|(k, _)| k == crate::keys::GENERAL_ALIGNMENT)
+        {
             Some((_, v)) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
                 _ => {
-                    return Err(r.invalid(format!(
-                        "general.alignment is {v}, expected a power of two"
-                    )));
+                    return Err(
+                        r.invalid(format!("general.alignment is {v}, expected a power of two"))
+                    );
                 }
             },
             None => DEFAULT_ALIGNMENT,
@@ -446,19 +450,22 @@ impl GgufFile {
     /// A required unsigned integer value.
     pub fn require_u64(&self, key: &str) -> Result<u64, GgufError> {
         let v = self.require(key)?;
-        v.as_u64().ok_or_else(|| self.wrong_type(key, v, "an unsigned integer"))
+        v.as_u64()
+            .ok_or_else(|| self.wrong_type(key, v, "an unsigned integer"))
     }
 
     /// A required float value.
     pub fn require_f64(&self, key: &str) -> Result<f64, GgufError> {
         let v = self.require(key)?;
-        v.as_f64().ok_or_else(|| self.wrong_type(key, v, "a number"))
+        v.as_f64()
+            .ok_or_else(|| self.wrong_type(key, v, "a number"))
     }
 
     /// A required string value.
     pub fn require_str(&self, key: &str) -> Result<&str, GgufError> {
         let v = self.require(key)?;
-        v.as_str().ok_or_else(|| self.wrong_type(key, v, "a string"))
+        v.as_str()
+            .ok_or_else(|| self.wrong_type(key, v, "a string"))
     }
 
     /// An error for a value of the wrong type.

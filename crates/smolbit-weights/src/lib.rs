@@ -74,7 +74,11 @@ impl ModelDir {
         if !dir.is_dir() {
             return Err(LoadError::NotADir {
                 path: dir.to_path_buf(),
-                what: if dir.exists() { "a file; convert it first with `smolbit convert`".into() } else { "does not exist".into() },
+                what: if dir.exists() {
+                    "a file; convert it first with `smolbit convert`".into()
+                } else {
+                    "does not exist".into()
+                },
             });
         }
         let config = ModelConfig::from_dir(dir)?;

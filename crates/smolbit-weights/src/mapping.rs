@@ -33,18 +33,58 @@ pub enum LayerRole {
 
 /// `(role, HF name, GGUF name)`; `{}` stands for the layer index.
 const TABLE: &[(Role, &str, &str)] = &[
-    (Role::Embed, "model.embed_tokens.weight", "token_embd.weight"),
+    (
+        Role::Embed,
+        "model.embed_tokens.weight",
+        "token_embd.weight",
+    ),
     (Role::FinalNorm, "model.norm.weight", "output_norm.weight"),
     (Role::Head, "lm_head.weight", "output.weight"),
-    (Role::Layer(LayerRole::AttnNorm), "model.layers.{}.input_layernorm.weight", "blk.{}.attn_norm.weight"),
-    (Role::Layer(LayerRole::Q), "model.layers.{}.self_attn.q_proj.weight", "blk.{}.attn_q.weight"),
-    (Role::Layer(LayerRole::K), "model.layers.{}.self_attn.k_proj.weight", "blk.{}.attn_k.weight"),
-    (Role::Layer(LayerRole::V), "model.layers.{}.self_attn.v_proj.weight", "blk.{}.attn_v.weight"),
-    (Role::Layer(LayerRole::O), "model.layers.{}.self_attn.o_proj.weight", "blk.{}.attn_output.weight"),
-    (Role::Layer(LayerRole::MlpNorm), "model.layers.{}.post_attention_layernorm.weight", "blk.{}.ffn_norm.weight"),
-    (Role::Layer(LayerRole::Gate), "model.layers.{}.mlp.gate_proj.weight", "blk.{}.ffn_gate.weight"),
-    (Role::Layer(LayerRole::Up), "model.layers.{}.mlp.up_proj.weight", "blk.{}.ffn_up.weight"),
-    (Role::Layer(LayerRole::Down), "model.layers.{}.mlp.down_proj.weight", "blk.{}.ffn_down.weight"),
+    (
+        Role::Layer(LayerRole::AttnNorm),
+        "model.layers.{}.input_layernorm.weight",
+        "blk.{}.attn_norm.weight",
+    ),
+    (
+        Role::Layer(LayerRole::Q),
+        "model.layers.{}.self_attn.q_proj.weight",
+        "blk.{}.attn_q.weight",
+    ),
+    (
+        Role::Layer(LayerRole::K),
+        "model.layers.{}.self_attn.k_proj.weight",
+        "blk.{}.attn_k.weight",
+    ),
+    (
+        Role::Layer(LayerRole::V),
+        "model.layers.{}.self_attn.v_proj.weight",
+        "blk.{}.attn_v.weight",
+    ),
+    (
+        Role::Layer(LayerRole::O),
+        "model.layers.{}.self_attn.o_proj.weight",
+        "blk.{}.attn_output.weight",
+    ),
+    (
+        Role::Layer(LayerRole::MlpNorm),
+        "model.layers.{}.post_attention_layernorm.weight",
+        "blk.{}.ffn_norm.weight",
+    ),
+    (
+        Role::Layer(LayerRole::Gate),
+        "model.layers.{}.mlp.gate_proj.weight",
+        "blk.{}.ffn_gate.weight",
+    ),
+    (
+        Role::Layer(LayerRole::Up),
+        "model.layers.{}.mlp.up_proj.weight",
+        "blk.{}.ffn_up.weight",
+    ),
+    (
+        Role::Layer(LayerRole::Down),
+        "model.layers.{}.mlp.down_proj.weight",
+        "blk.{}.ffn_down.weight",
+    ),
 ];
 
 /// One tensor the decoder needs.

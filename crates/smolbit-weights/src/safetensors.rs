@@ -182,7 +182,10 @@ impl SafeTensors {
         shards.dedup();
         for s in &shards {
             if s.contains('/') || s.contains('\\') || s.starts_with('.') {
-                return Err(invalid(&index, format!("shard name '{s}' is not a plain file name")));
+                return Err(invalid(
+                    &index,
+                    format!("shard name '{s}' is not a plain file name"),
+                ));
             }
         }
         let paths: Vec<PathBuf> = shards.iter().map(|s| dir.join(s)).collect();
@@ -227,9 +230,17 @@ impl SafeTensors {
         Ok(st)
     }
 
-    fn parse_header(&mut self, path: &Path, map: &[u8], file: usize) -> Result<(), SafetensorsError> {
+    fn parse_header(
+        &mut self,
+        path: &Path,
+        map: &[u8],
+        file: usize,
+    ) -> Result<(), SafetensorsError> {
         if map.len() < 8 {
-            return Err(invalid(path, format!("truncated: {} bytes, header needs 8", map.len())));
+            return Err(invalid(
+                path,
+                format!("truncated: {} bytes, header needs 8", map.len()),
+            ));
         }
         let mut n = [0u8; 8];
         n.copy_from_slice(&map[..8]);
@@ -237,12 +248,16 @@ impl SafeTensors {
         if n > MAX_HEADER || 8 + n > map.len() as u64 {
             return Err(invalid(
                 path,
-                format!("header length {n} does not fit in the file's {} bytes", map.len()),
+                format!(
+                    "header length {n} does not fit in the file's {} bytes",
+                    map.len()
+                ),
             ));
         }
         let data_start = 8 + n as usize;
-        let header: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&map[8..data_start])
-            .map_err(|e| invalid(path, format!("bad JSON header: {e}")))?;
+        let header: BTreeMap<String, serde_json::Value> =
+            serde_json::from_slice(&map[8..data_start])
+                .map_err(|e| invalid(path, format!("bad JSON header: {e}")))?;
         let data_len = (map.len() - data_start) as u64;
         for (name, v) in header {
             if name == "__metadata__" {
@@ -254,13 +269,21 @@ impl SafeTensors {
             let raw: RawEntry = serde_json::from_value(v)
                 .map_err(|e| invalid(path, format!("tensor '{name}': bad header entry: {e}")))?;
             let dtype = Dtype::parse(&raw.dtype).ok_or_else(|| {
-                invalid(path, format!("tensor '{name}' has unsupported dtype {}", raw.dtype))
+                invalid(
+                    path,
+                    format!("tensor '{name}' has unsupported dtype {}", raw.dtype),
+                )
             })?;
             let n_el = raw
                 .shape
                 .iter()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d as u64))
-                .ok_or_else(|| invalid(path, format!("tensor '{name}' has absurd shape {:?}", raw.shape)))?;
+                .ok_or_else(|| {
+                    invalid(
+                        path,
+                        format!("tensor '{name}' has absurd shape {:?}", raw.shape),
+                    )
+                })?;
             let [b, e] = raw.data_offsets;
             if b > e || e > data_len || n_el.checked_mul(dtype.size() as u64) != Some(e - b) {
                 return Err(invalid(
@@ -272,7 +295,10 @@ impl SafeTensors {
                 ));
             }
             if self.entries.contains_key(&name) {
-                return Err(invalid(path, format!("tensor '{name}' appears in two shards")));
+                return Err(invalid(
+                    path,
+                    format!("tensor '{name}' appears in two shards"),
+                ));
             }
             self.entries.insert(
                 name,
@@ -305,10 +331,12 @@ impl SafeTensors {
 
     /// A tensor's entry, or a [`SafetensorsError::Missing`].
     pub fn entry(&self, name: &str) -> Result<&Entry, SafetensorsError> {
-        self.entries.get(name).ok_or_else(|| SafetensorsError::Missing {
-            path: self.root.clone(),
-            name: name.to_string(),
-        })
+        self.entries
+            .get(name)
+            .ok_or_else(|| SafetensorsError::Missing {
+                path: self.root.clone(),
+                name: name.to_string(),
+            })
     }
 
     /// Whether a tensor exists.
@@ -395,7 +423,10 @@ where
 {
     let mut header = serde_json::Map::new();
     if !metadata.is_empty() {
-        header.insert("__metadata__".into(), serde_json::to_value(metadata).map_err(|e| invalid(path, e.to_string()))?);
+        header.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).map_err(|e| invalid(path, e.to_string()))?,
+        );
     }
     let mut offset = 0usize;
     for s in specs {
@@ -413,21 +444,38 @@ where
     }
     let file = File::create(path).map_err(io_err(path))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
-    let io = |e| -> E { SafetensorsError::Io { path: path.to_path_buf(), source: e }.into() };
-    w.write_all(&(json.len() as u64).to_le_bytes()).map_err(io)?;
+    let io = |e| -> E {
+        SafetensorsError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+        .into()
+    };
+    w.write_all(&(json.len() as u64).to_le_bytes())
+        .map_err(io)?;
     w.write_all(&json).map_err(io)?;
     for (i, s) in specs.iter().enumerate() {
         let bytes = data(i, s)?;
         if bytes.len() != s.n_bytes() {
             return Err(invalid(
                 path,
-                format!("tensor '{}': got {} bytes, shape {:?} {} needs {}", s.name, bytes.len(), s.shape, s.dtype.name(), s.n_bytes()),
+                format!(
+                    "tensor '{}': got {} bytes, shape {:?} {} needs {}",
+                    s.name,
+                    bytes.len(),
+                    s.shape,
+                    s.dtype.name(),
+                    s.n_bytes()
+                ),
             )
             .into());
         }
         w.write_all(&bytes).map_err(io)?;
     }
     w.flush().map_err(io)?;
-    w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+    w.into_inner()
+        .map_err(|e| io(e.into_error()))?
+        .sync_all()
+        .map_err(io)?;
     Ok(())
 }

@@ -26,9 +26,7 @@ pub struct TokenizerFiles {
 }
 
 fn pre_tokenizer(pre: &str) -> Option<Json> {
-    let byte_level = |use_regex: bool| {
-        json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex})
-    };
+    let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
     Some(match pre {
         // GPT-2's regex, applied by ByteLevel itself.
         "gpt-2" | "gpt2" | "default" | "starcoder" => byte_level(true),
@@ -48,9 +46,14 @@ fn pre_tokenizer(pre: &str) -> Option<Json> {
 
 fn string_array<'a>(g: &'a GgufFile, key: &str) -> Result<Vec<&'a str>, GgufError> {
     let v = g.require(key)?;
-    let arr = v.as_array().ok_or_else(|| g.wrong_type(key, v, "an array of strings"))?;
+    let arr = v
+        .as_array()
+        .ok_or_else(|| g.wrong_type(key, v, "an array of strings"))?;
     arr.iter()
-        .map(|e| e.as_str().ok_or_else(|| g.wrong_type(key, e, "a string element")))
+        .map(|e| {
+            e.as_str()
+                .ok_or_else(|| g.wrong_type(key, e, "a string element"))
+        })
         .collect()
 }
 
@@ -68,7 +71,10 @@ fn token_id(g: &GgufFile, key: &str, n_tokens: usize) -> Result<Option<u32>, Ggu
 }
 
 /// Build the tokenizer files, or `Ok(None)` when the GGUF carries no tokenizer.
-pub fn from_gguf(g: &GgufFile, model_max_length: usize) -> Result<Option<TokenizerFiles>, GgufError> {
+pub fn from_gguf(
+    g: &GgufFile,
+    model_max_length: usize,
+) -> Result<Option<TokenizerFiles>, GgufError> {
     let Some(model) = g.get(keys::TOKENIZER_MODEL) else {
         return Ok(None);
     };
@@ -106,13 +112,18 @@ pub fn from_gguf(g: &GgufFile, model_max_length: usize) -> Result<Option<Tokeniz
     let mut vocab = serde_json::Map::with_capacity(tokens.len());
     for (id, t) in tokens.iter().enumerate() {
         if vocab.insert(t.to_string(), json!(id)).is_some() {
-            return Err(invalid(format!("token {t:?} appears twice in {}", keys::TOKENIZER_TOKENS)));
+            return Err(invalid(format!(
+                "token {t:?} appears twice in {}",
+                keys::TOKENIZER_TOKENS
+            )));
         }
     }
     let mut merge_pairs = Vec::with_capacity(merges.len());
     for m in &merges {
         let Some((a, b)) = m.split_once(' ') else {
-            return Err(invalid(format!("merge {m:?} is not two tokens separated by a space")));
+            return Err(invalid(format!(
+                "merge {m:?} is not two tokens separated by a space"
+            )));
         };
         merge_pairs.push(json!([a, b]));
     }
@@ -201,7 +212,9 @@ pub fn from_gguf(g: &GgufFile, model_max_length: usize) -> Result<Option<Tokeniz
         "clean_up_tokenization_spaces": false,
     });
     if let Some(t) = g.get(keys::CHAT_TEMPLATE) {
-        let t = t.as_str().ok_or_else(|| g.wrong_type(keys::CHAT_TEMPLATE, t, "a string"))?;
+        let t = t
+            .as_str()
+            .ok_or_else(|| g.wrong_type(keys::CHAT_TEMPLATE, t, "a string"))?;
         config["chat_template"] = json!(t);
     }
     Ok(Some(TokenizerFiles {

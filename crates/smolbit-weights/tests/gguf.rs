@@ -8,7 +8,9 @@ use smolbit_weights::gguf::{GgufError, GgufFile, Value};
 use smolbit_weights::safetensors::SafeTensors;
 
 fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../testdata")
+        .join(name)
 }
 
 /// Our dequantization of gguf-py-written random blocks must equal gguf-py's numpy
@@ -17,8 +19,9 @@ fn testdata(name: &str) -> PathBuf {
 #[test]
 fn dequantize_matches_gguf_py() {
     let g = GgufFile::open(&testdata("dequant.gguf")).expect("open dequant.gguf");
-    let expected = SafeTensors::open_files(&testdata(""), &[testdata("dequant_expected.safetensors")])
-        .expect("open expected");
+    let expected =
+        SafeTensors::open_files(&testdata(""), &[testdata("dequant_expected.safetensors")])
+            .expect("open expected");
     let mut checked = Vec::new();
     for t in &g.tensors {
         let ours = g.tensor_f32(t);
@@ -36,7 +39,9 @@ fn dequantize_matches_gguf_py() {
     checked.sort();
     assert_eq!(
         checked,
-        ["bf16", "f16", "f32", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k", "q8_0"]
+        [
+            "bf16", "f16", "f32", "q4_0", "q4_1", "q4_k", "q5_0", "q5_1", "q5_k", "q6_k", "q8_0"
+        ]
     );
 }
 
@@ -44,9 +49,10 @@ fn dequantize_matches_gguf_py() {
 fn metadata_of_every_value_type() {
     let g = GgufFile::open(&testdata("dequant.gguf")).expect("open");
     assert_eq!(g.version, 3);
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(testdata("dequant_metadata.json")).expect("read"))
-            .expect("json");
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(testdata("dequant_metadata.json")).expect("read"),
+    )
+    .expect("json");
     let check = |key: &str, expect: Value| assert_eq!(g.get(key), Some(&expect), "{key}");
     check("test.u8", Value::U8(200));
     check("test.i8", Value::I8(-100));
@@ -56,16 +62,38 @@ fn metadata_of_every_value_type() {
     check("test.i32", Value::I32(-2_000_000_000));
     check("test.f32", Value::F32(0.5));
     check("test.bool", Value::Bool(true));
-    check("test.string", Value::String(json["test.string"].as_str().expect("str").to_string()));
-    check("test.u64", Value::U64(json["test.u64"].as_str().expect("str").parse().expect("u64")));
+    check(
+        "test.string",
+        Value::String(json["test.string"].as_str().expect("str").to_string()),
+    );
+    check(
+        "test.u64",
+        Value::U64(
+            json["test.u64"]
+                .as_str()
+                .expect("str")
+                .parse()
+                .expect("u64"),
+        ),
+    );
     check("test.i64", Value::I64(-(1 << 62)));
     check("test.f64", Value::F64(1e-300));
     check(
         "test.array_str",
-        Value::Array(vec![Value::String("a".into()), Value::String("bc".into()), Value::String(String::new())]),
+        Value::Array(vec![
+            Value::String("a".into()),
+            Value::String("bc".into()),
+            Value::String(String::new()),
+        ]),
     );
-    check("test.array_i32", Value::Array(vec![Value::I32(1), Value::I32(-2), Value::I32(3)]));
-    assert_eq!(g.get("general.architecture").and_then(Value::as_str), Some("llama"));
+    check(
+        "test.array_i32",
+        Value::Array(vec![Value::I32(1), Value::I32(-2), Value::I32(3)]),
+    );
+    assert_eq!(
+        g.get("general.architecture").and_then(Value::as_str),
+        Some("llama")
+    );
 }
 
 fn write_tmp(bytes: &[u8]) -> (tempfile::TempDir, PathBuf) {
@@ -81,7 +109,10 @@ fn check_bad(bytes: &[u8], expect: &str) {
     let (_dir, path) = write_tmp(bytes);
     let err = GgufFile::open(&path).expect_err("malformed file must not parse");
     let msg = err.to_string();
-    assert!(msg.starts_with(&path.display().to_string()), "error does not name the file: {msg}");
+    assert!(
+        msg.starts_with(&path.display().to_string()),
+        "error does not name the file: {msg}"
+    );
     assert!(msg.contains(expect), "expected '{expect}' in: {msg}");
     assert!(!msg.contains('\n'), "error is not one line: {msg}");
 }
@@ -89,7 +120,10 @@ fn check_bad(bytes: &[u8], expect: &str) {
 /// Offset of the first tensor-info record's type field for a tensor named `name`.
 fn tensor_info_offset(bytes: &[u8], name: &str) -> usize {
     let needle = [&(name.len() as u64).to_le_bytes()[..], name.as_bytes()].concat();
-    bytes.windows(needle.len()).position(|w| w == needle.as_slice()).expect("tensor name in file")
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle.as_slice())
+        .expect("tensor name in file")
         + needle.len()
 }
 
@@ -111,13 +145,19 @@ fn malformed_files_give_clean_errors() {
     kv[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
     check_bad(&kv, "metadata count 1099511627776 is impossible");
     check_bad(&good[..good.len() / 2], "truncated: data of tensor");
-    check_bad(&good[..200], "tensor count 21 is impossible: only 176 bytes follow");
+    check_bad(
+        &good[..200],
+        "tensor count 21 is impossible: only 176 bytes follow",
+    );
     let mut short_key = good[..24].to_vec();
     short_key[8..16].copy_from_slice(&0u64.to_le_bytes());
     short_key[16..24].copy_from_slice(&1u64.to_le_bytes());
     short_key.extend_from_slice(&100u64.to_le_bytes());
     short_key.extend_from_slice(b"general.arch");
-    check_bad(&short_key, "truncated: metadata key needs 100 bytes at offset 32");
+    check_bad(
+        &short_key,
+        "truncated: metadata key needs 100 bytes at offset 32",
+    );
 
     // Tensor-info fields of token_embd.weight: n_dims, dims..., type, offset.
     let at = tensor_info_offset(&good, "token_embd.weight");
@@ -128,7 +168,10 @@ fn malformed_files_give_clean_errors() {
     let ty_at = at + 4 + 8 * n_dims;
     let mut ty = good.clone();
     ty[ty_at..ty_at + 4].copy_from_slice(&35u32.to_le_bytes());
-    check_bad(&ty, "tensor 'token_embd.weight' has unsupported ggml type 35 (TQ2_0)");
+    check_bad(
+        &ty,
+        "tensor 'token_embd.weight' has unsupported ggml type 35 (TQ2_0)",
+    );
     let mut off = good.clone();
     off[ty_at + 4..ty_at + 12].copy_from_slice(&(1u64 << 30).to_le_bytes());
     check_bad(&off, "truncated: data of tensor 'token_embd.weight'");
@@ -144,7 +187,10 @@ fn malformed_files_give_clean_errors() {
 fn missing_file_is_an_error() {
     let err = GgufFile::open(Path::new("/nonexistent/x.gguf")).expect_err("missing");
     assert!(matches!(err, GgufError::Io { .. }));
-    assert!(err.to_string().starts_with("/nonexistent/x.gguf: cannot read"));
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/x.gguf: cannot read")
+    );
 }
 
 proptest! {

@@ -9,7 +9,11 @@ use serde_json::json;
 use smolbit_weights::safetensors::Dtype;
 
 #[derive(Parser)]
-#[command(name = "smolbit", version, about = "Ternary SmolLM models: convert, run, evaluate")]
+#[command(
+    name = "smolbit",
+    version,
+    about = "Ternary SmolLM models: convert, run, evaluate"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -118,7 +122,9 @@ fn convert(input: &Path, out: &Path, dtype: Option<Dtype>, force: bool) -> Resul
         println!("unused input tensors: {}", r.leftover.join(", "));
     }
     if !r.tokenizer {
-        println!("note: no tokenizer in the input; `logits` works, text generation will need tokenizer.json");
+        println!(
+            "note: no tokenizer in the input; `logits` works, text generation will need tokenizer.json"
+        );
     }
     Ok(())
 }
@@ -128,7 +134,10 @@ fn parse_tokens(s: &str) -> Result<Vec<u32>> {
         .split(',')
         .map(|t| t.trim())
         .filter(|t| !t.is_empty())
-        .map(|t| t.parse::<u32>().with_context(|| format!("--tokens: '{t}' is not a token id")))
+        .map(|t| {
+            t.parse::<u32>()
+                .with_context(|| format!("--tokens: '{t}' is not a token id"))
+        })
         .collect::<Result<Vec<_>>>()?;
     if ids.is_empty() {
         bail!("--tokens: no token ids given");
@@ -144,7 +153,10 @@ fn logits(model_dir: &Path, tokens: &str, out: &Path, device: &str) -> Result<()
     let logits = model.forward(&tokens, &mut cache)?;
     let vocab = model.config().vocab_size;
     let flat = smolbit_model::tensor_to_vec(logits);
-    let top10: Vec<Vec<usize>> = flat.chunks(vocab).map(|row| smolbit_model::top_k(row, 10)).collect();
+    let top10: Vec<Vec<usize>> = flat
+        .chunks(vocab)
+        .map(|row| smolbit_model::top_k(row, 10))
+        .collect();
     let last = &flat[flat.len() - vocab..];
     let doc = json!({"tokens": tokens, "last_logits": last, "top10": top10});
     let tmp = out.with_extension("json.partial");
