@@ -14,6 +14,7 @@ use std::path::Path;
 use burn::prelude::*;
 use smolbit_weights::{LoadError, ModelConfig, ModelDir};
 
+pub use burn::prelude::Device;
 pub use layers::{Block, KvCache};
 
 /// Why the model could not be built or run.

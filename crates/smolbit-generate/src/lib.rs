@@ -1,0 +1,383 @@
+//! Text generation for smolbit: tokenization (`tokenizers`), chat templates (minijinja), sampling
+//! with transformers' semantics, a KV-cached generation loop with streaming UTF-8-safe output, and
+//! timings measured by the engine itself (time to first token, decode tokens/s).
+//!
+//! [`Generator::load`] reads a model directory (as `smolbit convert` writes): config, weights,
+//! `tokenizer.json`, `tokenizer_config.json` (chat template, special tokens) and
+//! `generation_config.json` (EOS ids).
+
+pub mod sampling;
+pub mod stream;
+pub mod template;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use smolbit_model::{Device, Model, ModelError};
+use tokenizers::Tokenizer;
+
+pub use sampling::{Sampler, SamplingParams};
+pub use smolbit_model::argmax;
+pub use stream::TextStream;
+pub use template::{ChatTemplate, DateTime, Message, RenderOptions, TemplateError};
+
+/// Why generation could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError {
+    /// The model failed to load or run.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// No tokenizer.json in the model directory.
+    #[error("{0}: no tokenizer.json (text generation needs one; `logits` works without)")]
+    MissingTokenizer(PathBuf),
+    /// A tokenizer or config file that cannot be used.
+    #[error("{path}: {what}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+    /// The model has no chat template but a chat prompt was asked for.
+    #[error(
+        "{0}: the model has no chat template (tokenizer_config.json chat_template or chat_template.jinja)"
+    )]
+    NoChatTemplate(PathBuf),
+    /// Rendering the chat template failed.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// Tokenizing or detokenizing failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The prompt leaves no room to generate.
+    #[error("the prompt has {tokens} tokens but the model's context length is {max}")]
+    PromptTooLong {
+        /// Prompt tokens.
+        tokens: usize,
+        /// Context length.
+        max: usize,
+    },
+    /// Invalid sampling settings.
+    #[error("{0}")]
+    Params(String),
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopReason {
+    /// An end-of-sequence token.
+    Eos,
+    /// A stop string appeared in the text.
+    StopString,
+    /// `max_new_tokens` reached.
+    MaxTokens,
+    /// The model's context length reached.
+    ContextLength,
+}
+
+/// Timings measured around the model calls.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    /// Prompt length.
+    pub prompt_tokens: usize,
+    /// Generated tokens (including a final EOS).
+    pub generated_tokens: usize,
+    /// From the start of prefill to the first sampled token.
+    pub ttft_ms: f64,
+    /// Prompt tokens per second of prefill.
+    pub prefill_tok_s: f64,
+    /// Generated tokens after the first, per second.
+    pub decode_tok_s: f64,
+    /// Whole call.
+    pub total_ms: f64,
+}
+
+/// Everything about one generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    /// Prompt ids.
+    pub prompt_tokens: Vec<u32>,
+    /// Generated ids.
+    pub tokens: Vec<u32>,
+    /// Generated text (special tokens skipped; cut before a stop string).
+    pub text: String,
+    /// Why it ended.
+    pub stop_reason: StopReason,
+    /// Measured times.
+    pub timings: Timings,
+}
+
+/// Generation settings.
+#[derive(Debug, Clone)]
+pub struct GenerateParams {
+    /// Upper bound on generated tokens.
+    pub max_new_tokens: usize,
+    /// Token selection.
+    pub sampling: SamplingParams,
+    /// Stop when any of these appears in the text.
+    pub stop: Vec<String>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        GenerateParams {
+            max_new_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop: Vec::new(),
+        }
+    }
+}
+
+/// A model with its tokenizer and chat template.
+#[derive(Debug)]
+pub struct Generator {
+    dir: PathBuf,
+    model: Model,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    eos: Vec<u32>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>, GenerateError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| GenerateError::BadFile {
+                path: path.to_path_buf(),
+                what: format!("invalid JSON: {e}"),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(GenerateError::BadFile {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        }),
+    }
+}
+
+/// A token named in tokenizer_config.json: a string or an AddedToken object with `content`.
+fn token_text(v: &serde_json::Value) -> Option<String> {
+    v.as_str()
+        .map(String::from)
+        .or_else(|| v.get("content").and_then(|c| c.as_str()).map(String::from))
+}
+
+fn ids_of(v: &serde_json::Value) -> Vec<u32> {
+    match v {
+        serde_json::Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        serde_json::Value::Array(a) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        _ => vec![],
+    }
+}
+
+impl Generator {
+    /// Load a model directory onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, GenerateError> {
+        let tok_path = dir.join("tokenizer.json");
+        if !tok_path.is_file() {
+            if !dir.is_dir() {
+                // Let the model loader give its own error for a missing directory.
+                Model::load(dir, device)?;
+            }
+            return Err(GenerateError::MissingTokenizer(dir.to_path_buf()));
+        }
+        let tokenizer = Tokenizer::from_file(&tok_path).map_err(|e| GenerateError::BadFile {
+            path: tok_path.clone(),
+            what: e.to_string(),
+        })?;
+        let model = Model::load(dir, device)?;
+        let tc_path = dir.join("tokenizer_config.json");
+        let tc = read_json(&tc_path)?.unwrap_or_default();
+        let template_src = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
+            Ok(t) => Some(t),
+            Err(_) => match tc.get("chat_template") {
+                Some(serde_json::Value::String(s)) => Some(s.clone()),
+                Some(serde_json::Value::Array(named)) => named
+                    .iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                    .and_then(|t| t.get("template").and_then(|s| s.as_str()).map(String::from)),
+                _ => None,
+            },
+        };
+        let template = template_src.as_deref().map(ChatTemplate::new).transpose()?;
+        let mut eos = model.config().eos_token_ids.clone();
+        if let Some(gc) = read_json(&dir.join("generation_config.json"))?
+            && let Some(v) = gc.get("eos_token_id")
+        {
+            for id in ids_of(v) {
+                if !eos.contains(&id) {
+                    eos.push(id);
+                }
+            }
+        }
+        let eos_token = tc.get("eos_token").and_then(token_text);
+        if let Some(id) = eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t))
+            && !eos.contains(&id)
+        {
+            eos.push(id);
+        }
+        Ok(Generator {
+            dir: dir.to_path_buf(),
+            model,
+            tokenizer,
+            template,
+            eos,
+            bos_token: tc.get("bos_token").and_then(token_text),
+            eos_token,
+        })
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// End-of-sequence ids.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos
+    }
+
+    /// Render a conversation with the model's chat template.
+    pub fn render_chat(
+        &self,
+        messages: &[Message],
+        opts: &RenderOptions,
+    ) -> Result<String, GenerateError> {
+        let t = self
+            .template
+            .as_ref()
+            .ok_or_else(|| GenerateError::NoChatTemplate(self.dir.clone()))?;
+        let mut opts = opts.clone();
+        opts.bos_token = opts.bos_token.or_else(|| self.bos_token.clone());
+        opts.eos_token = opts.eos_token.or_else(|| self.eos_token.clone());
+        Ok(t.render(messages, &opts)?)
+    }
+
+    /// Token ids of a text. Chat prompts (already holding their special tokens) use
+    /// `add_special_tokens = false`, as `apply_chat_template(tokenize=True)` does.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, GenerateError> {
+        self.tokenizer
+            .encode(text, add_special_tokens)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| GenerateError::Tokenizer(e.to_string()))
+    }
+
+    /// The ids of a chat prompt ending with the assistant header.
+    pub fn chat_prompt(
+        &self,
+        messages: &[Message],
+        enable_thinking: Option<bool>,
+    ) -> Result<Vec<u32>, GenerateError> {
+        let opts = RenderOptions {
+            add_generation_prompt: true,
+            enable_thinking,
+            ..RenderOptions::default()
+        };
+        let text = self.render_chat(messages, &opts)?;
+        self.encode(&text, false)
+    }
+
+    /// Generate after `prompt`, passing each piece of text to `on_text` as soon as it is final.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Generation, GenerateError> {
+        params.sampling.validate().map_err(GenerateError::Params)?;
+        let max_ctx = self.model.config().max_position_embeddings;
+        if prompt.is_empty() {
+            return Err(GenerateError::Model(ModelError::Empty));
+        }
+        if prompt.len() >= max_ctx {
+            return Err(GenerateError::PromptTooLong {
+                tokens: prompt.len(),
+                max: max_ctx,
+            });
+        }
+        let start = Instant::now();
+        let mut sampler = Sampler::new(params.sampling.clone());
+        let mut stream = TextStream::new(params.stop.clone());
+        let mut history = prompt.to_vec();
+        let mut tokens = Vec::new();
+        let mut cache = self.model.new_cache();
+        let mut logits = self.model.forward_last(prompt, &mut cache)?;
+        let mut first_token_at = None;
+        let mut stop_reason = StopReason::MaxTokens;
+        let tok_err = GenerateError::Tokenizer;
+        while tokens.len() < params.max_new_tokens {
+            let next = sampler.next(&mut logits, &history);
+            if first_token_at.is_none() {
+                first_token_at = Some(Instant::now());
+            }
+            tokens.push(next);
+            history.push(next);
+            if self.eos.contains(&next) {
+                stop_reason = StopReason::Eos;
+                break;
+            }
+            let chunk = stream.push(&self.tokenizer, next).map_err(tok_err)?;
+            if !chunk.is_empty() {
+                on_text(&chunk);
+            }
+            if stream.stopped() {
+                stop_reason = StopReason::StopString;
+                break;
+            }
+            if tokens.len() == params.max_new_tokens {
+                break;
+            }
+            if history.len() >= max_ctx {
+                stop_reason = StopReason::ContextLength;
+                break;
+            }
+            logits = self.model.forward_last(&[next], &mut cache)?;
+        }
+        let rest = stream.finish(&self.tokenizer).map_err(tok_err)?;
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
+        if stream.stopped() {
+            stop_reason = StopReason::StopString;
+        }
+        let end = Instant::now();
+        let first = first_token_at.unwrap_or(end);
+        let ttft = first.duration_since(start).as_secs_f64();
+        let decode_s = end.duration_since(first).as_secs_f64();
+        let timings = Timings {
+            prompt_tokens: prompt.len(),
+            generated_tokens: tokens.len(),
+            ttft_ms: ttft * 1e3,
+            prefill_tok_s: if ttft > 0.0 {
+                prompt.len() as f64 / ttft
+            } else {
+                0.0
+            },
+            decode_tok_s: if tokens.len() > 1 && decode_s > 0.0 {
+                (tokens.len() - 1) as f64 / decode_s
+            } else {
+                0.0
+            },
+            total_ms: end.duration_since(start).as_secs_f64() * 1e3,
+        };
+        Ok(Generation {
+            prompt_tokens: prompt.to_vec(),
+            tokens,
+            text: stream.text().to_string(),
+            stop_reason,
+            timings,
+        })
+    }
+}
