@@ -1,4 +1,5 @@
-//! `smolbit`: the user-facing command line. Each subcommand is a thin layer over a library crate.
+//! `smolbit`: the user-facing command line. Each subcommand is a thin layer over a library crate:
+//! `convert` (smolbit-weights), `logits` (smolbit-model), `generate` and `chat` (smolbit-generate).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,6 +51,93 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
     },
+    /// Generate text from a prompt, streaming it as it is produced.
+    Generate {
+        /// Model directory (with tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// The prompt text.
+        #[arg(long)]
+        prompt: String,
+        /// Format the prompt with the model's chat template (as a user message).
+        #[arg(long)]
+        chat: bool,
+        /// System message (implies --chat).
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        opts: GenOpts,
+        /// Print one JSON object instead of streaming text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Interactive multi-turn chat in the terminal (`/reset` clears the history, `/exit` quits).
+    Chat {
+        /// Model directory (with tokenizer.json and a chat template).
+        #[arg(long)]
+        model: PathBuf,
+        /// System message.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        opts: GenOpts,
+    },
+}
+
+/// Generation settings shared by `generate` and `chat`.
+#[derive(clap::Args)]
+struct GenOpts {
+    /// Upper bound on generated tokens.
+    #[arg(long, default_value_t = 256)]
+    max_new_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0: off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling threshold (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Drop tokens below min-p times the best token's probability (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Penalty for tokens already in the sequence (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop when this string appears (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// For reasoning models (SmolLM3): answer without a thinking section.
+    #[arg(long)]
+    no_think: bool,
+    /// Device: cpu or, in builds with the wgpu feature, wgpu.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+}
+
+impl GenOpts {
+    fn params(&self) -> smolbit_generate::GenerateParams {
+        smolbit_generate::GenerateParams {
+            max_new_tokens: self.max_new_tokens,
+            sampling: smolbit_generate::SamplingParams {
+                temperature: self.temperature,
+                top_k: self.top_k,
+                top_p: self.top_p,
+                min_p: self.min_p,
+                repetition_penalty: self.repetition_penalty,
+                seed: self.seed,
+            },
+            stop: self.stop.clone(),
+        }
+    }
+
+    fn thinking(&self) -> Option<bool> {
+        self.no_think.then_some(false)
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -94,6 +182,143 @@ fn run(cli: Cli) -> Result<()> {
             out,
             device,
         } => logits(&model, &tokens, &out, &device),
+        Command::Generate {
+            model,
+            prompt,
+            chat,
+            system,
+            opts,
+            json,
+        } => generate(&model, &prompt, chat, system.as_deref(), &opts, json),
+        Command::Chat {
+            model,
+            system,
+            opts,
+        } => chat(&model, system.as_deref(), &opts),
+    }
+}
+
+fn load_generator(model: &Path, device: &str) -> Result<smolbit_generate::Generator> {
+    let device = smolbit_model::device(device)?;
+    Ok(smolbit_generate::Generator::load(model, &device)?)
+}
+
+fn generate(
+    model: &Path,
+    prompt: &str,
+    chat: bool,
+    system: Option<&str>,
+    opts: &GenOpts,
+    json: bool,
+) -> Result<()> {
+    use std::io::Write;
+    let g = load_generator(model, &opts.device)?;
+    let ids = if chat || system.is_some() {
+        let mut messages = Vec::new();
+        if let Some(s) = system {
+            messages.push(smolbit_generate::Message::new("system", s));
+        }
+        messages.push(smolbit_generate::Message::new("user", prompt));
+        g.chat_prompt(&messages, opts.thinking())?
+    } else {
+        g.encode(prompt, true)?
+    };
+    let stdout = std::io::stdout();
+    let out = if json {
+        g.generate(&ids, &opts.params(), &mut |_| {})?
+    } else {
+        let mut lock = stdout.lock();
+        let out = g.generate(&ids, &opts.params(), &mut |t| {
+            let _ = lock.write_all(t.as_bytes());
+            let _ = lock.flush();
+        })?;
+        let _ = writeln!(lock);
+        out
+    };
+    let t = &out.timings;
+    if json {
+        let doc = json!({
+            "prompt_tokens": out.prompt_tokens,
+            "tokens": out.tokens,
+            "text": out.text,
+            "stop_reason": out.stop_reason,
+            "ttft_ms": t.ttft_ms,
+            "prefill_tok_s": t.prefill_tok_s,
+            "decode_tok_s": t.decode_tok_s,
+            "total_ms": t.total_ms,
+        });
+        println!("{doc}");
+    } else {
+        eprintln!(
+            "[{} prompt + {} generated tokens, ttft {:.0} ms, {:.1} tok/s decode, stop: {}]",
+            t.prompt_tokens,
+            t.generated_tokens,
+            t.ttft_ms,
+            t.decode_tok_s,
+            serde_json::to_value(out.stop_reason)?
+                .as_str()
+                .unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn chat(model: &Path, system: Option<&str>, opts: &GenOpts) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let g = load_generator(model, &opts.device)?;
+    let mut history: Vec<smolbit_generate::Message> = Vec::new();
+    let reset = |h: &mut Vec<smolbit_generate::Message>| {
+        h.clear();
+        if let Some(s) = system {
+            h.push(smolbit_generate::Message::new("system", s));
+        }
+    };
+    reset(&mut history);
+    eprintln!(
+        "chatting with {} (/reset clears the history, /exit or Ctrl-D quits)",
+        model.display()
+    );
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    loop {
+        print!("> ");
+        stdout.flush()?;
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            println!();
+            return Ok(());
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                reset(&mut history);
+                eprintln!("[history cleared]");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(smolbit_generate::Message::new("user", line));
+        let ids = g.chat_prompt(&history, opts.thinking())?;
+        let result = g.generate(&ids, &opts.params(), &mut |t| {
+            print!("{t}");
+            let _ = std::io::stdout().flush();
+        });
+        println!();
+        match result {
+            Ok(out) => {
+                history.push(smolbit_generate::Message::new("assistant", &out.text));
+                eprintln!(
+                    "[{} tokens, {:.1} tok/s]",
+                    out.timings.generated_tokens, out.timings.decode_tok_s
+                );
+            }
+            Err(e) => {
+                history.pop();
+                eprintln!("error: {e:#} (try /reset)");
+            }
+        }
     }
 }
 

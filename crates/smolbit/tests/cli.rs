@@ -154,3 +154,126 @@ fn errors_are_one_line() {
     );
     assert!(!Path::new(&json).exists());
 }
+
+/// The default model converted once for the CLI tests that need a tokenizer; `None` (skipped)
+/// when it is not cached, unless `SMOLBIT_REQUIRE_MODEL=1`.
+fn real_model() -> Option<&'static Path> {
+    static DIR: std::sync::OnceLock<Option<(tempfile::TempDir, PathBuf)>> =
+        std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let gguf = smolbit_weights::cache::default_model_gguf();
+        if !gguf.is_file() {
+            assert_ne!(
+                std::env::var("SMOLBIT_REQUIRE_MODEL").as_deref(),
+                Ok("1"),
+                "{}: missing",
+                gguf.display()
+            );
+            eprintln!(
+                "skipped: {} not found (run `cargo xtask fetch-model`)",
+                gguf.display()
+            );
+            return None;
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("m");
+        let out = smolbit(&[
+            "convert",
+            gguf.to_str().expect("utf8"),
+            "--out",
+            dir.to_str().expect("utf8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some((tmp, dir))
+    })
+    .as_ref()
+    .map(|(_, d)| d.as_path())
+}
+
+#[test]
+fn generate_json_and_streamed_text_agree() {
+    let Some(model) = real_model() else { return };
+    let m = model.to_str().expect("utf8");
+    let args = [
+        "generate",
+        "--model",
+        m,
+        "--prompt",
+        "Write a Python function that adds two numbers.",
+        "--chat",
+        "--max-new-tokens",
+        "16",
+    ];
+    let out = smolbit(&[&args[..], &["--json"]].concat());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON object");
+    for key in ["prompt_tokens", "tokens", "text", "ttft_ms", "decode_tok_s"] {
+        assert!(v.get(key).is_some(), "missing {key}: {v}");
+    }
+    assert_eq!(v["tokens"].as_array().expect("tokens").len(), 16);
+    let streamed = smolbit(&args);
+    assert!(streamed.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&streamed.stdout),
+        format!("{}\n", v["text"].as_str().expect("text"))
+    );
+    assert!(String::from_utf8_lossy(&streamed.stderr).contains("tok/s decode"));
+}
+
+#[test]
+fn chat_reads_turns_from_stdin() {
+    use std::io::Write;
+    let Some(model) = real_model() else { return };
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smolbit"))
+        .args([
+            "chat",
+            "--model",
+            model.to_str().expect("utf8"),
+            "--max-new-tokens",
+            "8",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"Hi!\nWhat is 2+2?\n/exit\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("> ").count(), 3, "{stdout}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .matches("tok/s]")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn generate_without_tokenizer_is_a_clear_error() {
+    let model = testdata("tiny-smollm3");
+    check_error(
+        &[
+            "generate",
+            "--model",
+            model.to_str().expect("utf8"),
+            "--prompt",
+            "hi",
+        ],
+        "tiny-smollm3: no tokenizer.json",
+    );
+}
