@@ -6,6 +6,7 @@
 //! `tokenizer.json`, `tokenizer_config.json` (chat template, special tokens) and
 //! `generation_config.json` (EOS ids).
 
+pub mod perplexity;
 pub mod sampling;
 pub mod stream;
 pub mod template;

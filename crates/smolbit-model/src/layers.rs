@@ -42,6 +42,58 @@ impl KvCache {
     }
 }
 
+/// BitNet's per-token int8 absmax fake quantization of `x: [T, width]`:
+/// `scale = 127 / max(max|x|, 1e-5)`, `x̂ = clamp(round(x * scale), -128, 127) / scale`.
+pub(crate) fn act_quant(x: Tensor<2>) -> Tensor<2> {
+    let scale = x
+        .clone()
+        .abs()
+        .max_dim(1)
+        .clamp_min(1e-5)
+        .recip()
+        .mul_scalar(127.0);
+    x.mul(scale.clone()).round().clamp(-128.0, 127.0).div(scale)
+}
+
+/// Inputs seen by the four kinds of linear in a block, accumulated over calibration text.
+#[derive(Debug, Clone, Default)]
+pub struct InputRecorder {
+    /// Per input site (q/k/v, o, gate/up, down): sum of x^2 per column.
+    pub sum_sq: [Vec<f64>; 4],
+    /// Rows seen per site.
+    pub count: [usize; 4],
+    /// Sampled input rows per site (row-major), at most `max_samples` rows.
+    pub samples: [Vec<f32>; 4],
+    /// Sample budget per site.
+    pub max_samples: usize,
+}
+
+impl InputRecorder {
+    fn record(&mut self, site: usize, x: &Tensor<2>) {
+        let [t, cols] = x.dims();
+        let data = crate::tensor_to_vec(x.clone());
+        let sum = &mut self.sum_sq[site];
+        if sum.is_empty() {
+            sum.resize(cols, 0.0);
+        }
+        for row in data.chunks_exact(cols) {
+            for (s, v) in sum.iter_mut().zip(row) {
+                *s += f64::from(*v) * f64::from(*v);
+            }
+        }
+        self.count[site] += t;
+        let have = self.samples[site].len() / cols.max(1);
+        if have < self.max_samples {
+            // Evenly spaced rows of this window.
+            let take = (self.max_samples - have).min(8).min(t);
+            for i in 0..take {
+                let r = i * t / take;
+                self.samples[site].extend_from_slice(&data[r * cols..(r + 1) * cols]);
+            }
+        }
+    }
+}
+
 /// `x * rsqrt(mean(x^2) + eps) * w` over the last dimension of `x: [T, hidden]`.
 pub(crate) fn rms_norm(x: Tensor<2>, w: &Tensor<1>, eps: f64) -> Tensor<2> {
     let var = x.clone().square().mean_dim(1);
@@ -106,6 +158,7 @@ pub struct Block {
     up: Tensor<2>,
     down: Tensor<2>,
     use_rope: bool,
+    act8: bool,
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
@@ -116,6 +169,7 @@ impl Block {
     pub(crate) fn load(
         c: &ModelConfig,
         i: usize,
+        act8: bool,
         get1: &impl Fn(&str, usize) -> Result<Tensor<1>, ModelError>,
         get2: &impl Fn(&str, usize, usize) -> Result<Tensor<2>, ModelError>,
     ) -> Result<Self, ModelError> {
@@ -136,11 +190,17 @@ impl Block {
             up: lin(LayerRole::Up, f, h)?,
             down: lin(LayerRole::Down, h, f)?,
             use_rope: c.rope_layers[i],
+            act8,
             n_heads: c.num_heads,
             n_kv: c.num_kv_heads,
             head_dim: c.head_dim,
             eps: c.rms_norm_eps,
         })
+    }
+
+    /// The input of a linear layer: int8 fake-quantized for W1.58A8 checkpoints.
+    fn linear_input(&self, x: Tensor<2>) -> Tensor<2> {
+        if self.act8 { act_quant(x) } else { x }
     }
 
     /// `x: [T, hidden]` -> `[T, hidden]`.
@@ -150,14 +210,23 @@ impl Block {
         rope: &Rope,
         cache: &mut Option<(Tensor<3>, Tensor<3>)>,
         past: usize,
+        mut rec: Option<&mut InputRecorder>,
     ) -> Tensor<2> {
         let h = rms_norm(x.clone(), &self.attn_norm, self.eps);
-        let x = x.add(self.attention(h, rope, cache, past));
+        if let Some(r) = rec.as_deref_mut() {
+            r.record(0, &h);
+        }
+        let x = x.add(self.attention(h, rope, cache, past, rec.as_deref_mut()));
         let h = rms_norm(x.clone(), &self.mlp_norm, self.eps);
-        let mlp = silu(h.clone().matmul(self.gate.clone()))
-            .mul(h.matmul(self.up.clone()))
-            .matmul(self.down.clone());
-        x.add(mlp)
+        if let Some(r) = rec.as_deref_mut() {
+            r.record(2, &h);
+        }
+        let h = self.linear_input(h);
+        let inner = silu(h.clone().matmul(self.gate.clone())).mul(h.matmul(self.up.clone()));
+        if let Some(r) = rec.as_deref_mut() {
+            r.record(3, &inner);
+        }
+        x.add(self.linear_input(inner).matmul(self.down.clone()))
     }
 
     fn attention(
@@ -166,8 +235,10 @@ impl Block {
         rope: &Rope,
         cache: &mut Option<(Tensor<3>, Tensor<3>)>,
         past: usize,
+        rec: Option<&mut InputRecorder>,
     ) -> Tensor<2> {
         let t = x.dims()[0];
+        let x = self.linear_input(x);
         let (nh, nkv, d) = (self.n_heads, self.n_kv, self.head_dim);
         let group = nh / nkv;
         // [T, H*D] -> [H, T, D]
@@ -209,6 +280,9 @@ impl Block {
             .reshape([nh, t, d])
             .swap_dims(0, 1)
             .reshape([t, nh * d]);
-        out.matmul(self.wo.clone())
+        if let Some(r) = rec {
+            r.record(1, &out);
+        }
+        self.linear_input(out).matmul(self.wo.clone())
     }
 }

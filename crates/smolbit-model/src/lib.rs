@@ -15,7 +15,8 @@ use burn::prelude::*;
 use smolbit_weights::{LoadError, ModelConfig, ModelDir};
 
 pub use burn::prelude::Device;
-pub use layers::{Block, KvCache};
+pub use layers::{Block, InputRecorder, KvCache};
+pub use smolbit_weights::quantize::{Calibration, InputStats, QuantConfig};
 
 /// Why the model could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +77,7 @@ pub struct Model {
     norm: Tensor<1>,
     /// `[hidden, vocab]` (a transposed view of the embedding when tied)
     head: Tensor<2>,
+    quant: Option<QuantConfig>,
 }
 
 /// Upload a row-major f32 matrix `[rows, cols]`.
@@ -109,8 +111,18 @@ impl Model {
             get2("lm_head.weight", c.vocab_size, c.hidden_size)?.transpose()
         };
         let norm = get1("model.norm.weight", c.hidden_size)?;
+        // Linear weights: dense, or unpacked from a ternary checkpoint (reference path).
+        let lin = |name: &str, rows: usize, cols: usize| -> Result<Tensor<2>, ModelError> {
+            Ok(upload2(
+                md.linear_f32(name, rows, cols)?,
+                rows,
+                cols,
+                device,
+            ))
+        };
+        let act8 = md.quant.as_ref().is_some_and(QuantConfig::int8_activations);
         let layers = (0..c.num_layers)
-            .map(|i| Block::load(&c, i, &get1, &get2))
+            .map(|i| Block::load(&c, i, act8, &get1, &lin))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Model {
             config: c,
@@ -119,7 +131,56 @@ impl Model {
             layers,
             norm,
             head,
+            quant: md.quant.clone(),
         })
+    }
+
+    /// The ternary checkpoint's quantization config, if this is one.
+    pub fn quant_config(&self) -> Option<&QuantConfig> {
+        self.quant.as_ref()
+    }
+
+    /// Run windows of calibration tokens and collect, for every linear layer, the mean square of
+    /// each input column and a few sample input rows (keyed by HF weight name).
+    pub fn calibrate(
+        &self,
+        windows: &[Vec<u32>],
+        max_samples: usize,
+    ) -> Result<Calibration, ModelError> {
+        let mut recs: Vec<InputRecorder> = (0..self.config.num_layers)
+            .map(|_| InputRecorder {
+                max_samples,
+                ..Default::default()
+            })
+            .collect();
+        for w in windows {
+            let mut cache = self.new_cache();
+            self.check_tokens(w, &cache)?;
+            let ids: Vec<i32> = w.iter().map(|&t| t as i32).collect();
+            let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [w.len()]), &self.device);
+            let mut x = self.embed.clone().select(0, ids);
+            let rope = layers::Rope::new(&self.config, 0, w.len(), &self.device);
+            for (i, layer) in self.layers.iter().enumerate() {
+                x = layer.forward(x, &rope, cache.layer_mut(i), 0, Some(&mut recs[i]));
+            }
+            cache.advance(w.len());
+        }
+        use smolbit_weights::mapping::{LayerRole as L, Role, hf_name};
+        let sites: [&[L]; 4] = [&[L::Q, L::K, L::V], &[L::O], &[L::Gate, L::Up], &[L::Down]];
+        let mut out = Calibration::new();
+        for (i, rec) in recs.into_iter().enumerate() {
+            for (site, roles) in sites.iter().enumerate() {
+                let n = rec.count[site].max(1) as f64;
+                let stats = InputStats {
+                    mean_sq: rec.sum_sq[site].iter().map(|s| (s / n) as f32).collect(),
+                    samples: rec.samples[site].clone(),
+                };
+                for &role in *roles {
+                    out.insert(hf_name(Role::Layer(role), Some(i)), stats.clone());
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The resolved config.
@@ -170,7 +231,7 @@ impl Model {
         let past = cache.len();
         let rope = layers::Rope::new(&self.config, past, tokens.len(), &self.device);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, &rope, cache.layer_mut(i), past);
+            x = layer.forward(x, &rope, cache.layer_mut(i), past, None);
         }
         cache.advance(tokens.len());
         Ok(layers::rms_norm(x, &self.norm, self.config.rms_norm_eps))

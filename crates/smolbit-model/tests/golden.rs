@@ -176,3 +176,43 @@ fn bad_inputs_are_errors() {
     let err = device("tpu").expect_err("unknown device");
     assert!(err.to_string().starts_with("unknown device 'tpu'"), "{err}");
 }
+
+/// A b1.58 checkpoint (int8 activations) runs like transformers' BitLinear on the same trits:
+/// the tiny Llama exported with `--export hf-bitnet` and run by transformers
+/// (testdata/make_bitnet_fixtures.py; its trits equal numpy's). Same 1e-4 tolerance: rare int8
+/// rounding flips could exceed it, but none occur on this input (observed 8e-7).
+#[test]
+fn tiny_llama_b158_matches_transformers_bitlinear() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let f32_dir = tmp.path().join("f32");
+    let opts = smolbit_weights::ConvertOptions {
+        dtype: Some(smolbit_weights::safetensors::Dtype::F32),
+        overwrite: false,
+    };
+    smolbit_weights::convert(&testdata("tiny-llama"), &f32_dir, &opts).expect("convert");
+    let q = tmp.path().join("b158");
+    let qopts = smolbit_weights::quantize::QuantizeOptions {
+        scheme: "b158".parse().expect("scheme"),
+        packing: smolbit_ternary::pack::Packing::Base3,
+        calibration: None,
+        overwrite: false,
+        iters: 1,
+    };
+    smolbit_weights::quantize::quantize_model(&f32_dir, &q, &qopts).expect("quantize");
+    let model = Model::load(&q, &device("cpu").expect("cpu")).expect("load");
+    assert!(model.quant_config().is_some_and(|qc| qc.int8_activations()));
+    let g = golden("tiny-llama-bitnet-logits.json");
+    let vocab = model.config().vocab_size;
+    let all = tensor_to_vec(
+        model
+            .forward(&g.tokens, &mut model.new_cache())
+            .expect("forward"),
+    );
+    for (p, row) in g.logits.iter().enumerate() {
+        assert_close(
+            &all[p * vocab..(p + 1) * vocab],
+            row,
+            &format!("b158 position {p}"),
+        );
+    }
+}

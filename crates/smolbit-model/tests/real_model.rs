@@ -137,3 +137,46 @@ fn tokenizer_built_from_gguf_matches_transformers() {
     );
     assert_eq!(cfg["eos_token"], "<|im_end|>");
 }
+
+/// b1.58 trits of all 210 block linears of the default model equal an independent numpy absmean
+/// (sha256 per layer, testdata/b158-numpy-trits.json), and so do the scales (`1 / mean|W|`).
+#[test]
+fn b158_trits_equal_numpy_on_the_default_model() {
+    use sha2::{Digest, Sha256};
+    let Some(r) = real() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let q = tmp.path().join("b158");
+    let opts = smolbit_weights::quantize::QuantizeOptions {
+        scheme: "b158".parse().expect("scheme"),
+        packing: smolbit_ternary::pack::Packing::TwoBit,
+        calibration: None,
+        overwrite: false,
+        iters: 1,
+    };
+    smolbit_weights::quantize::quantize_model(&r.dir, &q, &opts).expect("quantize");
+    let md = smolbit_weights::ModelDir::open(&q).expect("open");
+    let qc = md.quant.clone().expect("qc");
+    let refs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(testdata("b158-numpy-trits.json")).expect("read"),
+    )
+    .expect("json");
+    let refs = refs["smollm2"].as_object().expect("smollm2");
+    assert_eq!(refs.len(), 210);
+    let src = smolbit_weights::ModelDir::open(&r.dir).expect("src");
+    for (name, want) in refs {
+        let shape = src.weights.entry(name).expect("entry").shape.clone();
+        let m = smolbit_weights::quantize::read_ternary(&md, &qc, name, shape[0], shape[1])
+            .expect("read");
+        let bytes: Vec<u8> = m.trits.iter().map(|&t| t as u8).collect();
+        let hex: String = Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, want["sha256"].as_str().expect("sha"), "{name}");
+        assert_eq!(
+            1.0f32 / m.scales[0],
+            want["scale_inv"].as_f64().expect("inv") as f32,
+            "{name}"
+        );
+    }
+}

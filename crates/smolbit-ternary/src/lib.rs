@@ -70,11 +70,11 @@ impl TernaryMatrix {
         out
     }
 
-    /// Storage bits per weight: packed trits plus f16 scales.
-    pub fn bits_per_weight(&self, packing: pack::Packing) -> f64 {
+    /// Storage bits per weight: packed trits plus scales of `scale_bits` each.
+    pub fn bits_per_weight(&self, packing: pack::Packing, scale_bits: usize) -> f64 {
         let n = (self.rows * self.cols) as f64;
         let trit_bits = (self.planes * self.rows * packing.bytes_per_row(self.cols) * 8) as f64;
-        let scale_bits = (self.planes * self.scales_per_plane() * 16) as f64;
+        let scale_bits = (self.planes * self.scales_per_plane() * scale_bits) as f64;
         (trit_bits + scale_bits) / n
     }
 }

@@ -129,10 +129,10 @@ fn bits_per_weight_are_counted_honestly() {
         None,
     );
     // 2 planes x 1.6 bits (base-3, 128 = 25.6 bytes -> 26 bytes per row) + 2 x 16/64 scale bits.
-    let bpw = m.bits_per_weight(Packing::Base3);
+    let bpw = m.bits_per_weight(Packing::Base3, 16);
     assert!(
         (bpw - (2.0 * 26.0 * 8.0 / 128.0 + 0.5)).abs() < 1e-9,
         "{bpw}"
     );
-    assert!((m.bits_per_weight(Packing::TwoBit) - 4.5).abs() < 1e-9);
+    assert!((m.bits_per_weight(Packing::TwoBit, 16) - 4.5).abs() < 1e-9);
 }

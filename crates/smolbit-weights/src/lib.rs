@@ -7,6 +7,7 @@
 //! - [`mapping`]: the HF <-> GGUF tensor-name table.
 //! - [`tokenizer`]: `tokenizer.json` rebuilt from a GGUF's BPE metadata.
 //! - [`convert`]: GGUF or HF directory -> normalized HF directory.
+//! - [`quantize`]: ternary checkpoints (packed trits + scales) written and read back.
 //! - [`ModelDir`]: what the model crate loads from.
 //!
 //! This crate knows nothing about burn or about inference.
@@ -18,6 +19,7 @@ pub mod dequant;
 pub mod gguf;
 pub mod keys;
 pub mod mapping;
+pub mod quantize;
 pub mod safetensors;
 pub mod tokenizer;
 
@@ -47,6 +49,9 @@ pub enum LoadError {
         /// Expected shape.
         expected: Vec<usize>,
     },
+    /// A ternary checkpoint that cannot be read.
+    #[error("{0}")]
+    Quantized(String),
     /// The directory does not exist.
     #[error("{path}: not a model directory ({what})")]
     NotADir {
@@ -55,6 +60,34 @@ pub enum LoadError {
         /// Why.
         what: String,
     },
+}
+
+fn read_quant_config(dir: &Path) -> Result<Option<quantize::QuantConfig>, LoadError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
+        path: path.clone(),
+        source,
+    })?;
+    let Some(q) = v.get("quantization_config") else {
+        return Ok(None);
+    };
+    match q.get("quant_method").and_then(|m| m.as_str()) {
+        Some("smolbit") => serde_json::from_value(q.clone())
+            .map(Some)
+            .map_err(|source| ConfigError::Json { path, source }.into()),
+        other => Err(ConfigError::Unsupported {
+            path,
+            what: format!(
+                "quantization method {}",
+                other.map_or("(none)".to_string(), |m| format!("'{m}'"))
+            ),
+        }
+        .into()),
+    }
 }
 
 /// A Hugging Face style model directory: resolved config plus memory-mapped weights.
@@ -66,6 +99,8 @@ pub struct ModelDir {
     pub config: ModelConfig,
     /// The weights.
     pub weights: safetensors::SafeTensors,
+    /// `quantization_config` of a ternary checkpoint.
+    pub quant: Option<quantize::QuantConfig>,
 }
 
 impl ModelDir {
@@ -82,12 +117,27 @@ impl ModelDir {
             });
         }
         let config = ModelConfig::from_dir(dir)?;
+        let quant = read_quant_config(dir)?;
         let weights = safetensors::SafeTensors::open_dir(dir)?;
         Ok(ModelDir {
             path: dir.to_path_buf(),
             config,
             weights,
+            quant,
         })
+    }
+
+    /// A linear layer's weight `[rows, cols]` as f32: read directly, or unpacked and dequantized
+    /// from a ternary checkpoint (the reference path; fast kernels keep weights packed).
+    pub fn linear_f32(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, LoadError> {
+        match &self.quant {
+            Some(qc) if !self.weights.contains(name) => {
+                Ok(quantize::read_ternary(self, qc, name, rows, cols)
+                    .map_err(|e| LoadError::Quantized(e.to_string()))?
+                    .dequantize())
+            }
+            _ => self.tensor_f32(name, &[rows, cols]),
+        }
     }
 
     /// A tensor as f32 (row-major), checked against `shape`.

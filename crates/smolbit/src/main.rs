@@ -71,6 +71,60 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Quantize a converted model to ternary (see `smolbit-ternary`'s scheme docs).
+    Quantize {
+        /// Full-precision model directory (as written by `smolbit convert`).
+        #[arg(long)]
+        model: PathBuf,
+        /// Scheme: b158, b158:row, b158:g128, planes2:g64, planes2:g128:cal, planes3:g64, ...
+        #[arg(long)]
+        scheme: String,
+        /// Output directory (written atomically).
+        #[arg(long)]
+        out: PathBuf,
+        /// Calibration text for `:cal` schemes (also enables the output-error metric).
+        #[arg(long)]
+        calibration: Option<PathBuf>,
+        /// Calibration tokens to use.
+        #[arg(long, default_value_t = 4096)]
+        calibration_tokens: usize,
+        /// Trit packing: base3 (1.6 bits per trit) or 2bit.
+        #[arg(long, default_value = "base3")]
+        packing: String,
+        /// Alternating least-squares iterations (planes schemes).
+        #[arg(long, default_value_t = 10)]
+        iters: usize,
+        /// Replace the output directory if it exists.
+        #[arg(long)]
+        force: bool,
+        /// Write another format: `hf-bitnet` (transformers' BitNet integration; scheme b158 only).
+        #[arg(long)]
+        export: Option<String>,
+    },
+    /// Perplexity of a model on a text; with --reference, KL divergence and top-1 agreement.
+    Perplexity {
+        /// Model directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Text file.
+        #[arg(long)]
+        text: PathBuf,
+        /// Reference model directory (e.g. the full-precision parent).
+        #[arg(long)]
+        reference: Option<PathBuf>,
+        /// Window length in tokens.
+        #[arg(long, default_value_t = 512)]
+        ctx: usize,
+        /// Use at most this many tokens of the text (0: all).
+        #[arg(long, default_value_t = 0)]
+        max_tokens: usize,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Device: cpu or, in builds with the wgpu feature, wgpu.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+    },
     /// Interactive multi-turn chat in the terminal (`/reset` clears the history, `/exit` quits).
     Chat {
         /// Model directory (with tokenizer.json and a chat template).
@@ -195,6 +249,47 @@ fn run(cli: Cli) -> Result<()> {
             system,
             opts,
         } => chat(&model, system.as_deref(), &opts),
+        Command::Quantize {
+            model,
+            scheme,
+            out,
+            calibration,
+            calibration_tokens,
+            packing,
+            iters,
+            force,
+            export,
+        } => match export.as_deref() {
+            None => quantize(
+                &model,
+                &scheme,
+                &out,
+                calibration.as_deref(),
+                calibration_tokens,
+                &packing,
+                iters,
+                force,
+            ),
+            Some("hf-bitnet") => export_hf_bitnet(&model, &scheme, &out, force),
+            Some(other) => bail!("--export: unknown format '{other}' (supported: hf-bitnet)"),
+        },
+        Command::Perplexity {
+            model,
+            text,
+            reference,
+            ctx,
+            max_tokens,
+            json,
+            device,
+        } => perplexity(
+            &model,
+            &text,
+            reference.as_deref(),
+            ctx,
+            max_tokens,
+            json,
+            &device,
+        ),
     }
 }
 
@@ -388,5 +483,132 @@ fn logits(model_dir: &Path, tokens: &str, out: &Path, device: &str) -> Result<()
     std::fs::write(&tmp, serde_json::to_string(&doc)? + "\n")
         .with_context(|| format!("{}: cannot write", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("{}: cannot write", out.display()))?;
+    Ok(())
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn quantize(
+    model: &Path,
+    scheme: &str,
+    out: &Path,
+    calibration: Option<&Path>,
+    calibration_tokens: usize,
+    packing: &str,
+    iters: usize,
+    force: bool,
+) -> Result<()> {
+    use smolbit_ternary::pack::Packing;
+    let scheme: smolbit_ternary::Scheme = scheme.parse()?;
+    let packing = Packing::from_name(packing)
+        .with_context(|| format!("--packing: '{packing}' is not base3 or 2bit"))?;
+    let calibration = match calibration {
+        Some(path) => {
+            let text = read_text(path)?;
+            let g = smolbit_generate::Generator::load(model, &smolbit_model::device("cpu")?)?;
+            let mut ids = g.encode(&text, false)?;
+            ids.truncate(calibration_tokens);
+            let windows: Vec<Vec<u32>> = ids
+                .chunks(512)
+                .filter(|w| w.len() >= 2)
+                .map(<[u32]>::to_vec)
+                .collect();
+            eprintln!("calibrating on {} tokens of {}", ids.len(), path.display());
+            Some(g.model().calibrate(&windows, 128)?)
+        }
+        None => None,
+    };
+    let opts = smolbit_weights::quantize::QuantizeOptions {
+        scheme,
+        packing,
+        calibration,
+        overwrite: force,
+        iters,
+    };
+    let r = smolbit_weights::quantize::quantize_model(model, out, &opts)?;
+    let mut worst: Vec<_> = r.layers.iter().collect();
+    worst.sort_by(|a, b| b.weight_rel_error.total_cmp(&a.weight_rel_error));
+    for l in worst.iter().take(5) {
+        let out_err = l
+            .output_rel_error
+            .map(|e| format!(", output error {e:.3}"))
+            .unwrap_or_default();
+        println!(
+            "  {:<48} weight error {:.3}{out_err}",
+            l.name, l.weight_rel_error
+        );
+    }
+    println!(
+        "quantized {} -> {}: {} ({}), {} layers, {:.2} bits per weight, weight error {:.3}{}, {:.1} MB",
+        model.display(),
+        out.display(),
+        r.scheme,
+        r.packing,
+        r.layers.len(),
+        r.bits_per_weight,
+        r.model_weight_rel_error,
+        r.mean_output_rel_error
+            .map(|e| format!(", mean output error {e:.3}"))
+            .unwrap_or_default(),
+        r.bytes as f64 / 1e6
+    );
+    Ok(())
+}
+
+fn perplexity(
+    model: &Path,
+    text: &Path,
+    reference: Option<&Path>,
+    ctx: usize,
+    max_tokens: usize,
+    json: bool,
+    device: &str,
+) -> Result<()> {
+    let dev = smolbit_model::device(device)?;
+    let g = smolbit_generate::Generator::load(model, &dev)?;
+    let mut ids = g.encode(&read_text(text)?, false)?;
+    if max_tokens > 0 {
+        ids.truncate(max_tokens);
+    }
+    let reference = reference
+        .map(|r| smolbit_model::Model::load(r, &dev))
+        .transpose()?;
+    let r = smolbit_generate::perplexity::evaluate(g.model(), reference.as_ref(), &ids, ctx)?;
+    if json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        let cmp = match (r.kl_mean, r.top1_agreement, r.reference_perplexity) {
+            (Some(kl), Some(a), Some(rp)) => format!(
+                ", KL {kl:.4} nats, top-1 agreement {:.1} % (reference perplexity {rp:.3})",
+                a * 100.0
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "perplexity {:.3} over {} predictions ({} windows of {}){cmp}",
+            r.perplexity, r.scored, r.windows, r.ctx
+        );
+    }
+    Ok(())
+}
+
+fn export_hf_bitnet(model: &Path, scheme: &str, out: &Path, force: bool) -> Result<()> {
+    let parsed: smolbit_ternary::Scheme = scheme.parse()?;
+    if parsed != "b158".parse::<smolbit_ternary::Scheme>()? {
+        bail!(
+            "--export hf-bitnet: transformers' BitLinear holds one scale per tensor with int8 activations, i.e. scheme b158 (got {parsed})"
+        );
+    }
+    let r = smolbit_weights::quantize::export_hf_bitnet(model, out, force)?;
+    println!(
+        "exported {} -> {} in transformers' BitNet format: {} layers, {:.1} MB",
+        model.display(),
+        out.display(),
+        r.layers.len(),
+        r.bytes as f64 / 1e6
+    );
     Ok(())
 }

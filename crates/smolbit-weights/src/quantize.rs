@@ -1,0 +1,631 @@
+//! Ternary checkpoints: quantize a converted HF directory with a [`Scheme`] and write packed
+//! trits and scales; read them back bit-identically.
+//!
+//! Layout of a quantized directory:
+//! - `config.json`: the model config plus `quantization_config` (see [`QuantConfig`]).
+//! - `model.safetensors`: for every block linear `<name>.weight` of the source, `<name>.trits`
+//!   (U8 `[planes, rows, bytes_per_row]`, packed as [`Packing`] says) and `<name>.scales`
+//!   (`[planes, scales_per_plane]`: F16 for group scales, F32 for per-tensor and per-row scales,
+//!   whose size is negligible); every other tensor (embedding, norms, output head) as in
+//!   the source.
+//! - tokenizer and generation files copied; `quantization.json`: per-layer errors.
+//!
+//! Policy: all attention and MLP projections are quantized; the embedding, the RMSNorm weights and
+//! the output head stay in the source's floating point (at 135M the tied embedding/head is 28 % of
+//! the parameters, and ternary heads are what breaks small models first).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use smolbit_ternary::pack::{self, Packing};
+use smolbit_ternary::planes::{self, PlaneOptions};
+use smolbit_ternary::{Granularity, Scheme, TernaryMatrix, absmean, metrics};
+
+use crate::config::ModelConfig;
+use crate::convert::{commit_dir, staging_dir};
+use crate::mapping::{self, Role};
+use crate::safetensors::{self, Dtype, SafetensorsError, TensorSpec};
+
+/// `quantization_config` in config.json.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantConfig {
+    /// Always `smolbit`.
+    pub quant_method: String,
+    /// Canonical scheme string, e.g. `planes2:g64:af`.
+    pub scheme: String,
+    /// Trit planes.
+    pub planes: usize,
+    /// `tensor`, `row` or `g<N>`.
+    pub granularity: String,
+    /// `int8` or `float`.
+    pub activations: String,
+    /// `2bit` or `base3`.
+    pub packing: String,
+    /// Scales fitted with calibration statistics.
+    pub calibrated: bool,
+    /// Tensors left in floating point.
+    pub modules_not_converted: Vec<String>,
+    /// Storage bits per weight of the quantized linears (trits + f16 scales).
+    pub bits_per_weight: f64,
+}
+
+impl QuantConfig {
+    /// The parsed scheme.
+    pub fn scheme(&self) -> Result<Scheme, smolbit_ternary::SchemeError> {
+        self.scheme.parse()
+    }
+
+    /// The parsed packing.
+    pub fn packing(&self) -> Option<Packing> {
+        Packing::from_name(&self.packing)
+    }
+
+    /// Whether linear inputs are quantized to int8 per token.
+    pub fn int8_activations(&self) -> bool {
+        self.activations == "int8"
+    }
+}
+
+/// Statistics of one linear layer's inputs over calibration text.
+#[derive(Debug, Clone, Default)]
+pub struct InputStats {
+    /// Mean of `x_j^2` per input column.
+    pub mean_sq: Vec<f32>,
+    /// A few input rows `[n, cols]` for the output-error metric.
+    pub samples: Vec<f32>,
+}
+
+/// Calibration statistics by HF weight name (`model.layers.0.self_attn.q_proj.weight`).
+pub type Calibration = BTreeMap<String, InputStats>;
+
+/// Why quantization failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QuantizeError {
+    /// Loading the source failed.
+    #[error(transparent)]
+    Load(#[from] crate::LoadError),
+    /// Writing failed.
+    #[error(transparent)]
+    Convert(#[from] crate::ConvertError),
+    /// safetensors I/O.
+    #[error(transparent)]
+    Safetensors(#[from] SafetensorsError),
+    /// A request that cannot be honoured.
+    #[error("{path}: {what}")]
+    Invalid {
+        /// The model directory.
+        path: PathBuf,
+        /// Why.
+        what: String,
+    },
+}
+
+/// Quantization settings.
+#[derive(Debug, Clone)]
+pub struct QuantizeOptions {
+    /// The scheme.
+    pub scheme: Scheme,
+    /// Byte layout of the trits.
+    pub packing: Packing,
+    /// Calibration statistics (required by `:cal` schemes; enables the output-error metric).
+    pub calibration: Option<Calibration>,
+    /// Replace an existing output.
+    pub overwrite: bool,
+    /// Alternating least-squares iterations for planes schemes.
+    pub iters: usize,
+}
+
+/// Error and size of one quantized layer.
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    /// HF weight name.
+    pub name: String,
+    /// `[rows, cols]`.
+    pub shape: [usize; 2],
+    /// `||W - Ŵ|| / ||W||`.
+    pub weight_rel_error: f64,
+    /// `||(W - Ŵ)X|| / ||WX||` on calibration inputs, when given.
+    pub output_rel_error: Option<f64>,
+    /// Storage bits per weight.
+    pub bits_per_weight: f64,
+}
+
+/// What `quantize_model` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct QuantizeReport {
+    /// Canonical scheme.
+    pub scheme: String,
+    /// Packing.
+    pub packing: String,
+    /// Per layer, in checkpoint order.
+    pub layers: Vec<LayerReport>,
+    /// Bits per weight over all quantized linears.
+    pub bits_per_weight: f64,
+    /// `||W - Ŵ|| / ||W||` over all quantized linears together.
+    pub model_weight_rel_error: f64,
+    /// Mean of the per-layer output errors, when calibration was given.
+    pub mean_output_rel_error: Option<f64>,
+    /// Bytes of model.safetensors.
+    pub bytes: u64,
+}
+
+/// Quantize one `[rows, cols]` matrix with a scheme (pure math, exposed for tests and tools).
+pub fn quantize_matrix(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: &Scheme,
+    importance: Option<&[f32]>,
+    iters: usize,
+) -> TernaryMatrix {
+    if scheme.absmean {
+        absmean::quantize(w, rows, cols, scheme.granularity)
+    } else {
+        let opts = PlaneOptions {
+            planes: scheme.planes,
+            granularity: scheme.granularity,
+            iters,
+        };
+        planes::quantize(
+            w,
+            rows,
+            cols,
+            opts,
+            if scheme.calibrated { importance } else { None },
+        )
+    }
+}
+
+/// Group scales are f16 (they cost bits per weight); per-tensor and per-row scales stay f32.
+pub fn scale_dtype(g: Granularity) -> Dtype {
+    match g {
+        Granularity::Group(_) => Dtype::F16,
+        Granularity::Tensor | Granularity::Row => Dtype::F32,
+    }
+}
+
+fn is_linear(role: Role) -> bool {
+    matches!(role, Role::Layer(l) if !matches!(l, mapping::LayerRole::AttnNorm | mapping::LayerRole::MlpNorm))
+}
+
+/// `a.b.weight` -> `a.b`
+fn base_name(weight: &str) -> &str {
+    weight.strip_suffix(".weight").unwrap_or(weight)
+}
+
+/// Quantize the HF directory `input` into `out`.
+pub fn quantize_model(
+    input: &Path,
+    out: &Path,
+    opts: &QuantizeOptions,
+) -> Result<QuantizeReport, QuantizeError> {
+    let invalid = |what: String| QuantizeError::Invalid {
+        path: input.to_path_buf(),
+        what,
+    };
+    let md = crate::ModelDir::open(input)?;
+    if md.quant.is_some() {
+        return Err(invalid(
+            "is already quantized; quantize the converted full-precision directory".into(),
+        ));
+    }
+    if opts.scheme.calibrated && opts.calibration.is_none() {
+        return Err(invalid(format!(
+            "scheme {} needs calibration statistics (--calibration <FILE>)",
+            opts.scheme
+        )));
+    }
+    if out.exists() && !opts.overwrite {
+        return Err(crate::ConvertError::Output {
+            path: out.to_path_buf(),
+            what: "already exists (pass --force to replace it)".into(),
+        }
+        .into());
+    }
+    let config = md.config.clone();
+    let needed = mapping::needed_tensors(&config);
+    let staging = staging_dir(out)?;
+    let result = write_quantized(&md, &config, &needed, &staging, opts);
+    match result {
+        Ok(report) => {
+            commit_dir(&staging, out)?;
+            Ok(report)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
+
+fn write_quantized(
+    md: &crate::ModelDir,
+    config: &ModelConfig,
+    needed: &[mapping::Needed],
+    staging: &Path,
+    opts: &QuantizeOptions,
+) -> Result<QuantizeReport, QuantizeError> {
+    let scheme = opts.scheme;
+    let mut specs = Vec::new();
+    let mut kept = Vec::new();
+    for n in needed {
+        if is_linear(n.role) {
+            let (rows, cols) = (n.shape[0], n.shape[1]);
+            let base = base_name(&n.hf_name);
+            specs.push(TensorSpec {
+                name: format!("{base}.trits"),
+                dtype: Dtype::U8,
+                shape: vec![scheme.planes, rows, opts.packing.bytes_per_row(cols)],
+            });
+            specs.push(TensorSpec {
+                name: format!("{base}.scales"),
+                dtype: scale_dtype(scheme.granularity),
+                shape: vec![
+                    scheme.planes,
+                    scheme.granularity.scales_per_plane(rows, cols),
+                ],
+            });
+        } else {
+            let dtype = md.weights.entry(&n.hf_name)?.dtype;
+            specs.push(TensorSpec {
+                name: n.hf_name.clone(),
+                dtype,
+                shape: n.shape.clone(),
+            });
+            kept.push(base_name(&n.hf_name).to_string());
+        }
+    }
+    let mut layers = Vec::new();
+    let mut current: Option<TernaryMatrix> = None;
+    let (mut err_num, mut err_den, mut bits, mut weights) = (0f64, 0f64, 0f64, 0f64);
+    let st_path = staging.join("model.safetensors");
+    let mut meta = BTreeMap::new();
+    meta.insert("format".to_string(), "pt".to_string());
+    meta.insert("quantization".to_string(), scheme.to_string());
+    safetensors::write_streaming(&st_path, &specs, &meta, |_, spec| {
+        if let Some(base) = spec.name.strip_suffix(".trits") {
+            let name = format!("{base}.weight");
+            let (rows, cols) = (spec.shape[1], md.weights.entry(&name)?.shape[1]);
+            let w = md.tensor_f32(&name, &[rows, cols])?;
+            let stats = opts.calibration.as_ref().and_then(|c| c.get(&name));
+            let m = quantize_matrix(
+                &w,
+                rows,
+                cols,
+                &scheme,
+                stats.map(|s| s.mean_sq.as_slice()),
+                opts.iters,
+            );
+            let w_hat = m.dequantize();
+            let num: f64 = w
+                .iter()
+                .zip(&w_hat)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            let den: f64 = w.iter().map(|a| f64::from(*a).powi(2)).sum();
+            err_num += num;
+            err_den += den;
+            let bpw = m.bits_per_weight(opts.packing, scale_dtype(scheme.granularity).size() * 8);
+            bits += bpw * (rows * cols) as f64;
+            weights += (rows * cols) as f64;
+            layers.push(LayerReport {
+                name,
+                shape: [rows, cols],
+                weight_rel_error: metrics::relative_frobenius(&w, &w_hat),
+                output_rel_error: stats
+                    .filter(|s| !s.samples.is_empty())
+                    .map(|s| metrics::relative_output_error(&w, &w_hat, rows, cols, &s.samples)),
+                bits_per_weight: bpw,
+            });
+            let n = rows * cols;
+            let mut bytes = Vec::with_capacity(spec.shape.iter().product());
+            for k in 0..m.planes {
+                bytes.extend(pack::pack(
+                    &m.trits[k * n..(k + 1) * n],
+                    rows,
+                    cols,
+                    opts.packing,
+                ));
+            }
+            current = Some(m);
+            Ok::<_, QuantizeError>(bytes)
+        } else if spec.name.ends_with(".scales") {
+            let m = current.take().ok_or_else(|| QuantizeError::Invalid {
+                path: md.path.clone(),
+                what: format!("internal: scales of {} before its trits", spec.name),
+            })?;
+            Ok(safetensors::encode_f32(
+                &m.scales,
+                scale_dtype(scheme.granularity),
+            ))
+        } else {
+            Ok(md.weights.bytes(&spec.name)?.to_vec())
+        }
+    })?;
+
+    let bits_per_weight = if weights > 0.0 { bits / weights } else { 0.0 };
+    let qc = QuantConfig {
+        quant_method: "smolbit".into(),
+        scheme: scheme.to_string(),
+        planes: scheme.planes,
+        granularity: scheme.granularity.to_string(),
+        activations: match scheme.activations {
+            smolbit_ternary::Activations::Int8 => "int8".into(),
+            smolbit_ternary::Activations::Float => "float".into(),
+        },
+        packing: opts.packing.name().into(),
+        calibrated: scheme.calibrated,
+        modules_not_converted: kept,
+        bits_per_weight,
+    };
+    let src_cfg = std::fs::read_to_string(md.path.join("config.json")).map_err(|e| {
+        QuantizeError::Invalid {
+            path: md.path.join("config.json"),
+            what: e.to_string(),
+        }
+    })?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&src_cfg).map_err(|e| QuantizeError::Invalid {
+            path: md.path.join("config.json"),
+            what: e.to_string(),
+        })?;
+    cfg["quantization_config"] = serde_json::to_value(&qc).unwrap_or_default();
+    let write = |name: &str, v: &serde_json::Value| {
+        std::fs::write(
+            staging.join(name),
+            serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
+        )
+        .map_err(|e| QuantizeError::Invalid {
+            path: staging.join(name),
+            what: e.to_string(),
+        })
+    };
+    write("config.json", &cfg)?;
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "special_tokens_map.json",
+        "chat_template.jinja",
+    ] {
+        let src = md.path.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, staging.join(f)).map_err(|e| QuantizeError::Invalid {
+                path: src.clone(),
+                what: format!("cannot copy: {e}"),
+            })?;
+        }
+    }
+    let outs: Vec<f64> = layers.iter().filter_map(|l| l.output_rel_error).collect();
+    let report = QuantizeReport {
+        scheme: scheme.to_string(),
+        packing: opts.packing.name().into(),
+        bits_per_weight,
+        model_weight_rel_error: if err_den > 0.0 {
+            (err_num / err_den).sqrt()
+        } else {
+            0.0
+        },
+        mean_output_rel_error: (!outs.is_empty())
+            .then(|| outs.iter().sum::<f64>() / outs.len() as f64),
+        bytes: std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0),
+        layers,
+    };
+    write(
+        "quantization.json",
+        &serde_json::to_value(&report).unwrap_or_default(),
+    )?;
+    let _ = config;
+    Ok(report)
+}
+
+/// Read a quantized linear back as a [`TernaryMatrix`].
+pub fn read_ternary(
+    md: &crate::ModelDir,
+    qc: &QuantConfig,
+    weight_name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<TernaryMatrix, QuantizeError> {
+    let invalid = |what: String| QuantizeError::Invalid {
+        path: md.path.clone(),
+        what,
+    };
+    let scheme = qc
+        .scheme()
+        .map_err(|e| invalid(format!("config.json: {e}")))?;
+    let packing = qc
+        .packing()
+        .ok_or_else(|| invalid(format!("config.json: unknown packing '{}'", qc.packing)))?;
+    let base = base_name(weight_name);
+    let trits_name = format!("{base}.trits");
+    let e = md.weights.entry(&trits_name)?;
+    let want = vec![scheme.planes, rows, packing.bytes_per_row(cols)];
+    if e.shape != want || e.dtype != Dtype::U8 {
+        return Err(invalid(format!(
+            "tensor '{trits_name}' has shape {:?}, expected U8 {want:?}",
+            e.shape
+        )));
+    }
+    let bytes = md.weights.bytes(&trits_name)?;
+    let per_plane = rows * packing.bytes_per_row(cols);
+    let mut trits = Vec::with_capacity(scheme.planes * rows * cols);
+    for k in 0..scheme.planes {
+        trits.extend(
+            pack::unpack(
+                &bytes[k * per_plane..(k + 1) * per_plane],
+                rows,
+                cols,
+                packing,
+            )
+            .map_err(|e| invalid(format!("tensor '{trits_name}': {e}")))?,
+        );
+    }
+    let scales_name = format!("{base}.scales");
+    let spp = scheme.granularity.scales_per_plane(rows, cols);
+    let se = md.weights.entry(&scales_name)?;
+    if se.shape != [scheme.planes, spp] {
+        return Err(invalid(format!(
+            "tensor '{scales_name}' has shape {:?}, expected [{}, {spp}]",
+            se.shape, scheme.planes
+        )));
+    }
+    Ok(TernaryMatrix {
+        rows,
+        cols,
+        planes: scheme.planes,
+        granularity: scheme.granularity,
+        trits,
+        scales: md.weights.to_f32(&scales_name)?,
+    })
+}
+
+/// Group size of a granularity, if it has one (for reports).
+pub fn group_size(g: Granularity) -> Option<usize> {
+    match g {
+        Granularity::Group(n) => Some(n),
+        _ => None,
+    }
+}
+
+/// Write the per-tensor b1.58 scheme in the format transformers' BitNet integration loads
+/// (`quant_method: "bitnet"`, `linear_class: "bitlinear"`, offline): every block linear as
+/// `<name>.weight` uint8 `[rows / 4, cols]` in `pack_weights` layout and `<name>.weight_scale`
+/// `[1]` = `1 / mean|W|`; everything else as in the source. Only `b158:tensor` maps onto
+/// BitLinear (one scale per tensor, int8 activations).
+pub fn export_hf_bitnet(
+    input: &Path,
+    out: &Path,
+    overwrite: bool,
+) -> Result<QuantizeReport, QuantizeError> {
+    let invalid = |what: String| QuantizeError::Invalid {
+        path: input.to_path_buf(),
+        what,
+    };
+    let md = crate::ModelDir::open(input)?;
+    if md.quant.is_some() {
+        return Err(invalid(
+            "is already quantized; export from the converted full-precision directory".into(),
+        ));
+    }
+    if out.exists() && !overwrite {
+        return Err(crate::ConvertError::Output {
+            path: out.to_path_buf(),
+            what: "already exists (pass --force to replace it)".into(),
+        }
+        .into());
+    }
+    let needed = mapping::needed_tensors(&md.config);
+    for n in needed.iter().filter(|n| is_linear(n.role)) {
+        if n.shape[0] % 4 != 0 {
+            return Err(invalid(format!(
+                "'{}' has {} rows; BitLinear needs a multiple of 4",
+                n.hf_name, n.shape[0]
+            )));
+        }
+    }
+    let staging = staging_dir(out)?;
+    let result = (|| {
+        let mut specs = Vec::new();
+        for n in &needed {
+            if is_linear(n.role) {
+                specs.push(TensorSpec {
+                    name: n.hf_name.clone(),
+                    dtype: Dtype::U8,
+                    shape: vec![n.shape[0] / 4, n.shape[1]],
+                });
+                specs.push(TensorSpec {
+                    name: format!("{}_scale", n.hf_name),
+                    dtype: Dtype::F32,
+                    shape: vec![1],
+                });
+            } else {
+                specs.push(TensorSpec {
+                    name: n.hf_name.clone(),
+                    dtype: Dtype::F32,
+                    shape: n.shape.clone(),
+                });
+            }
+        }
+        let mut layers = Vec::new();
+        let mut pending_scale = None;
+        let meta = BTreeMap::from([("format".to_string(), "pt".to_string())]);
+        let st_path = staging.join("model.safetensors");
+        safetensors::write_streaming(&st_path, &specs, &meta, |_, spec| {
+            if spec.dtype == Dtype::U8 {
+                let (rows, cols) = (spec.shape[0] * 4, spec.shape[1]);
+                let w = md.tensor_f32(&spec.name, &[rows, cols])?;
+                let m = absmean::quantize(&w, rows, cols, Granularity::Tensor);
+                layers.push(LayerReport {
+                    name: spec.name.clone(),
+                    shape: [rows, cols],
+                    weight_rel_error: metrics::relative_frobenius(&w, &m.dequantize()),
+                    output_rel_error: None,
+                    bits_per_weight: 2.0 + 32.0 / (rows * cols) as f64,
+                });
+                pending_scale = Some(1.0 / m.scales[0]);
+                Ok::<_, QuantizeError>(
+                    pack::pack_hf_bitnet(&m.trits, rows, cols).unwrap_or_default(),
+                )
+            } else if spec.name.ends_with(".weight_scale") {
+                Ok(pending_scale.take().unwrap_or(1.0).to_le_bytes().to_vec())
+            } else {
+                Ok(safetensors::encode_f32(
+                    &md.tensor_f32(&spec.name, &spec.shape)?,
+                    Dtype::F32,
+                ))
+            }
+        })?;
+        let mut cfg = md.config.to_hf_json("float32");
+        cfg["quantization_config"] = serde_json::json!({
+            "quant_method": "bitnet",
+            "linear_class": "bitlinear",
+            "quantization_mode": "offline",
+            "modules_to_not_convert": ["lm_head"],
+        });
+        std::fs::write(
+            staging.join("config.json"),
+            serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n",
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        for f in [
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "generation_config.json",
+        ] {
+            if md.path.join(f).is_file() {
+                std::fs::copy(md.path.join(f), staging.join(f))
+                    .map_err(|e| invalid(format!("cannot copy {f}: {e}")))?;
+            }
+        }
+        let bytes = std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0);
+        let n: f64 = layers
+            .iter()
+            .map(|l| (l.shape[0] * l.shape[1]) as f64)
+            .sum();
+        Ok(QuantizeReport {
+            scheme: "b158:tensor:a8".into(),
+            packing: "hf-bitnet".into(),
+            bits_per_weight: layers
+                .iter()
+                .map(|l| l.bits_per_weight * (l.shape[0] * l.shape[1]) as f64)
+                .sum::<f64>()
+                / n.max(1.0),
+            model_weight_rel_error: 0.0,
+            mean_output_rel_error: None,
+            bytes,
+            layers,
+        })
+    })();
+    match result {
+        Ok(r) => {
+            commit_dir(&staging, out)?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
