@@ -76,10 +76,17 @@ fn formatting() {
     );
 }
 
-/// The weights crate knows nothing about burn; only the model crate does.
+/// The weights and ternary crates know nothing about burn (only the model crate does); the
+/// ternary crate is pure math: no serde, no file mapping.
 #[test]
 fn crate_boundaries() {
-    for (krate, forbidden) in [("smolbit-weights", "burn"), ("xtask", "burn")] {
+    for (krate, forbidden) in [
+        ("smolbit-weights", "burn"),
+        ("smolbit-ternary", "burn"),
+        ("smolbit-ternary", "serde"),
+        ("smolbit-ternary", "memmap2"),
+        ("xtask", "burn"),
+    ] {
         let out = Command::new(cargo())
             .args([
                 "tree",

@@ -66,6 +66,10 @@ pub struct InputRecorder {
     pub samples: [Vec<f32>; 4],
     /// Sample budget per site.
     pub max_samples: usize,
+    /// Accumulate `XᵀX` per site (for GPTQ).
+    pub hessian: bool,
+    /// Per site `Σ XᵀX` (`cols x cols`) when `hessian`.
+    pub xtx: [Vec<f64>; 4],
 }
 
 impl InputRecorder {
@@ -82,6 +86,16 @@ impl InputRecorder {
             }
         }
         self.count[site] += t;
+        if self.hessian {
+            let g = crate::tensor_to_vec(x.clone().transpose().matmul(x.clone()));
+            let acc = &mut self.xtx[site];
+            if acc.is_empty() {
+                acc.resize(cols * cols, 0.0);
+            }
+            for (a, v) in acc.iter_mut().zip(g) {
+                *a += f64::from(v);
+            }
+        }
         let have = self.samples[site].len() / cols.max(1);
         if have < self.max_samples {
             // Evenly spaced rows of this window.

@@ -141,15 +141,18 @@ impl Model {
     }
 
     /// Run windows of calibration tokens and collect, for every linear layer, the mean square of
-    /// each input column and a few sample input rows (keyed by HF weight name).
+    /// each input column and a few sample input rows (keyed by HF weight name); with `hessian`,
+    /// also `XᵀX / n` per linear input (for GPTQ schemes).
     pub fn calibrate(
         &self,
         windows: &[Vec<u32>],
         max_samples: usize,
+        hessian: bool,
     ) -> Result<Calibration, ModelError> {
         let mut recs: Vec<InputRecorder> = (0..self.config.num_layers)
             .map(|_| InputRecorder {
                 max_samples,
+                hessian,
                 ..Default::default()
             })
             .collect();
@@ -174,6 +177,7 @@ impl Model {
                 let stats = InputStats {
                     mean_sq: rec.sum_sq[site].iter().map(|s| (s / n) as f32).collect(),
                     samples: rec.samples[site].clone(),
+                    xtx: rec.xtx[site].iter().map(|s| (s / n) as f32).collect(),
                 };
                 for &role in *roles {
                     out.insert(hf_name(Role::Layer(role), Some(i)), stats.clone());

@@ -6,6 +6,7 @@
 //! - [`planes`]: multi-plane ternary `W ≈ Σ_k s_k ⊙ T_k` (1 to 3 trit planes) with per-group
 //!   scales fitted by alternating least squares, optionally weighted by calibration statistics
 //!   (the mean square of each input channel), which is what keeps two planes usable.
+//! - [`gptq`]: GPTQ-style error feedback for planes, using the full calibration `XᵀX`.
 //! - [`act`]: int8 per-token absmax activation quantization (BitNet's W1.58A8).
 //! - [`pack`]: 2-bit (4 trits per byte) and base-3 (5 trits per byte) packings, plus the layout
 //!   of transformers' BitNet `pack_weights`.
@@ -15,6 +16,7 @@
 
 pub mod absmean;
 pub mod act;
+pub mod gptq;
 pub mod metrics;
 pub mod pack;
 pub mod planes;

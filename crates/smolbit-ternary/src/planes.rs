@@ -250,3 +250,68 @@ pub fn quantize(
         scales,
     }
 }
+
+/// Round group scales to 8 bits: per plane and row, `s = code * row_scale / 127` with
+/// `code ∈ [-127, 127]` and `row_scale = max |s|` over the row's groups; then re-assign the trits
+/// to the rounded scales (the trit step of the alternation), so the matrix stays consistent.
+/// Returns the per-(plane, row) `row_scale`s; `m.scales` then holds the rounded scales.
+pub fn round_scales_8bit(m: &mut TernaryMatrix, w: &[f32]) -> Vec<f32> {
+    let Granularity::Group(g) = m.granularity else {
+        return Vec::new();
+    };
+    let (rows, cols, k) = (m.rows, m.cols, m.planes);
+    let groups = cols.div_ceil(g);
+    let per_plane = rows * groups;
+    let mut row_scales = vec![0f32; k * rows];
+    for p in 0..k {
+        for r in 0..rows {
+            let s = &mut m.scales[p * per_plane + r * groups..p * per_plane + (r + 1) * groups];
+            let max = s.iter().fold(0f32, |a, v| a.max(v.abs()));
+            row_scales[p * rows + r] = max;
+            for v in s.iter_mut() {
+                *v = if max > 0.0 {
+                    (*v / max * 127.0).round_ties_even().clamp(-127.0, 127.0) * max / 127.0
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+    let n = rows * cols;
+    for r in 0..rows {
+        for gi in 0..groups {
+            let range = gi * g..((gi + 1) * g).min(cols);
+            let len = range.len();
+            let seg = &w[r * cols + range.start..r * cols + range.end];
+            let scales: Vec<f32> = (0..k)
+                .map(|p| m.scales[p * per_plane + r * groups + gi])
+                .collect();
+            let mut t = vec![0i8; k * len];
+            assign_trits(seg, &scales, &mut t, k);
+            for p in 0..k {
+                m.trits[p * n + r * cols + range.start..p * n + r * cols + range.end]
+                    .copy_from_slice(&t[p * len..(p + 1) * len]);
+            }
+        }
+    }
+    row_scales
+}
+
+/// The 8-bit code of each scale given its row scale (inverse of [`round_scales_8bit`]'s rounding).
+pub fn scale_codes(m: &TernaryMatrix, row_scales: &[f32]) -> Vec<i8> {
+    let per_plane = m.scales_per_plane();
+    let per_row = per_plane / m.rows.max(1);
+    m.scales
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| {
+            let (p, r) = (i / per_plane, i % per_plane / per_row.max(1));
+            let max = row_scales[p * m.rows + r];
+            if max > 0.0 {
+                (s / max * 127.0).round_ties_even().clamp(-127.0, 127.0) as i8
+            } else {
+                0
+            }
+        })
+        .collect()
+}

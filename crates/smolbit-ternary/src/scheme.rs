@@ -8,6 +8,8 @@
 //! | | `planes1`, `planes2`, `planes3` | 1 to 3 trit planes, scales fitted by least squares |
 //! | granularity | `tensor`, `row`, `g<N>` (32 ≤ N ≤ 256) | one scale per tensor, per output row, or per N input columns of a row |
 //! | `cal` | | planes only: weight the least squares by calibration statistics (needs `--calibration`) |
+//! | `s8` | | groups only: 8-bit group scales (int8 codes times one f32 scale per plane and row) instead of f16 |
+//! | `gptq` | | planes with groups only: GPTQ error feedback with the calibration `XᵀX` (needs `--calibration`) |
 //! | activations | `a8`, `af` | int8 per-token absmax activations, or float activations |
 //!
 //! Defaults: `b158` = `b158:tensor:a8` (as transformers' BitLinear); `planesK` = `planesK:g64:af`.
@@ -86,6 +88,10 @@ pub struct Scheme {
     pub granularity: Granularity,
     /// Least squares weighted by calibration statistics.
     pub calibrated: bool,
+    /// GPTQ error feedback (implies calibration data).
+    pub gptq: bool,
+    /// 8-bit group scales.
+    pub scales8: bool,
     /// Activation handling.
     pub activations: Activations,
 }
@@ -128,6 +134,8 @@ impl std::str::FromStr for Scheme {
                 Granularity::Group(64)
             },
             calibrated: false,
+            gptq: false,
+            scales8: false,
             activations: if absmean {
                 Activations::Int8
             } else {
@@ -144,6 +152,14 @@ impl std::str::FromStr for Scheme {
                         "b158 is absmean by definition; use planes1:...:cal for a calibrated single plane",
                     ));
                 }
+                "s8" if !absmean => scheme.scales8 = true,
+                "s8" => {
+                    return Err(err(
+                        "b158 keeps its absmean scales; s8 is for planes schemes",
+                    ));
+                }
+                "gptq" if !absmean => scheme.gptq = true,
+                "gptq" => return Err(err("b158 is absmean by definition; use planes1:g64:gptq")),
                 "a8" => scheme.activations = Activations::Int8,
                 "af" => scheme.activations = Activations::Float,
                 g if g.starts_with('g') => match g[1..].parse::<usize>() {
@@ -153,7 +169,20 @@ impl std::str::FromStr for Scheme {
                 _ => return Err(err(&format!("unknown part '{p}'"))),
             }
         }
+        if scheme.scales8 && !matches!(scheme.granularity, Granularity::Group(_)) {
+            return Err(err("s8 applies to group scales (g32..g256)"));
+        }
+        if scheme.gptq && !matches!(scheme.granularity, Granularity::Group(_)) {
+            return Err(err("gptq needs group scales (g32..g256)"));
+        }
         Ok(scheme)
+    }
+}
+
+impl Scheme {
+    /// Whether quantizing needs calibration statistics.
+    pub fn needs_calibration(&self) -> bool {
+        self.calibrated || self.gptq
     }
 }
 
@@ -167,6 +196,12 @@ impl fmt::Display for Scheme {
         write!(f, ":{}", self.granularity)?;
         if self.calibrated {
             write!(f, ":cal")?;
+        }
+        if self.gptq {
+            write!(f, ":gptq")?;
+        }
+        if self.scales8 {
+            write!(f, ":s8")?;
         }
         match self.activations {
             Activations::Int8 => write!(f, ":a8"),
@@ -204,6 +239,10 @@ mod tests {
         check("planes2:g128:cal", Ok("planes2:g128:cal:af"));
         check("planes3:g64:a8", Ok("planes3:g64:a8"));
         check("planes1:row", Ok("planes1:row:af"));
+        check("planes2:g128:gptq", Ok("planes2:g128:gptq:af"));
+        check("planes2:g64:s8:cal", Ok("planes2:g64:cal:s8:af"));
+        check("planes2:row:s8", Err("s8 applies to group scales"));
+        check("planes2:row:gptq", Err("gptq needs group scales"));
         check("b158:cal", Err("absmean by definition"));
         check("planes4", Err("unknown kind"));
         check("planes2:g16", Err("g32..g256"));

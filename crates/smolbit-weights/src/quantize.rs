@@ -74,6 +74,8 @@ pub struct InputStats {
     pub mean_sq: Vec<f32>,
     /// A few input rows `[n, cols]` for the output-error metric.
     pub samples: Vec<f32>,
+    /// `XᵀX / n` (`cols x cols`), collected for GPTQ schemes; empty otherwise.
+    pub xtx: Vec<f32>,
 }
 
 /// Calibration statistics by HF weight name (`model.layers.0.self_attn.q_proj.weight`).
@@ -151,6 +153,7 @@ pub struct QuantizeReport {
 }
 
 /// Quantize one `[rows, cols]` matrix with a scheme (pure math, exposed for tests and tools).
+/// A GPTQ scheme without a Hessian is fitted by calibration-weighted least squares instead.
 pub fn quantize_matrix(
     w: &[f32],
     rows: usize,
@@ -159,7 +162,35 @@ pub fn quantize_matrix(
     importance: Option<&[f32]>,
     iters: usize,
 ) -> TernaryMatrix {
-    if scheme.absmean {
+    let scheme = Scheme {
+        gptq: false,
+        calibrated: scheme.calibrated || scheme.gptq,
+        ..*scheme
+    };
+    match quantize_matrix_with(w, rows, cols, &scheme, importance, None, iters) {
+        Ok(m) => m,
+        Err(_) => unreachable!("only GPTQ can fail, and it is off here"),
+    }
+}
+
+/// [`quantize_matrix`] with the calibration Hessian `XᵀX` that GPTQ schemes need.
+pub fn quantize_matrix_with(
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    scheme: &Scheme,
+    importance: Option<&[f32]>,
+    hessian: Option<&[f32]>,
+    iters: usize,
+) -> Result<TernaryMatrix, smolbit_ternary::gptq::GptqError> {
+    if scheme.gptq {
+        let Granularity::Group(g) = scheme.granularity else {
+            return Err(smolbit_ternary::gptq::GptqError::Shape { got: 0, cols });
+        };
+        let h = hessian.ok_or(smolbit_ternary::gptq::GptqError::Shape { got: 0, cols })?;
+        return smolbit_ternary::gptq::quantize(w, rows, cols, scheme.planes, g, h, iters);
+    }
+    Ok(if scheme.absmean {
         absmean::quantize(w, rows, cols, scheme.granularity)
     } else {
         let opts = PlaneOptions {
@@ -174,7 +205,7 @@ pub fn quantize_matrix(
             opts,
             if scheme.calibrated { importance } else { None },
         )
-    }
+    })
 }
 
 /// Group scales are f16 (they cost bits per weight); per-tensor and per-row scales stay f32.
@@ -210,7 +241,7 @@ pub fn quantize_model(
             "is already quantized; quantize the converted full-precision directory".into(),
         ));
     }
-    if opts.scheme.calibrated && opts.calibration.is_none() {
+    if opts.scheme.needs_calibration() && opts.calibration.is_none() {
         return Err(invalid(format!(
             "scheme {} needs calibration statistics (--calibration <FILE>)",
             opts.scheme
@@ -278,6 +309,7 @@ fn write_quantized(
     }
     let mut layers = Vec::new();
     let mut current: Option<TernaryMatrix> = None;
+    let mut row_scales: Vec<f32> = Vec::new();
     let (mut err_num, mut err_den, mut bits, mut weights) = (0f64, 0f64, 0f64, 0f64);
     let st_path = staging.join("model.safetensors");
     let mut meta = BTreeMap::new();
@@ -289,14 +321,17 @@ fn write_quantized(
             let (rows, cols) = (spec.shape[1], md.weights.entry(&name)?.shape[1]);
             let w = md.tensor_f32(&name, &[rows, cols])?;
             let stats = opts.calibration.as_ref().and_then(|c| c.get(&name));
-            let m = quantize_matrix(
-                &w,
-                rows,
-                cols,
-                &scheme,
-                stats.map(|s| s.mean_sq.as_slice()),
-                opts.iters,
-            );
+            let importance = stats.map(|s| s.mean_sq.as_slice());
+            let hessian = stats.map(|s| s.xtx.as_slice()).filter(|h| !h.is_empty());
+            let mut m =
+                quantize_matrix_with(&w, rows, cols, &scheme, importance, hessian, opts.iters)
+                    .map_err(|e| QuantizeError::Invalid {
+                        path: md.path.clone(),
+                        what: format!("{name}: {e}"),
+                    })?;
+            if scheme.scales8 {
+                row_scales = planes::round_scales_8bit(&mut m, &w);
+            }
             let w_hat = m.dequantize();
             let num: f64 = w
                 .iter()
@@ -306,7 +341,12 @@ fn write_quantized(
             let den: f64 = w.iter().map(|a| f64::from(*a).powi(2)).sum();
             err_num += num;
             err_den += den;
-            let bpw = m.bits_per_weight(opts.packing, scale_dtype(scheme.granularity).size() * 8);
+            let bpw = if scheme.scales8 {
+                m.bits_per_weight(opts.packing, 8)
+                    + (m.planes * rows * 32) as f64 / (rows * cols) as f64
+            } else {
+                m.bits_per_weight(opts.packing, scale_dtype(scheme.granularity).size() * 8)
+            };
             bits += bpw * (rows * cols) as f64;
             weights += (rows * cols) as f64;
             layers.push(LayerReport {
@@ -331,14 +371,23 @@ fn write_quantized(
             current = Some(m);
             Ok::<_, QuantizeError>(bytes)
         } else if spec.name.ends_with(".scales") {
-            let m = current.take().ok_or_else(|| QuantizeError::Invalid {
+            let m = current.as_ref().ok_or_else(|| QuantizeError::Invalid {
                 path: md.path.clone(),
                 what: format!("internal: scales of {} before its trits", spec.name),
             })?;
-            Ok(safetensors::encode_f32(
-                &m.scales,
-                scale_dtype(scheme.granularity),
-            ))
+            if scheme.scales8 {
+                Ok(planes::scale_codes(m, &row_scales)
+                    .into_iter()
+                    .map(|c| c as u8)
+                    .collect())
+            } else {
+                Ok(safetensors::encode_f32(
+                    &m.scales,
+                    scale_dtype(scheme.granularity),
+                ))
+            }
+        } else if spec.name.ends_with(".row_scales") {
+            Ok(safetensors::encode_f32(&row_scales, Dtype::F32))
         } else {
             Ok(md.weights.bytes(&spec.name)?.to_vec())
         }
@@ -355,7 +404,7 @@ fn write_quantized(
             smolbit_ternary::Activations::Float => "float".into(),
         },
         packing: opts.packing.name().into(),
-        calibrated: scheme.calibrated,
+        calibrated: scheme.needs_calibration(),
         modules_not_converted: kept,
         bits_per_weight,
     };
@@ -471,13 +520,30 @@ pub fn read_ternary(
             se.shape, scheme.planes
         )));
     }
+    let mut scales = md.weights.to_f32(&scales_name)?;
+    if scheme.scales8 {
+        let rs_name = format!("{base}.row_scales");
+        let rs = md.weights.to_f32(&rs_name)?;
+        if rs.len() != scheme.planes * rows {
+            return Err(invalid(format!(
+                "tensor '{rs_name}' has {} values, expected {}",
+                rs.len(),
+                scheme.planes * rows
+            )));
+        }
+        let per_row = spp / rows.max(1);
+        for (i, s) in scales.iter_mut().enumerate() {
+            let (p, r) = (i / spp, i % spp / per_row.max(1));
+            *s = *s * rs[p * rows + r] / 127.0;
+        }
+    }
     Ok(TernaryMatrix {
         rows,
         cols,
         planes: scheme.planes,
         granularity: scheme.granularity,
         trits,
-        scales: md.weights.to_f32(&scales_name)?,
+        scales,
     })
 }
 

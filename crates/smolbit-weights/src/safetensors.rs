@@ -26,8 +26,10 @@ pub enum Dtype {
     F16,
     /// `BF16`
     BF16,
-    /// `U8` (packed data written by later stages)
+    /// `U8` (packed trits)
     U8,
+    /// `I8` (8-bit scale codes)
+    I8,
 }
 
 impl Dtype {
@@ -38,6 +40,7 @@ impl Dtype {
             Dtype::F16 => "F16",
             Dtype::BF16 => "BF16",
             Dtype::U8 => "U8",
+            Dtype::I8 => "I8",
         }
     }
 
@@ -46,7 +49,7 @@ impl Dtype {
         match self {
             Dtype::F32 => 4,
             Dtype::F16 | Dtype::BF16 => 2,
-            Dtype::U8 => 1,
+            Dtype::U8 | Dtype::I8 => 1,
         }
     }
 
@@ -56,6 +59,7 @@ impl Dtype {
             "F16" => Dtype::F16,
             "BF16" => Dtype::BF16,
             "U8" => Dtype::U8,
+            "I8" => Dtype::I8,
             _ => return None,
         })
     }
@@ -67,6 +71,7 @@ impl Dtype {
             Dtype::F16 => "float16",
             Dtype::BF16 => "bfloat16",
             Dtype::U8 => "uint8",
+            Dtype::I8 => "int8",
         }
     }
 }
@@ -367,6 +372,7 @@ impl SafeTensors {
                 .chunks_exact(2)
                 .map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
+            Dtype::I8 => b.iter().map(|&v| f32::from(v as i8)).collect(),
             Dtype::U8 => {
                 return Err(invalid(
                     &self.files[e.file].path,
@@ -390,6 +396,7 @@ pub fn encode_f32(values: &[f32], dtype: Dtype) -> Vec<u8> {
             .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
             .collect(),
         Dtype::U8 => values.iter().map(|v| *v as u8).collect(),
+        Dtype::I8 => values.iter().map(|v| *v as i8 as u8).collect(),
     }
 }
 

@@ -112,7 +112,11 @@ fn checkpoints_round_trip_exactly() {
             for layer in &report.layers {
                 let [rows, cols] = layer.shape;
                 let w = src.tensor_f32(&layer.name, &[rows, cols]).expect("w");
-                let want = quantize_matrix(&w, rows, cols, &qc.scheme().expect("scheme"), None, 6);
+                let parsed = qc.scheme().expect("scheme");
+                let mut want = quantize_matrix(&w, rows, cols, &parsed, None, 6);
+                if parsed.scales8 {
+                    smolbit_ternary::planes::round_scales_8bit(&mut want, &w);
+                }
                 let got = read_ternary(&md, &qc, &layer.name, rows, cols).expect("read back");
                 assert_eq!(got.trits, want.trits, "{scheme} {packing} {}", layer.name);
                 let dtype = smolbit_weights::quantize::scale_dtype(want.granularity);
@@ -222,4 +226,46 @@ fn refusals() {
         "{}",
         bad[0]
     );
+}
+
+/// A GPTQ scheme runs end to end through `quantize_model` with calibration statistics (here
+/// synthetic: unit `XᵀX`, where GPTQ reduces to nearest rounding with fitted scales), and is
+/// refused without them.
+#[test]
+fn gptq_scheme_through_checkpoints() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let f32_dir = f32_copy("tiny-smollm3", tmp.path());
+    let src = ModelDir::open(&f32_dir).expect("src");
+    let mut cal = smolbit_weights::quantize::Calibration::new();
+    for name in src.weights.names().filter(|n| n.contains("proj")) {
+        let cols = src.weights.entry(name).expect("entry").shape[1];
+        let mut xtx = vec![0f32; cols * cols];
+        for i in 0..cols {
+            xtx[i * cols + i] = 1.0;
+        }
+        cal.insert(
+            name.to_string(),
+            smolbit_weights::quantize::InputStats {
+                mean_sq: vec![1.0; cols],
+                samples: vec![],
+                xtx,
+            },
+        );
+    }
+    let mut o = opts("planes2:g32:gptq", Packing::Base3);
+    let err = quantize_model(&f32_dir, &tmp.path().join("x"), &o).expect_err("needs calibration");
+    assert!(
+        err.to_string().contains("needs calibration statistics"),
+        "{err}"
+    );
+    o.calibration = Some(cal);
+    let report = quantize_model(&f32_dir, &tmp.path().join("g"), &o).expect("gptq");
+    assert_eq!(report.scheme, "planes2:g32:gptq:af");
+    assert!(
+        report.model_weight_rel_error > 0.0 && report.model_weight_rel_error < 0.5,
+        "{}",
+        report.model_weight_rel_error
+    );
+    let md = ModelDir::open(&tmp.path().join("g")).expect("open");
+    assert!(md.quant.as_ref().is_some_and(|q| q.calibrated));
 }

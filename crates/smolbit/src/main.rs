@@ -517,7 +517,7 @@ fn quantize(
                 .map(<[u32]>::to_vec)
                 .collect();
             eprintln!("calibrating on {} tokens of {}", ids.len(), path.display());
-            Some(g.model().calibrate(&windows, 128)?)
+            Some(g.model().calibrate(&windows, 128, scheme.gptq)?)
         }
         None => None,
     };
