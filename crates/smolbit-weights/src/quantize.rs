@@ -291,12 +291,16 @@ fn write_quantized(
             });
             specs.push(TensorSpec {
                 name: format!("{base}.scales"),
-                dtype: scale_dtype(scheme.granularity),
-                shape: vec![
-                    scheme.planes,
-                    scheme.granularity.scales_per_plane(rows, cols),
-                ],
+                dtype: if scheme.scales8 { Dtype::I8 } else { scale_dtype(scheme.granularity) },
+                shape: vec![scheme.planes, scheme.granularity.scales_per_plane(rows, cols)],
             });
+            if scheme.scales8 {
+                specs.push(TensorSpec {
+                    name: format!("{base}.row_scales"),
+                    dtype: Dtype::F32,
+                    shape: vec![scheme.planes, rows],
+                });
+            }
         } else {
             let dtype = md.weights.entry(&n.hf_name)?.dtype;
             specs.push(TensorSpec {

@@ -94,6 +94,7 @@ fn checkpoints_round_trip_exactly() {
         "planes1:row",
         "planes2:g32",
         "planes3:g64:a8",
+        "planes2:g32:s8",
     ]
     .iter()
     .enumerate()
@@ -124,7 +125,7 @@ fn checkpoints_round_trip_exactly() {
                     .scales
                     .iter()
                     .map(|&s| {
-                        if dtype == Dtype::F16 {
+                        if dtype == Dtype::F16 && !parsed.scales8 {
                             half::f16::from_f32(s).to_f32()
                         } else {
                             s
