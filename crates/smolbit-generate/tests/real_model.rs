@@ -17,20 +17,7 @@ fn testdata(name: &str) -> PathBuf {
 fn generator() -> Option<&'static Generator> {
     static GEN: OnceLock<Option<(tempfile::TempDir, Generator)>> = OnceLock::new();
     GEN.get_or_init(|| {
-        let gguf = smolbit_weights::cache::default_model_gguf();
-        if !gguf.is_file() {
-            if std::env::var("SMOLBIT_REQUIRE_MODEL").as_deref() == Ok("1") {
-                panic!(
-                    "{}: default model missing; run `cargo xtask fetch-model`",
-                    gguf.display()
-                );
-            }
-            eprintln!(
-                "skipped: {} not found (run `cargo xtask fetch-model`)",
-                gguf.display()
-            );
-            return None;
-        }
+        let gguf = smolbit_weights::cache::default_model_for_tests()?;
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("m");
         smolbit_weights::convert(&gguf, &dir, &Default::default()).expect("convert");

@@ -237,7 +237,7 @@ impl Block {
         }
         let h = self.linear_input(h);
         let inner = silu(h.clone().matmul(self.gate.clone())).mul(h.matmul(self.up.clone()));
-        if let Some(r) = rec.as_deref_mut() {
+        if let Some(r) = rec {
             r.record(3, &inner);
         }
         x.add(self.linear_input(inner).matmul(self.down.clone()))

@@ -136,7 +136,7 @@ pub fn quantize(
         .map_or(1, |t| t.get())
         .min(rows.max(1));
     let chunk = rows.div_ceil(threads);
-    let results: Vec<Vec<(usize, Vec<i8>, Vec<f32>)>> = std::thread::scope(|scope| {
+    let results: Vec<Vec<RowResult>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|ti| {
                 let (u, diag) = (&u, &diag);
@@ -181,6 +181,9 @@ pub fn quantize(
         scales,
     })
 }
+
+/// A quantized row: its index, trits `[planes, cols]`, scales `[groups, planes]`.
+type RowResult = (usize, Vec<i8>, Vec<f32>);
 
 /// One row's sweep: returns trits `[planes, cols]` and scales `[groups, planes]`.
 fn quantize_row(

@@ -187,7 +187,7 @@ pub fn unpack(
 /// transformers' BitNet `pack_weights` layout; `rows` must be a multiple of 4 (BitLinear
 /// allocates `out_features / 4` packed rows).
 pub fn pack_hf_bitnet(trits: &[i8], rows: usize, cols: usize) -> Option<Vec<u8>> {
-    if rows % 4 != 0 || trits.len() != rows * cols {
+    if !rows.is_multiple_of(4) || trits.len() != rows * cols {
         return None;
     }
     let row_dim = rows / 4;
@@ -205,7 +205,7 @@ pub fn pack_hf_bitnet(trits: &[i8], rows: usize, cols: usize) -> Option<Vec<u8>>
 
 /// Inverse of [`pack_hf_bitnet`].
 pub fn unpack_hf_bitnet(bytes: &[u8], rows: usize, cols: usize) -> Option<Vec<i8>> {
-    if rows % 4 != 0 || bytes.len() != rows / 4 * cols {
+    if !rows.is_multiple_of(4) || bytes.len() != rows / 4 * cols {
         return None;
     }
     let row_dim = rows / 4;

@@ -156,6 +156,12 @@ pub fn fit_group(w: &[f32], d: &[f32], k: usize, iters: usize) -> (Vec<i8>, Vec<
     (t, scales)
 }
 
+/// One fitted row: its index and, per scale group, (scale index, columns, trits, scales).
+type FittedRow = (
+    usize,
+    Vec<(usize, std::ops::Range<usize>, Vec<i8>, Vec<f32>)>,
+);
+
 /// Quantize a `[rows, cols]` matrix into `opts.planes` trit planes. `importance`, when given, has
 /// one weight per input column.
 pub fn quantize(
@@ -193,12 +199,7 @@ pub fn quantize(
             .map_or(1, |n| n.get())
             .min(rows.max(1));
         let chunk = rows.div_ceil(threads);
-        let results: Vec<
-            Vec<(
-                usize,
-                Vec<(usize, std::ops::Range<usize>, Vec<i8>, Vec<f32>)>,
-            )>,
-        > = std::thread::scope(|scope| {
+        let results: Vec<Vec<FittedRow>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|ti| {
                     let gran = opts.granularity;

@@ -111,27 +111,43 @@ pub fn convert(
     out: &Path,
     opts: &ConvertOptions,
 ) -> Result<ConvertReport, ConvertError> {
-    if out.exists() && !opts.overwrite {
+    write_dir_atomically(out, opts.overwrite, |staging| {
+        if input.is_dir() {
+            convert_hf(input, staging, opts)
+        } else if input.is_file() {
+            convert_gguf(input, staging, opts)
+        } else {
+            Err(ConvertError::Input {
+                path: input.to_path_buf(),
+                what: "no such file or directory".into(),
+            })
+        }
+    })
+}
+
+/// Build an output directory atomically: refuse an existing `out` unless `overwrite`, let `build`
+/// fill a staging directory beside it, then rename it into place; on failure remove the staging
+/// directory so nothing half-written is left.
+pub fn write_dir_atomically<T, E>(
+    out: &Path,
+    overwrite: bool,
+    build: impl FnOnce(&Path) -> Result<T, E>,
+) -> Result<T, E>
+where
+    E: From<ConvertError>,
+{
+    if out.exists() && !overwrite {
         return Err(ConvertError::Output {
             path: out.to_path_buf(),
             what: "already exists (pass --force to replace it)".into(),
-        });
+        }
+        .into());
     }
     let staging = staging_dir(out)?;
-    let result = if input.is_dir() {
-        convert_hf(input, &staging, opts)
-    } else if input.is_file() {
-        convert_gguf(input, &staging, opts)
-    } else {
-        Err(ConvertError::Input {
-            path: input.to_path_buf(),
-            what: "no such file or directory".into(),
-        })
-    };
-    match result {
-        Ok(report) => {
+    match build(&staging) {
+        Ok(v) => {
             commit_dir(&staging, out)?;
-            Ok(report)
+            Ok(v)
         }
         Err(e) => {
             let _ = std::fs::remove_dir_all(&staging);

@@ -23,7 +23,7 @@ use smolbit_ternary::planes::{self, PlaneOptions};
 use smolbit_ternary::{Granularity, Scheme, TernaryMatrix, absmean, metrics};
 
 use crate::config::ModelConfig;
-use crate::convert::{commit_dir, staging_dir};
+use crate::convert::write_dir_atomically;
 use crate::mapping::{self, Role};
 use crate::safetensors::{self, Dtype, SafetensorsError, TensorSpec};
 
@@ -247,27 +247,11 @@ pub fn quantize_model(
             opts.scheme
         )));
     }
-    if out.exists() && !opts.overwrite {
-        return Err(crate::ConvertError::Output {
-            path: out.to_path_buf(),
-            what: "already exists (pass --force to replace it)".into(),
-        }
-        .into());
-    }
     let config = md.config.clone();
     let needed = mapping::needed_tensors(&config);
-    let staging = staging_dir(out)?;
-    let result = write_quantized(&md, &config, &needed, &staging, opts);
-    match result {
-        Ok(report) => {
-            commit_dir(&staging, out)?;
-            Ok(report)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Err(e)
-        }
-    }
+    write_dir_atomically(out, opts.overwrite, |staging| {
+        write_quantized(&md, &config, &needed, staging, opts)
+    })
 }
 
 fn write_quantized(
@@ -291,8 +275,15 @@ fn write_quantized(
             });
             specs.push(TensorSpec {
                 name: format!("{base}.scales"),
-                dtype: if scheme.scales8 { Dtype::I8 } else { scale_dtype(scheme.granularity) },
-                shape: vec![scheme.planes, scheme.granularity.scales_per_plane(rows, cols)],
+                dtype: if scheme.scales8 {
+                    Dtype::I8
+                } else {
+                    scale_dtype(scheme.granularity)
+                },
+                shape: vec![
+                    scheme.planes,
+                    scheme.granularity.scales_per_plane(rows, cols),
+                ],
             });
             if scheme.scales8 {
                 specs.push(TensorSpec {
@@ -579,13 +570,6 @@ pub fn export_hf_bitnet(
             "is already quantized; export from the converted full-precision directory".into(),
         ));
     }
-    if out.exists() && !overwrite {
-        return Err(crate::ConvertError::Output {
-            path: out.to_path_buf(),
-            what: "already exists (pass --force to replace it)".into(),
-        }
-        .into());
-    }
     let needed = mapping::needed_tensors(&md.config);
     for n in needed.iter().filter(|n| is_linear(n.role)) {
         if n.shape[0] % 4 != 0 {
@@ -595,8 +579,7 @@ pub fn export_hf_bitnet(
             )));
         }
     }
-    let staging = staging_dir(out)?;
-    let result = (|| {
+    write_dir_atomically(out, overwrite, |staging| {
         let mut specs = Vec::new();
         for n in &needed {
             if is_linear(n.role) {
@@ -687,15 +670,5 @@ pub fn export_hf_bitnet(
             bytes,
             layers,
         })
-    })();
-    match result {
-        Ok(r) => {
-            commit_dir(&staging, out)?;
-            Ok(r)
-        }
-        Err(e) => {
-            let _ = std::fs::remove_dir_all(&staging);
-            Err(e)
-        }
-    }
+    })
 }

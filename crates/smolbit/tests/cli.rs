@@ -161,20 +161,7 @@ fn real_model() -> Option<&'static Path> {
     static DIR: std::sync::OnceLock<Option<(tempfile::TempDir, PathBuf)>> =
         std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let gguf = smolbit_weights::cache::default_model_gguf();
-        if !gguf.is_file() {
-            assert_ne!(
-                std::env::var("SMOLBIT_REQUIRE_MODEL").as_deref(),
-                Ok("1"),
-                "{}: missing",
-                gguf.display()
-            );
-            eprintln!(
-                "skipped: {} not found (run `cargo xtask fetch-model`)",
-                gguf.display()
-            );
-            return None;
-        }
+        let gguf = smolbit_weights::cache::default_model_for_tests()?;
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("m");
         let out = smolbit(&[
