@@ -104,11 +104,19 @@ impl Model {
                 device,
             ))
         };
-        let embed = get2("model.embed_tokens.weight", c.vocab_size, c.hidden_size)?;
+        // The embedding and head may be ternary too (quantize --quantize-embeddings).
+        let embed = Model::upload_linear(
+            &md,
+            "model.embed_tokens.weight",
+            c.vocab_size,
+            c.hidden_size,
+            device,
+        )?;
         let head = if c.tie_word_embeddings {
             embed.clone().transpose()
         } else {
-            get2("lm_head.weight", c.vocab_size, c.hidden_size)?.transpose()
+            Model::upload_linear(&md, "lm_head.weight", c.vocab_size, c.hidden_size, device)?
+                .transpose()
         };
         let norm = get1("model.norm.weight", c.hidden_size)?;
         // Linear weights: dense, or unpacked from a ternary checkpoint (reference path).
@@ -133,6 +141,21 @@ impl Model {
             head,
             quant: md.quant.clone(),
         })
+    }
+
+    fn upload_linear(
+        md: &ModelDir,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        device: &Device,
+    ) -> Result<Tensor<2>, ModelError> {
+        Ok(upload2(
+            md.linear_f32(name, rows, cols)?,
+            rows,
+            cols,
+            device,
+        ))
     }
 
     /// The ternary checkpoint's quantization config, if this is one.

@@ -197,6 +197,7 @@ fn tiny_llama_b158_matches_transformers_bitlinear() {
         calibration: None,
         overwrite: false,
         iters: 1,
+        quantize_embeddings: false,
     };
     smolbit_weights::quantize::quantize_model(&f32_dir, &q, &qopts).expect("quantize");
     let model = Model::load(&q, &device("cpu").expect("cpu")).expect("load");
@@ -215,4 +216,32 @@ fn tiny_llama_b158_matches_transformers_bitlinear() {
             &format!("b158 position {p}"),
         );
     }
+}
+
+/// A checkpoint whose embedding/head were quantized too (policy override) loads and runs.
+#[test]
+fn quantized_embeddings_load_and_run() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let q = tmp.path().join("q");
+    let qopts = smolbit_weights::quantize::QuantizeOptions {
+        scheme: "planes3:g32".parse().expect("scheme"),
+        packing: smolbit_ternary::pack::Packing::TwoBit,
+        calibration: None,
+        overwrite: false,
+        iters: 4,
+        quantize_embeddings: true,
+    };
+    smolbit_weights::quantize::quantize_model(&testdata("tiny-smollm3"), &q, &qopts)
+        .expect("quantize");
+    let model = Model::load(&q, &device("cpu").expect("cpu")).expect("load");
+    let g = golden("tiny-smollm3/logits.json");
+    let last = model
+        .forward_last(&g.tokens, &mut model.new_cache())
+        .expect("forward");
+    assert!(last.iter().all(|v| v.is_finite()));
+    // Three planes stay close to the float model: same top-1 as transformers' f32 logits.
+    assert_eq!(
+        smolbit_model::argmax(&last),
+        smolbit_model::argmax(g.logits.last().expect("row"))
+    );
 }

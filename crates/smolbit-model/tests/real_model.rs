@@ -139,6 +139,7 @@ fn b158_trits_equal_numpy_on_the_default_model() {
         calibration: None,
         overwrite: false,
         iters: 1,
+        quantize_embeddings: false,
     };
     smolbit_weights::quantize::quantize_model(&r.dir, &q, &opts).expect("quantize");
     let md = smolbit_weights::ModelDir::open(&q).expect("open");

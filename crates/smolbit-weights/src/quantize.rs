@@ -13,6 +13,7 @@
 //! Policy: all attention and MLP projections are quantized; the embedding, the RMSNorm weights and
 //! the output head stay in the source's floating point (at 135M the tied embedding/head is 28 % of
 //! the parameters, and ternary heads are what breaks small models first).
+//! [`QuantizeOptions::quantize_embeddings`] overrides this for the embedding and output head.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -116,6 +117,9 @@ pub struct QuantizeOptions {
     pub overwrite: bool,
     /// Alternating least-squares iterations for planes schemes.
     pub iters: usize,
+    /// Also quantize the token embedding and an untied output head (policy override; by default
+    /// they stay in floating point).
+    pub quantize_embeddings: bool,
 }
 
 /// Error and size of one quantized layer.
@@ -265,7 +269,9 @@ fn write_quantized(
     let mut specs = Vec::new();
     let mut kept = Vec::new();
     for n in needed {
-        if is_linear(n.role) {
+        if is_linear(n.role)
+            || (opts.quantize_embeddings && matches!(n.role, Role::Embed | Role::Head))
+        {
             let (rows, cols) = (n.shape[0], n.shape[1]);
             let base = base_name(&n.hf_name);
             specs.push(TensorSpec {

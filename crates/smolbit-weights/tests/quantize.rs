@@ -23,6 +23,7 @@ fn opts(scheme: &str, packing: Packing) -> QuantizeOptions {
         calibration: None,
         overwrite: false,
         iters: 6,
+        quantize_embeddings: false,
     }
 }
 
@@ -269,4 +270,33 @@ fn gptq_scheme_through_checkpoints() {
     );
     let md = ModelDir::open(&tmp.path().join("g")).expect("open");
     assert!(md.quant.as_ref().is_some_and(|q| q.calibrated));
+}
+
+/// The float-embedding policy can be overridden: the (tied) embedding is then stored as trits and
+/// reads back as its dequantized matrix.
+#[test]
+fn embeddings_can_be_quantized_on_request() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let f32_dir = f32_copy("tiny-smollm3", tmp.path());
+    let mut o = opts("planes2:g32", Packing::Base3);
+    o.quantize_embeddings = true;
+    let out = tmp.path().join("q");
+    let report = quantize_model(&f32_dir, &out, &o).expect("quantize");
+    assert_eq!(report.layers.len(), 4 * 7 + 1);
+    let md = ModelDir::open(&out).expect("open");
+    assert!(
+        md.weights.contains("model.embed_tokens.trits")
+            && !md.weights.contains("model.embed_tokens.weight")
+    );
+    let qc = md.quant.clone().expect("qc");
+    assert!(
+        !qc.modules_not_converted
+            .iter()
+            .any(|m| m == "model.embed_tokens")
+    );
+    let e = md
+        .linear_f32("model.embed_tokens.weight", 256, 32)
+        .expect("embedding");
+    let m = read_ternary(&md, &qc, "model.embed_tokens.weight", 256, 32).expect("trits");
+    assert_eq!(e, m.dequantize());
 }

@@ -97,6 +97,9 @@ enum Command {
         /// Replace the output directory if it exists.
         #[arg(long)]
         force: bool,
+        /// Also quantize the token embedding and output head (default: keep them in floating point).
+        #[arg(long)]
+        quantize_embeddings: bool,
         /// Write another format: `hf-bitnet` (transformers' BitNet integration; scheme b158 only).
         #[arg(long)]
         export: Option<String>,
@@ -259,8 +262,10 @@ fn run(cli: Cli) -> Result<()> {
             iters,
             force,
             export,
+            quantize_embeddings,
         } => match export.as_deref() {
             None => quantize(
+                quantize_embeddings,
                 &model,
                 &scheme,
                 &out,
@@ -492,6 +497,7 @@ fn read_text(path: &Path) -> Result<String> {
 
 #[allow(clippy::too_many_arguments)]
 fn quantize(
+    quantize_embeddings: bool,
     model: &Path,
     scheme: &str,
     out: &Path,
@@ -527,6 +533,7 @@ fn quantize(
         calibration,
         overwrite: force,
         iters,
+        quantize_embeddings,
     };
     let r = smolbit_weights::quantize::quantize_model(model, out, &opts)?;
     let mut worst: Vec<_> = r.layers.iter().collect();
