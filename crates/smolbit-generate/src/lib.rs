@@ -4,7 +4,8 @@
 //!
 //! [`Generator::load`] reads a model directory (as `smolbit convert` writes): config, weights,
 //! `tokenizer.json`, `tokenizer_config.json` (chat template, special tokens) and
-//! `generation_config.json` (EOS ids).
+//! `generation_config.json` (EOS ids). [`perplexity::evaluate`] scores a model on a text, with KL
+//! divergence and top-1 agreement against a reference model.
 
 pub mod perplexity;
 pub mod sampling;

@@ -6,6 +6,11 @@
 //! only one that names burn.
 //!
 //! It runs on burn's Flex CPU backend, and on wgpu with the `wgpu` feature; see [`device`].
+//!
+//! Ternary checkpoints (`smolbit quantize`) load through a reference path: trits are unpacked and
+//! dequantized to f32 at load, and for `:a8` schemes every quantized linear's input goes through
+//! BitNet's int8 per-token absmax quantization first. Packed kernels are a later step.
+//! [`Model::calibrate`] records each linear's input statistics for calibrated schemes.
 
 mod layers;
 
