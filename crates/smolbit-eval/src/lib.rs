@@ -1,6 +1,7 @@
 //! The smolbit evaluator. So far: the coding suite's schema ([`Task`]) and its loader
-//! ([`load_suite`]), which reports malformed input as `file:line: problem`. The runner (generation,
-//! sandboxed execution, metrics, results JSON) builds on these.
+//! ([`load_suite`]), which reports malformed input as `file:line: problem`, and [`extract`]: the
+//! code in a model's answer and degeneration flags. The runner (generation, sandboxed execution,
+//! metrics, results JSON) builds on these.
 //!
 //! Suite format (`datasets/coding-suite.jsonl`, one JSON object per line):
 //!
@@ -16,6 +17,8 @@
 //!
 //! A task's program is `test_setup`, the solution, then the tests, run by `python3` in a fresh
 //! working directory; it passes when the process exits with status 0.
+
+pub mod extract;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
