@@ -218,3 +218,20 @@ proptest! {
         }
     }
 }
+
+/// Version 2 has the same layout as version 3 (64-bit counts; v3 added big-endian files), so a v3
+/// file relabelled as v2 must read identically.
+#[test]
+fn version_2_reads_like_version_3() {
+    let mut bytes = std::fs::read(testdata("dequant.gguf")).expect("read");
+    bytes[4..8].copy_from_slice(&2u32.to_le_bytes());
+    let (_dir, path) = write_tmp(&bytes);
+    let v2 = GgufFile::open(&path).expect("v2 parses");
+    let v3 = GgufFile::open(&testdata("dequant.gguf")).expect("v3 parses");
+    assert_eq!(v2.version, 2);
+    assert_eq!(v2.metadata, v3.metadata);
+    assert_eq!(v2.tensors, v3.tensors);
+    for t in &v3.tensors {
+        assert_eq!(v2.tensor_bytes(t), v3.tensor_bytes(t));
+    }
+}
