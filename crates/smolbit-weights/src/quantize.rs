@@ -229,6 +229,18 @@ fn base_name(weight: &str) -> &str {
     weight.strip_suffix(".weight").unwrap_or(weight)
 }
 
+/// Open a converted full-precision directory, refusing one that is already quantized.
+fn open_full_precision(input: &Path, verb: &str) -> Result<crate::ModelDir, QuantizeError> {
+    let md = crate::ModelDir::open(input)?;
+    if md.quant.is_some() {
+        return Err(QuantizeError::Invalid {
+            path: input.to_path_buf(),
+            what: format!("is already quantized; {verb} the converted full-precision directory"),
+        });
+    }
+    Ok(md)
+}
+
 /// Quantize the HF directory `input` into `out`.
 pub fn quantize_model(
     input: &Path,
@@ -239,12 +251,7 @@ pub fn quantize_model(
         path: input.to_path_buf(),
         what,
     };
-    let md = crate::ModelDir::open(input)?;
-    if md.quant.is_some() {
-        return Err(invalid(
-            "is already quantized; quantize the converted full-precision directory".into(),
-        ));
-    }
+    let md = open_full_precision(input, "quantize")?;
     if opts.scheme.needs_calibration() && opts.calibration.is_none() {
         return Err(invalid(format!(
             "scheme {} needs calibration statistics (--calibration <FILE>)",
@@ -570,12 +577,7 @@ pub fn export_hf_bitnet(
         path: input.to_path_buf(),
         what,
     };
-    let md = crate::ModelDir::open(input)?;
-    if md.quant.is_some() {
-        return Err(invalid(
-            "is already quantized; export from the converted full-precision directory".into(),
-        ));
-    }
+    let md = open_full_precision(input, "export from")?;
     let needed = mapping::needed_tensors(&md.config);
     for n in needed.iter().filter(|n| is_linear(n.role)) {
         if n.shape[0] % 4 != 0 {
