@@ -95,14 +95,6 @@ impl Model {
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
         let md = ModelDir::open(dir)?;
         let c = md.config.clone();
-        let get2 = |name: &str, rows: usize, cols: usize| -> Result<Tensor<2>, ModelError> {
-            Ok(upload2(
-                md.tensor_f32(name, &[rows, cols])?,
-                rows,
-                cols,
-                device,
-            ))
-        };
         let get1 = |name: &str, n: usize| -> Result<Tensor<1>, ModelError> {
             Ok(Tensor::from_data(
                 TensorData::new(md.tensor_f32(name, &[n])?, [n]),
