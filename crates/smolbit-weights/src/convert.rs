@@ -5,7 +5,6 @@
 //! The output is written to a temporary sibling directory and renamed into place at the end, so a
 //! failure never leaves a half-written model behind.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -195,7 +194,24 @@ pub fn commit_dir(staging: &Path, out: &Path) -> Result<(), ConvertError> {
     std::fs::rename(staging, out).map_err(|e| err(format!("cannot move output into place: {e}")))
 }
 
-fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ConvertError> {
+/// Copy the tokenizer and generation files of a model directory that exist (`HF_SIDE_FILES`);
+/// returns whether `tokenizer.json` was among them.
+pub(crate) fn copy_side_files(from: &Path, to: &Path) -> Result<bool, ConvertError> {
+    let mut tokenizer = false;
+    for f in HF_SIDE_FILES {
+        let src = from.join(f);
+        if src.is_file() {
+            std::fs::copy(&src, to.join(f)).map_err(|e| ConvertError::Output {
+                path: to.join(f),
+                what: format!("cannot copy {}: {e}", src.display()),
+            })?;
+            tokenizer |= *f == "tokenizer.json";
+        }
+    }
+    Ok(tokenizer)
+}
+
+pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), ConvertError> {
     let text = serde_json::to_string_pretty(value).map_err(|e| ConvertError::Output {
         path: path.to_path_buf(),
         what: e.to_string(),
@@ -484,12 +500,11 @@ fn convert_hf(
     let st_path = staging.join("model.safetensors");
     safetensors::write_streaming(&st_path, &specs, &st_metadata(input), |i, spec| {
         let name = &needed[i].hf_name;
-        let bytes: Cow<'_, [u8]> = if dtypes[i] == spec.dtype {
-            Cow::Borrowed(st.bytes(name)?)
+        Ok::<_, ConvertError>(if dtypes[i] == spec.dtype {
+            st.bytes(name)?.to_vec()
         } else {
-            Cow::Owned(safetensors::encode_f32(&st.to_f32(name)?, spec.dtype))
-        };
-        Ok::<_, ConvertError>(bytes.into_owned())
+            safetensors::encode_f32(&st.to_f32(name)?, spec.dtype)
+        })
     })?;
     let out_dtype = opts
         .dtype
@@ -498,17 +513,7 @@ fn convert_hf(
         &staging.join("config.json"),
         &config.to_hf_json(out_dtype.torch_name()),
     )?;
-    let mut tokenizer = false;
-    for f in HF_SIDE_FILES {
-        let src = input.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, staging.join(f)).map_err(|e| ConvertError::Output {
-                path: staging.join(f),
-                what: format!("cannot copy {}: {e}", src.display()),
-            })?;
-            tokenizer |= *f == "tokenizer.json";
-        }
-    }
+    let tokenizer = copy_side_files(input, staging)?;
     Ok(ConvertReport {
         config,
         tensors_written: specs.len(),

@@ -23,8 +23,7 @@ use smolbit_ternary::pack::{self, Packing};
 use smolbit_ternary::planes::{self, PlaneOptions};
 use smolbit_ternary::{Granularity, Scheme, TernaryMatrix, absmean, metrics};
 
-use crate::config::ModelConfig;
-use crate::convert::write_dir_atomically;
+use crate::convert::{copy_side_files, write_dir_atomically, write_json};
 use crate::mapping::{self, Role};
 use crate::safetensors::{self, Dtype, SafetensorsError, TensorSpec};
 
@@ -166,15 +165,16 @@ pub fn quantize_matrix(
     importance: Option<&[f32]>,
     iters: usize,
 ) -> TernaryMatrix {
-    let scheme = Scheme {
-        gptq: false,
-        calibrated: scheme.calibrated || scheme.gptq,
-        ..*scheme
-    };
-    match quantize_matrix_with(w, rows, cols, &scheme, importance, None, iters) {
-        Ok(m) => m,
-        Err(_) => unreachable!("only GPTQ can fail, and it is off here"),
+    if scheme.absmean {
+        return absmean::quantize(w, rows, cols, scheme.granularity);
     }
+    let opts = PlaneOptions {
+        planes: scheme.planes,
+        granularity: scheme.granularity,
+        iters,
+    };
+    let weighted = scheme.calibrated || scheme.gptq;
+    planes::quantize(w, rows, cols, opts, importance.filter(|_| weighted))
 }
 
 /// [`quantize_matrix`] with the calibration Hessian `XᵀX` that GPTQ schemes need.
@@ -187,29 +187,14 @@ pub fn quantize_matrix_with(
     hessian: Option<&[f32]>,
     iters: usize,
 ) -> Result<TernaryMatrix, smolbit_ternary::gptq::GptqError> {
-    if scheme.gptq {
-        let Granularity::Group(g) = scheme.granularity else {
-            return Err(smolbit_ternary::gptq::GptqError::Shape { got: 0, cols });
-        };
-        let h = hessian.ok_or(smolbit_ternary::gptq::GptqError::Shape { got: 0, cols })?;
-        return smolbit_ternary::gptq::quantize(w, rows, cols, scheme.planes, g, h, iters);
+    match (scheme.gptq, scheme.granularity) {
+        // The scheme parser only accepts gptq with group scales.
+        (true, Granularity::Group(g)) => {
+            let h = hessian.ok_or(smolbit_ternary::gptq::GptqError::Shape { got: 0, cols })?;
+            smolbit_ternary::gptq::quantize(w, rows, cols, scheme.planes, g, h, iters)
+        }
+        _ => Ok(quantize_matrix(w, rows, cols, scheme, importance, iters)),
     }
-    Ok(if scheme.absmean {
-        absmean::quantize(w, rows, cols, scheme.granularity)
-    } else {
-        let opts = PlaneOptions {
-            planes: scheme.planes,
-            granularity: scheme.granularity,
-            iters,
-        };
-        planes::quantize(
-            w,
-            rows,
-            cols,
-            opts,
-            if scheme.calibrated { importance } else { None },
-        )
-    })
 }
 
 /// Group scales are f16 (they cost bits per weight); per-tensor and per-row scales stay f32.
@@ -258,24 +243,21 @@ pub fn quantize_model(
             opts.scheme
         )));
     }
-    let config = md.config.clone();
-    let needed = mapping::needed_tensors(&config);
     write_dir_atomically(out, opts.overwrite, |staging| {
-        write_quantized(&md, &config, &needed, staging, opts)
+        write_quantized(&md, staging, opts)
     })
 }
 
 fn write_quantized(
     md: &crate::ModelDir,
-    config: &ModelConfig,
-    needed: &[mapping::Needed],
     staging: &Path,
     opts: &QuantizeOptions,
 ) -> Result<QuantizeReport, QuantizeError> {
     let scheme = opts.scheme;
+    let needed = mapping::needed_tensors(&md.config);
     let mut specs = Vec::new();
     let mut kept = Vec::new();
-    for n in needed {
+    for n in &needed {
         if is_linear(n.role)
             || (opts.quantize_embeddings && matches!(n.role, Role::Embed | Role::Head))
         {
@@ -360,7 +342,8 @@ fn write_quantized(
             layers.push(LayerReport {
                 name,
                 shape: [rows, cols],
-                weight_rel_error: metrics::relative_frobenius(&w, &w_hat),
+                // The same quantity as metrics::relative_frobenius, from the sums above.
+                weight_rel_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
                 output_rel_error: stats
                     .filter(|s| !s.samples.is_empty())
                     .map(|s| metrics::relative_output_error(&w, &w_hat, rows, cols, &s.samples)),
@@ -428,32 +411,8 @@ fn write_quantized(
             what: e.to_string(),
         })?;
     cfg["quantization_config"] = serde_json::to_value(&qc).unwrap_or_default();
-    let write = |name: &str, v: &serde_json::Value| {
-        std::fs::write(
-            staging.join(name),
-            serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
-        )
-        .map_err(|e| QuantizeError::Invalid {
-            path: staging.join(name),
-            what: e.to_string(),
-        })
-    };
-    write("config.json", &cfg)?;
-    for f in [
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "generation_config.json",
-        "special_tokens_map.json",
-        "chat_template.jinja",
-    ] {
-        let src = md.path.join(f);
-        if src.is_file() {
-            std::fs::copy(&src, staging.join(f)).map_err(|e| QuantizeError::Invalid {
-                path: src.clone(),
-                what: format!("cannot copy: {e}"),
-            })?;
-        }
-    }
+    write_json(&staging.join("config.json"), &cfg)?;
+    copy_side_files(&md.path, staging)?;
     let outs: Vec<f64> = layers.iter().filter_map(|l| l.output_rel_error).collect();
     let report = QuantizeReport {
         scheme: scheme.to_string(),
@@ -469,11 +428,10 @@ fn write_quantized(
         bytes: std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0),
         layers,
     };
-    write(
-        "quantization.json",
+    write_json(
+        &staging.join("quantization.json"),
         &serde_json::to_value(&report).unwrap_or_default(),
     )?;
-    let _ = config;
     Ok(report)
 }
 
@@ -553,14 +511,6 @@ pub fn read_ternary(
         trits,
         scales,
     })
-}
-
-/// Group size of a granularity, if it has one (for reports).
-pub fn group_size(g: Granularity) -> Option<usize> {
-    match g {
-        Granularity::Group(n) => Some(n),
-        _ => None,
-    }
 }
 
 /// Write the per-tensor b1.58 scheme in the format transformers' BitNet integration loads
@@ -645,21 +595,8 @@ pub fn export_hf_bitnet(
             "quantization_mode": "offline",
             "modules_to_not_convert": ["lm_head"],
         });
-        std::fs::write(
-            staging.join("config.json"),
-            serde_json::to_string_pretty(&cfg).unwrap_or_default() + "\n",
-        )
-        .map_err(|e| invalid(e.to_string()))?;
-        for f in [
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "generation_config.json",
-        ] {
-            if md.path.join(f).is_file() {
-                std::fs::copy(md.path.join(f), staging.join(f))
-                    .map_err(|e| invalid(format!("cannot copy {f}: {e}")))?;
-            }
-        }
+        write_json(&staging.join("config.json"), &cfg)?;
+        copy_side_files(&md.path, staging)?;
         let bytes = std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0);
         let n: f64 = layers
             .iter()
