@@ -117,13 +117,8 @@ impl Model {
         };
         let norm = get1("model.norm.weight", c.hidden_size)?;
         // Linear weights: dense, or unpacked from a ternary checkpoint (reference path).
-        let lin = |name: &str, rows: usize, cols: usize| -> Result<Tensor<2>, ModelError> {
-            Ok(upload2(
-                md.linear_f32(name, rows, cols)?,
-                rows,
-                cols,
-                device,
-            ))
+        let lin = |name: &str, rows: usize, cols: usize| {
+            Model::upload_linear(&md, name, rows, cols, device)
         };
         let act8 = md.quant.as_ref().is_some_and(QuantConfig::int8_activations);
         let layers = (0..c.num_layers)
@@ -177,16 +172,7 @@ impl Model {
             })
             .collect();
         for w in windows {
-            let mut cache = self.new_cache();
-            self.check_tokens(w, &cache)?;
-            let ids: Vec<i32> = w.iter().map(|&t| t as i32).collect();
-            let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [w.len()]), &self.device);
-            let mut x = self.embed.clone().select(0, ids);
-            let rope = layers::Rope::new(&self.config, 0, w.len(), &self.device);
-            for (i, layer) in self.layers.iter().enumerate() {
-                x = layer.forward(x, &rope, cache.layer_mut(i), 0, Some(&mut recs[i]));
-            }
-            cache.advance(w.len());
+            self.run_blocks(w, &mut self.new_cache(), Some(&mut recs))?;
         }
         use smolbit_weights::mapping::{LayerRole as L, Role, hf_name};
         let sites: [&[L]; 4] = [&[L::Q, L::K, L::V], &[L::O], &[L::Gate, L::Up], &[L::Down]];
@@ -248,6 +234,18 @@ impl Model {
     /// Run `tokens` after what `cache` holds and return the final hidden states `[T, hidden]`
     /// (after the last RMSNorm), appending the new keys and values to `cache`.
     pub fn hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor<2>, ModelError> {
+        let x = self.run_blocks(tokens, cache, None)?;
+        Ok(layers::rms_norm(x, &self.norm, self.config.rms_norm_eps))
+    }
+
+    /// Embedding and decoder blocks (no final norm), optionally recording each block's linear
+    /// inputs into `recs` (one recorder per layer).
+    fn run_blocks(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        mut recs: Option<&mut [InputRecorder]>,
+    ) -> Result<Tensor<2>, ModelError> {
         self.check_tokens(tokens, cache)?;
         let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
         let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
@@ -255,10 +253,11 @@ impl Model {
         let past = cache.len();
         let rope = layers::Rope::new(&self.config, past, tokens.len(), &self.device);
         for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(x, &rope, cache.layer_mut(i), past, None);
+            let rec = recs.as_deref_mut().map(|r| &mut r[i]);
+            x = layer.forward(x, &rope, cache.layer_mut(i), past, rec);
         }
         cache.advance(tokens.len());
-        Ok(layers::rms_norm(x, &self.norm, self.config.rms_norm_eps))
+        Ok(x)
     }
 
     /// Logits `[T, vocab]` for every position of `tokens`, continuing from `cache`.
