@@ -91,9 +91,9 @@ pub fn top_k(scores: &mut [f32], k: usize) {
     if k == 0 || k >= scores.len() {
         return;
     }
-    let mut sorted = scores.to_vec();
-    sorted.sort_by(|a, b| b.total_cmp(a));
-    let kth = sorted[k - 1];
+    // The k-th largest by selection, O(vocab), not a full sort per sampled token.
+    let mut copy = scores.to_vec();
+    let (_, &mut kth, _) = copy.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     for s in scores.iter_mut() {
         if *s < kth {
             *s = f32::NEG_INFINITY;

@@ -20,6 +20,16 @@ fn matrix() -> impl Strategy<Value = (usize, usize, Vec<f32>)> {
     })
 }
 
+/// A seeded LCG giving uniform values in [-1, 1).
+fn uniform(mut state: u64) -> impl FnMut() -> f32 {
+    move || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+    }
+}
+
 fn weighted_error(w: &[f32], w_hat: &[f32], d: &[f32], cols: usize) -> f64 {
     w.iter()
         .zip(w_hat)
@@ -73,13 +83,7 @@ proptest! {
 #[test]
 fn importance_weighting_lowers_weighted_error() {
     let (rows, cols) = (64, 256);
-    let mut state = 12345u64;
-    let mut next = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-    };
+    let mut next = uniform(12345u64);
     let w: Vec<f32> = (0..rows * cols).map(|_| next() * next().abs()).collect();
     let d: Vec<f32> = (0..cols)
         .map(|c| if c % 7 == 0 { 100.0 } else { 1.0 })
@@ -142,13 +146,7 @@ fn bits_per_weight_are_counted_honestly() {
 #[test]
 fn gptq_lowers_output_error_on_its_calibration_inputs() {
     let (rows, cols, n) = (32, 128, 512);
-    let mut state = 99u64;
-    let mut next = || {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-    };
+    let mut next = uniform(99u64);
     let w: Vec<f32> = (0..rows * cols).map(|_| next()).collect();
     // Inputs with strongly correlated neighbouring channels and uneven scales.
     let mut x = vec![0f32; n * cols];
