@@ -36,6 +36,26 @@ pub fn extract_code(text: &str) -> String {
     }
 }
 
+/// Whether `text` (an answer being generated) has closed a fenced block labelled `python`, `py`
+/// or `python3`. Generation can stop there: [`extract_code`] reads the first such block.
+pub fn python_block_closed(text: &str) -> bool {
+    let mut open: Option<bool> = None;
+    for line in text.lines() {
+        let Some(rest) = line.trim_start().strip_prefix("```") else {
+            continue;
+        };
+        match open {
+            None => {
+                let lang = rest.trim().to_lowercase();
+                open = Some(matches!(lang.as_str(), "python" | "py" | "python3"));
+            }
+            Some(true) => return true,
+            Some(false) => open = None,
+        }
+    }
+    false
+}
+
 /// `(language, body)` of every ``` fenced block.
 fn fenced_blocks(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
@@ -158,6 +178,10 @@ mod tests {
 
     #[test]
     fn code_extraction() {
+        assert!(python_block_closed("Sure:\n```python\nx = 1\n```"));
+        assert!(!python_block_closed("Sure:\n```python\nx = 1\n"));
+        assert!(!python_block_closed("```\nx = 1\n```\n```py\ny = 2\n"));
+        assert!(python_block_closed("```\nx = 1\n```\n```py\ny = 2\n```\n"));
         check_code(
             "Here:\n```python\ndef f():\n    return 1\n```\nDone.",
             "def f():\n    return 1\n",

@@ -1,7 +1,13 @@
-//! The smolbit evaluator. So far: the coding suite's schema ([`Task`]) and its loader
-//! ([`load_suite`]), which reports malformed input as `file:line: problem`, and [`extract`]: the
-//! code in a model's answer and degeneration flags. The runner (generation, sandboxed execution,
-//! metrics, results JSON) builds on these.
+//! The smolbit evaluator: runs models on a coding suite and measures what a user of a coding
+//! model needs.
+//!
+//! - [`load_suite`]: the suite ([`Task`]), malformed input reported as `file:line: problem`;
+//! - [`extract`]: the code in an answer, and degeneration flags ("method method method");
+//! - [`sandbox`]: a confined `python3` process per run (timeout, rlimits, namespaces);
+//! - [`check`]: syntax validity by CPython's parser and tests passed, per answer;
+//! - [`run`]: the `smolbit eval` loop (generation, checks, timings, peak RSS, perplexity/KL
+//!   against the first model, resumable);
+//! - [`results`]: the versioned results JSON, pass@k, shard merging.
 //!
 //! Suite format (`datasets/coding-suite.jsonl`, one JSON object per line):
 //!
@@ -15,10 +21,14 @@
 //! | `tests` | list of strings | Python statements, each usually an `assert` |
 //! | `canonical_solution` | string | a reference solution that passes the tests |
 //!
-//! A task's program is `test_setup`, the solution, then the tests, run by `python3` in a fresh
-//! working directory; it passes when the process exits with status 0.
+//! A task is checked by running `test_setup`, the solution, then each test statement in one
+//! namespace ([`check`]); it passes when every test statement runs without raising.
 
+pub mod check;
 pub mod extract;
+pub mod results;
+pub mod run;
+pub mod sandbox;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -58,20 +68,6 @@ pub struct Task {
     pub tests: Vec<String>,
     /// A solution that passes the tests.
     pub canonical_solution: String,
-}
-
-impl Task {
-    /// The program that checks `solution`: setup, solution, tests.
-    pub fn program(&self, solution: &str) -> String {
-        let mut parts: Vec<&str> = Vec::new();
-        if !self.test_setup.trim().is_empty() {
-            parts.push(&self.test_setup);
-        }
-        parts.push(solution);
-        let tests = self.tests.join("\n");
-        parts.push(&tests);
-        parts.join("\n\n") + "\n"
-    }
 }
 
 /// Why a suite could not be loaded.

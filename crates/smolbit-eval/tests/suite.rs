@@ -1,25 +1,19 @@
 //! The committed coding suite: loads, covers every category, and every canonical solution passes
-//! its tests under CPython while a wrong solution (the entry point as a stub) fails them.
+//! its tests in the sandbox (CPython) while a wrong solution (the entry point as a stub) fails them.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use smolbit_eval::check::check;
+use smolbit_eval::sandbox::{Limits, Sandbox};
 use smolbit_eval::{CATEGORIES, Task, load_suite, parse_suite};
 
 fn suite_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/coding-suite.jsonl")
 }
 
-/// Run a program with python3 in a fresh directory; true when it exits 0.
-fn passes(program: &str) -> bool {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("t.py"), program).expect("write");
-    let out = Command::new("python3")
-        .arg("t.py")
-        .current_dir(dir.path())
-        .output()
-        .expect("python3 runs");
-    out.status.success()
+/// Run a solution against the task's tests in the sandbox; true when every test passes.
+fn passes(sb: &Sandbox, t: &Task, solution: &str) -> bool {
+    check(sb, t, solution).expect("sandbox runs").passed
 }
 
 fn stub(t: &Task) -> String {
@@ -46,12 +40,13 @@ fn suite_covers_every_category() {
 #[test]
 fn canonical_solutions_pass_and_stubs_fail() {
     let tasks = load_suite(&suite_path()).expect("suite loads");
+    let sb = Sandbox::new(Limits::default()).expect("python3 runs");
     let mut failures = Vec::new();
     for t in &tasks {
-        if !passes(&t.program(&t.canonical_solution)) {
+        if !passes(&sb, t, &t.canonical_solution) {
             failures.push(format!("{}: canonical solution fails", t.id));
         }
-        if passes(&t.program(&stub(t))) {
+        if passes(&sb, t, &stub(t)) {
             failures.push(format!("{}: a stub passes (tests cannot fail)", t.id));
         }
     }

@@ -77,6 +77,8 @@ pub enum StopReason {
     MaxTokens,
     /// The model's context length reached.
     ContextLength,
+    /// The caller's text callback asked to stop.
+    Caller,
 }
 
 /// Timings measured around the model calls.
@@ -298,6 +300,20 @@ impl Generator {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(&str),
     ) -> Result<Generation, GenerateError> {
+        self.generate_until(prompt, params, &mut |t| {
+            on_text(t);
+            true
+        })
+    }
+
+    /// [`Generator::generate`] where `on_text` returns whether to go on: `false` stops after that
+    /// piece of text ([`StopReason::Caller`]).
+    pub fn generate_until(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generation, GenerateError> {
         params.sampling.validate().map_err(GenerateError::Params)?;
         let max_ctx = self.model.config().max_position_embeddings;
         if prompt.is_empty() {
@@ -331,8 +347,9 @@ impl Generator {
                 break;
             }
             let chunk = stream.push(&self.tokenizer, next).map_err(tok_err)?;
-            if !chunk.is_empty() {
-                on_text(&chunk);
+            if !chunk.is_empty() && !on_text(&chunk) {
+                stop_reason = StopReason::Caller;
+                break;
             }
             if stream.stopped() {
                 stop_reason = StopReason::StopString;

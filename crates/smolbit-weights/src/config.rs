@@ -153,6 +153,21 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// Parameters of the model: embedding (counted once when tied to the output head), output
+    /// head, attention and MLP projections, and norms.
+    pub fn parameter_count(&self) -> u64 {
+        let (h, i, v) = (
+            self.hidden_size as u64,
+            self.intermediate_size as u64,
+            self.vocab_size as u64,
+        );
+        let q = (self.num_heads * self.head_dim) as u64;
+        let kv = (self.num_kv_heads * self.head_dim) as u64;
+        let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 2 * h;
+        let head = if self.tie_word_embeddings { 0 } else { v * h };
+        v * h + head + self.num_layers as u64 * layer + h
+    }
+
     /// Read and resolve `<dir>/config.json`.
     pub fn from_dir(dir: &Path) -> Result<Self, ConfigError> {
         let path = dir.join("config.json");
@@ -377,6 +392,22 @@ mod tests {
             }
             (got, expect) => panic!("got {got:?}, expected {expect:?}"),
         }
+    }
+
+    #[test]
+    fn parameter_count_matches_transformers() {
+        // transformers 5.24 `AutoModelForCausalLM.from_pretrained(d).num_parameters()` on the
+        // fixtures (tied embeddings counted once), and SmolLM2-135M's published 134,515,008.
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../testdata");
+        for (dir, n) in [("tiny-llama", 155_968), ("tiny-smollm3", 45_344)] {
+            let c = ModelConfig::from_dir(&root.join(dir)).expect("fixture config");
+            assert_eq!(c.parameter_count(), n, "{dir}");
+        }
+        let smollm2 = r#"{"model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+            "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+            "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "tie_word_embeddings": true}"#;
+        let c = ModelConfig::from_json_str(smollm2, Path::new("config.json")).expect("parses");
+        assert_eq!(c.parameter_count(), 134_515_008);
     }
 
     const BASE: &str = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,

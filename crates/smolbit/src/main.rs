@@ -1,5 +1,8 @@
 //! `smolbit`: the user-facing command line. Each subcommand is a thin layer over a library crate:
-//! `convert` (smolbit-weights), `logits` (smolbit-model), `generate` and `chat` (smolbit-generate).
+//! `convert` and `quantize` (smolbit-weights), `logits` (smolbit-model), `generate`, `chat` and
+//! `perplexity` (smolbit-generate), `eval` (smolbit-eval).
+
+mod eval;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -104,6 +107,9 @@ enum Command {
         #[arg(long)]
         export: Option<String>,
     },
+    /// Evaluate models on the coding suite: sandboxed tests, latency, memory, perplexity and KL
+    /// against the first model. `smolbit eval merge` combines shards.
+    Eval(eval::EvalArgs),
     /// Perplexity of a model on a text; with --reference, KL divergence and top-1 agreement.
     Perplexity {
         /// Model directory.
@@ -278,6 +284,7 @@ fn run(cli: Cli) -> Result<()> {
             Some("hf-bitnet") => export_hf_bitnet(&model, &scheme, &out, force),
             Some(other) => bail!("--export: unknown format '{other}' (supported: hf-bitnet)"),
         },
+        Command::Eval(args) => eval::eval(args),
         Command::Perplexity {
             model,
             text,
