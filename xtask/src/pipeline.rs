@@ -1,77 +1,404 @@
-//! `cargo xtask pipeline`: the end-to-end run on a model.
+//! `cargo xtask pipeline`: fetch, convert, quantize, evaluate, report.
 //!
-//! Stages available today: fetch (default model) and convert, with the convert stage skipped when
-//! its output records the same input sha256. Quantize, evaluate and report stages are added by
-//! their issues. Inference-heavy stages run the `smolbit` binary built in the workspace's
-//! optimized dev profile (see the root Cargo.toml), never an unoptimized build.
+//! ```text
+//! cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes b158,planes3:g64] [--dataset FILE]
+//!                      [--quick] [--name NAME]
+//! ```
+//!
+//! Outputs: `models/<name>/f32` and `models/<name>/<scheme>` (git-ignored), and
+//! `reports/<name>/` (`--quick`: `reports/<name>-quick/`) with `report.md`, `results.json` and
+//! `charts/*.svg`. Each stage writes a stamp, `.smolbit-stage`, holding a hash of everything it
+//! read (input files, settings, and the source of the crates that compute it); a re-run skips a
+//! stage whose stamp matches, so only what changed is redone. The inference stages run the
+//! `smolbit` binary built in the workspace's one optimized profile (see the root Cargo.toml).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
 
 use crate::fetch::{fetch_default_model, sha256_file};
 use crate::project_root;
 
+const DEFAULT_SCHEMES: &str = "b158,planes3:g64";
+const CALIBRATION: &str = "datasets/text/calibration-code.py";
+const HELDOUT: &str = "datasets/text/heldout-code.py";
+
 struct Args {
     model: Option<PathBuf>,
+    schemes: Vec<String>,
+    dataset: PathBuf,
+    quick: bool,
+    name: Option<String>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
-    let mut model = None;
+    let mut a = Args {
+        model: None,
+        schemes: DEFAULT_SCHEMES.split(',').map(String::from).collect(),
+        dataset: PathBuf::from("datasets/coding-suite.jsonl"),
+        quick: false,
+        name: None,
+    };
     let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--model" => model = Some(PathBuf::from(it.next().context("--model needs a path")?)),
-            other => bail!("pipeline: unknown argument '{other}'"),
+    while let Some(arg) = it.next() {
+        let mut value = |flag: &str| it.next().with_context(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            "--model" => a.model = Some(PathBuf::from(value("--model")?)),
+            "--schemes" => {
+                a.schemes = value("--schemes")?
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }
+            "--dataset" => a.dataset = PathBuf::from(value("--dataset")?),
+            "--name" => a.name = Some(value("--name")?.clone()),
+            "--quick" => a.quick = true,
+            "-h" | "--help" => {
+                eprintln!(
+                    "usage: cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes {DEFAULT_SCHEMES}] \
+                     [--dataset FILE] [--quick] [--name NAME]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("pipeline: unknown argument '{other}' (see --help)"),
         }
     }
-    Ok(Args { model })
-}
-
-fn smolbit(args: &[&str]) -> Result<()> {
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(project_root())
-        .args(["run", "--quiet", "--package", "smolbit", "--"])
-        .args(args)
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("smolbit {} failed ({status})", args.join(" "));
-    }
-    Ok(())
+    Ok(a)
 }
 
 fn model_name(input: &Path) -> String {
-    let stem = input
-        .file_stem()
+    let stem = if input.is_dir() {
+        input.file_name()
+    } else {
+        input.file_stem()
+    };
+    let stem = stem
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| "model".into());
     stem.to_lowercase().replace(['.', ' '], "-")
 }
 
+/// A scheme as a directory name: `planes2:g64:cal` → `planes2-g64-cal`.
+fn slug(scheme: &str) -> String {
+    scheme.replace([':', '/', ' '], "-")
+}
+
+fn hex(d: &[u8]) -> String {
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// sha256 over the contents of every file under the given paths (sorted), relative to the root.
+fn tree_hash(paths: &[&str]) -> Result<String> {
+    let root = project_root();
+    let mut files = Vec::new();
+    let mut stack: Vec<PathBuf> = paths.iter().map(|p| root.join(p)).collect();
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            for e in std::fs::read_dir(&p).with_context(|| format!("{}", p.display()))? {
+                stack.push(e?.path());
+            }
+        } else if p.is_file() {
+            files.push(p);
+        }
+    }
+    files.sort();
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.strip_prefix(&root).unwrap_or(&f).to_string_lossy().as_bytes());
+        h.update(std::fs::read(&f).with_context(|| format!("{}", f.display()))?);
+    }
+    Ok(hex(&h.finalize()))
+}
+
+/// Identity of a model input: a file's sha256, or a directory's config and weight files.
+fn input_key(input: &Path) -> Result<String> {
+    if input.is_file() {
+        return sha256_file(input);
+    }
+    if !input.is_dir() {
+        bail!("{}: no such file or directory", input.display());
+    }
+    let mut names: Vec<PathBuf> = std::fs::read_dir(input)
+        .with_context(|| format!("{}: cannot read", input.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file())
+        .collect();
+    names.sort();
+    let mut h = Sha256::new();
+    for p in names {
+        h.update(p.file_name().unwrap_or_default().to_string_lossy().as_bytes());
+        h.update(sha256_file(&p)?.as_bytes());
+    }
+    Ok(hex(&h.finalize()))
+}
+
+fn key(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    hex(&h.finalize())
+}
+
+const STAMP: &str = ".smolbit-stage";
+
+fn up_to_date(dir: &Path, key: &str, outputs: &[&Path]) -> bool {
+    std::fs::read_to_string(dir.join(STAMP)).is_ok_and(|s| s.trim() == key)
+        && outputs.iter().all(|p| p.exists())
+}
+
+fn smolbit_bin() -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"));
+    target.join("debug").join("smolbit")
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
+/// Run one stage's command. With `log`, its output goes to the log file under a spinner, and
+/// the log's tail is shown on failure; without, it inherits the terminal (for commands with
+/// their own progress bars).
+fn run_stage(label: &str, cmd: &mut Command, log: Option<&Path>) -> Result<Duration> {
+    let start = Instant::now();
+    cmd.current_dir(project_root());
+    let Some(log) = log else {
+        eprintln!("{label}");
+        let status = cmd.status().with_context(|| format!("{label}: cannot start"))?;
+        if !status.success() {
+            bail!("{label}: failed ({status})");
+        }
+        return Ok(start.elapsed());
+    };
+    let file = std::fs::File::create(log).with_context(|| format!("{}", log.display()))?;
+    let err = file.try_clone()?;
+    let bar = ProgressBar::new_spinner().with_message(label.to_string());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let status = cmd
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::from(err))
+        .status()
+        .with_context(|| format!("{label}: cannot start"))?;
+    bar.finish_and_clear();
+    if !status.success() {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(15).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "{label}: failed ({status}); log {}:\n{}",
+            log.display(),
+            tail.join("\n")
+        );
+    }
+    eprintln!("{label}: done in {:.1} s", start.elapsed().as_secs_f64());
+    Ok(start.elapsed())
+}
+
+fn rel(p: &Path) -> String {
+    p.strip_prefix(project_root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let args = parse(args)?;
-    let input = match args.model {
-        Some(m) => m,
-        None => fetch_default_model()?,
-    };
-    let out = project_root().join("models").join(model_name(&input));
-    let stamp_path = out.join(".smolbit-source");
-    let stamp = if input.is_file() {
-        sha256_file(&input)?
-    } else {
-        input.display().to_string()
-    };
-    if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp) {
-        eprintln!("[convert] up to date: {}", out.display());
-    } else {
-        eprintln!("[convert] {} -> {}", input.display(), out.display());
-        let (i, o) = (input.display().to_string(), out.display().to_string());
-        smolbit(&["convert", &i, "--out", &o, "--force"])?;
-        std::fs::write(&stamp_path, &stamp)
-            .with_context(|| format!("{}: cannot write", stamp_path.display()))?;
+    let root = project_root();
+    let total = Instant::now();
+
+    eprintln!("[build] cargo build -p smolbit (optimized dev profile)");
+    let status = Command::new(cargo())
+        .current_dir(&root)
+        .args(["build", "--quiet", "-p", "smolbit"])
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building smolbit failed");
     }
-    eprintln!("[done] model directory: {}", out.display());
+    let bin = smolbit_bin();
+
+    let input = match &args.model {
+        Some(m) => m.clone(),
+        None => {
+            eprintln!("[fetch] default model");
+            fetch_default_model()?
+        }
+    };
+    let name = args.name.clone().unwrap_or_else(|| model_name(&input));
+    let models = root.join("models").join(&name);
+    let report_dir = root
+        .join("reports")
+        .join(if args.quick { format!("{name}-quick") } else { name.clone() });
+    let logs = report_dir.join("logs");
+    std::fs::create_dir_all(&logs).with_context(|| format!("{}", logs.display()))?;
+    let mut reproduce = vec![format!("cargo build -p smolbit  # binary: {}", rel(&bin))];
+    if args.model.is_none() {
+        reproduce.push("cargo xtask fetch-model".into());
+    }
+
+    // Convert.
+    let f32_dir = models.join("f32");
+    let convert_key = key(&[
+        "convert",
+        &input_key(&input)?,
+        &tree_hash(&["crates/smolbit-weights/src"])?,
+    ]);
+    let (i, o) = (input.display().to_string(), f32_dir.display().to_string());
+    reproduce.push(format!("smolbit convert {i} --out {} --dtype f32", rel(&f32_dir)));
+    if up_to_date(&f32_dir, &convert_key, &[&f32_dir.join("config.json")]) {
+        eprintln!("[convert] up to date: {}", rel(&f32_dir));
+    } else {
+        run_stage(
+            &format!("[convert] {} -> {}", input.display(), rel(&f32_dir)),
+            Command::new(&bin).args(["convert", &i, "--out", &o, "--dtype", "f32", "--force"]),
+            Some(&logs.join("convert.log")),
+        )?;
+        std::fs::write(f32_dir.join(STAMP), &convert_key)?;
+    }
+
+    // Quantize.
+    let quant_code = tree_hash(&[
+        "crates/smolbit-weights/src",
+        "crates/smolbit-ternary/src",
+        "crates/smolbit-model/src",
+    ])?;
+    let mut model_dirs = vec![(f32_dir.clone(), convert_key.clone())];
+    for scheme in &args.schemes {
+        let dir = models.join(slug(scheme));
+        let calibrated = scheme.contains(":cal") || scheme.contains(":gptq");
+        let cal_key = if calibrated {
+            sha256_file(&root.join(CALIBRATION))?
+        } else {
+            String::new()
+        };
+        let k = key(&["quantize", &convert_key, scheme, &cal_key, &quant_code]);
+        let d = dir.display().to_string();
+        let mut cmd_args = vec![
+            "quantize".to_string(),
+            "--model".into(),
+            o.clone(),
+            "--scheme".into(),
+            scheme.clone(),
+            "--out".into(),
+            d.clone(),
+            "--force".into(),
+        ];
+        if calibrated {
+            cmd_args.extend(["--calibration".into(), CALIBRATION.into()]);
+        }
+        reproduce.push(format!(
+            "smolbit {}",
+            cmd_args
+                .iter()
+                .filter(|a| a.as_str() != "--force")
+                .map(|a| a.replace(&format!("{}/", root.display()), ""))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        if up_to_date(&dir, &k, &[&dir.join("config.json")]) {
+            eprintln!("[quantize {scheme}] up to date: {}", rel(&dir));
+        } else {
+            run_stage(
+                &format!("[quantize {scheme}] -> {}", rel(&dir)),
+                Command::new(&bin).args(&cmd_args),
+                Some(&logs.join(format!("quantize-{}.log", slug(scheme)))),
+            )?;
+            std::fs::write(dir.join(STAMP), &k)?;
+        }
+        model_dirs.push((dir, k));
+    }
+
+    // Evaluate.
+    let results = report_dir.join("results.json");
+    let mut eval_args: Vec<String> = vec!["eval".into()];
+    for (d, _) in &model_dirs {
+        eval_args.extend(["--model".into(), rel(d)]);
+    }
+    eval_args.extend([
+        "--dataset".into(),
+        args.dataset.display().to_string(),
+        "--perplexity-text".into(),
+        HELDOUT.into(),
+        "--out".into(),
+        rel(&results),
+    ]);
+    if args.quick {
+        eval_args.extend([
+            "--per-category".into(),
+            "1".into(),
+            "--perplexity-max-tokens".into(),
+            "1024".into(),
+        ]);
+    }
+    let eval_code = tree_hash(&[
+        "crates/smolbit-eval/src",
+        "crates/smolbit-generate/src",
+        "crates/smolbit-model/src",
+        "crates/smolbit-ternary/src",
+        "crates/smolbit-weights/src",
+    ])?;
+    let dataset_key = sha256_file(&root.join(&args.dataset))
+        .with_context(|| format!("dataset {}", args.dataset.display()))?;
+    let mut parts: Vec<&str> = vec!["eval", &dataset_key, &eval_code];
+    parts.extend(model_dirs.iter().map(|(_, k)| k.as_str()));
+    let joined = eval_args.join(" ");
+    parts.push(&joined);
+    let eval_key = key(&parts);
+    reproduce.push(format!("smolbit {joined}"));
+    if up_to_date(&report_dir, &eval_key, &[&results]) {
+        eprintln!("[eval] up to date: {}", rel(&results));
+    } else {
+        let _ = std::fs::remove_file(report_dir.join(STAMP));
+        run_stage(
+            &format!("[eval] {} models -> {}", model_dirs.len(), rel(&results)),
+            Command::new(&bin).args(&eval_args),
+            None,
+        )?;
+        std::fs::write(report_dir.join(STAMP), &eval_key)?;
+    }
+
+    // Report (cheap: always rendered, so template changes show at once).
+    let res = smolbit_eval::results::Results::read(&results)?;
+    reproduce.push(format!(
+        "smolbit report --results {} --out-dir {}",
+        rel(&results),
+        rel(&report_dir)
+    ));
+    let opts = smolbit_report::ReportOptions {
+        title: Some(format!(
+            "{name}: full precision vs ternary{}",
+            if args.quick { " (quick run)" } else { "" }
+        )),
+        reproduce: std::iter::once(format!(
+            "cargo xtask pipeline{}{}",
+            if args.quick { " --quick" } else { "" },
+            args.model
+                .as_ref()
+                .map(|m| format!(" --model {}", m.display()))
+                .unwrap_or_default()
+        ))
+        .chain(std::iter::once("# which runs:".to_string()))
+        .chain(reproduce)
+        .collect(),
+        ..Default::default()
+    };
+    smolbit_report::write_report(&report_dir, &res, &opts)?;
+    eprintln!(
+        "[report] {} ({:.1} min in all)",
+        rel(&report_dir.join("report.md")),
+        total.elapsed().as_secs_f64() / 60.0
+    );
     Ok(())
 }

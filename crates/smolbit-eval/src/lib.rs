@@ -27,6 +27,7 @@
 pub mod check;
 pub mod extract;
 pub mod results;
+#[cfg(feature = "runner")]
 pub mod run;
 pub mod sandbox;
 

@@ -70,6 +70,9 @@ pub struct Settings {
     pub seed: u64,
     /// Stop generating once the first fenced code block is closed.
     pub stop_after_code: bool,
+    /// Stop generating once the answer's tail is far past degenerate.
+    #[serde(default)]
+    pub stop_on_degeneration: bool,
     /// `cpu` or `wgpu`.
     pub device: String,
     /// Sandbox wall-clock timeout per task, seconds.

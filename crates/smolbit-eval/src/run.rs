@@ -51,6 +51,8 @@ pub struct EvalOptions {
     pub limits: Limits,
     /// Stop generating once a python block is closed.
     pub stop_after_code: bool,
+    /// Stop generating once the answer is far past degenerate (see `degenerate_tail`).
+    pub stop_on_degeneration: bool,
     /// Held-out text for perplexity/KL, if any.
     pub perplexity_text: Option<PathBuf>,
     /// Score at most this many tokens of it (0 = all).
@@ -326,7 +328,8 @@ fn answer(
         let mut text = String::new();
         g.generate_until(&prompt, &params, &mut |chunk| {
             text.push_str(chunk);
-            !(opts.stop_after_code && python_block_closed(&text))
+            !(opts.stop_after_code && python_block_closed(&text)
+                || opts.stop_on_degeneration && degenerate_tail(&text))
         })
     }));
     let generation = match generated {
@@ -378,6 +381,18 @@ fn answer(
             .unwrap_or_default(),
         check_ms: exec.wall_ms,
     }
+}
+
+/// Whether the last 600 bytes of `text` are far past any degeneration threshold: an n-gram
+/// repeated 16 times in a row or a 300-character periodic stretch. Such an answer cannot recover
+/// into valid code, so generating on only spends time; the flags still see the text.
+fn degenerate_tail(text: &str) -> bool {
+    let mut start = text.len().saturating_sub(600);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let d = degeneration(&text[start..]);
+    d.longest_repeat_run >= 16 || d.longest_periodic_chars >= 300
 }
 
 fn failed_sample(task: &Task, error: String) -> SampleResult {
@@ -505,6 +520,7 @@ pub fn run(opts: &EvalOptions, on_event: &mut dyn FnMut(Event)) -> Result<Result
         samples,
         seed: opts.seed,
         stop_after_code: opts.stop_after_code,
+        stop_on_degeneration: opts.stop_on_degeneration,
         device: opts.device.clone(),
         timeout_s: opts.limits.wall.as_secs_f64(),
         memory_limit_mb: opts.limits.memory_bytes >> 20,

@@ -76,6 +76,10 @@ struct RunArgs {
     /// Keep generating after the answer's first python block is closed.
     #[arg(long)]
     no_stop_after_code: bool,
+    /// Keep generating answers whose last 600 bytes repeat one n-gram 16 times or one short
+    /// unit over 300 characters (by default they are cut there; they are flagged either way).
+    #[arg(long)]
+    no_stop_on_degeneration: bool,
     /// Held-out text for perplexity, KL and top-1 agreement.
     #[arg(long, default_value = "datasets/text/heldout-code.py")]
     perplexity_text: PathBuf,
@@ -157,6 +161,7 @@ fn run_eval(a: RunArgs) -> Result<()> {
             ..Limits::default()
         },
         stop_after_code: !a.no_stop_after_code,
+        stop_on_degeneration: !a.no_stop_on_degeneration,
         perplexity_text: (!a.no_perplexity).then_some(a.perplexity_text),
         perplexity_max_tokens: a.perplexity_max_tokens,
         perplexity_ctx: a.perplexity_ctx,

@@ -110,6 +110,30 @@ enum Command {
     /// Evaluate models on the coding suite: sandboxed tests, latency, memory, perplexity and KL
     /// against the first model. `smolbit eval merge` combines shards.
     Eval(eval::EvalArgs),
+    /// Render a Markdown report with SVG charts from a results file.
+    Report {
+        /// Results written by `smolbit eval` (or `smolbit eval merge`).
+        #[arg(long)]
+        results: PathBuf,
+        /// Output directory: report.md and charts/*.svg.
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// A directory of *.j2 templates replacing the built-in report.md.j2.
+        #[arg(long)]
+        templates: Option<PathBuf>,
+        /// Report title.
+        #[arg(long)]
+        title: Option<String>,
+        /// Target: median time to first token, ms.
+        #[arg(long, default_value_t = 200.0)]
+        target_latency_ms: f64,
+        /// Target: peak RSS, GB.
+        #[arg(long, default_value_t = 10.0)]
+        target_memory_gb: f64,
+        /// Target: syntax-valid fraction of answers, percent.
+        #[arg(long, default_value_t = 80.0)]
+        target_syntax_valid: f64,
+    },
     /// Perplexity of a model on a text; with --reference, KL divergence and top-1 agreement.
     Perplexity {
         /// Model directory.
@@ -285,6 +309,31 @@ fn run(cli: Cli) -> Result<()> {
             Some(other) => bail!("--export: unknown format '{other}' (supported: hf-bitnet)"),
         },
         Command::Eval(args) => eval::eval(args),
+        Command::Report {
+            results,
+            out_dir,
+            templates,
+            title,
+            target_latency_ms,
+            target_memory_gb,
+            target_syntax_valid,
+        } => {
+            let r = smolbit_eval::results::Results::read(&results)?;
+            let opts = smolbit_report::ReportOptions {
+                title,
+                targets: smolbit_report::Targets {
+                    latency_ms: target_latency_ms,
+                    memory_gb: target_memory_gb,
+                    syntax_valid: target_syntax_valid / 100.0,
+                },
+                templates,
+                reproduce: vec![],
+                samples: None,
+            };
+            smolbit_report::write_report(&out_dir, &r, &opts)?;
+            eprintln!("wrote {}", out_dir.join("report.md").display());
+            Ok(())
+        }
         Command::Perplexity {
             model,
             text,

@@ -1,0 +1,182 @@
+//! Small, dependency-free SVG charts: horizontal bars and a labelled scatter plot.
+
+use std::fmt::Write;
+
+const W: f64 = 640.0;
+const FONT: &str = "font-family=\"sans-serif\" font-size=\"12\"";
+
+/// Escape text for SVG/XML.
+pub fn xml(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn fmt_num(x: f64) -> String {
+    if x == 0.0 {
+        "0".into()
+    } else if x.abs() >= 1e5 || x.abs() < 1e-2 {
+        format!("{x:.2e}")
+    } else if x.abs() >= 100.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}")
+    } else {
+        format!("{x:.2}")
+    }
+}
+
+/// Horizontal bars, one per `(label, value)`, with the value printed at the end of each bar.
+pub fn bars(title: &str, unit: &str, rows: &[(String, f64)]) -> String {
+    let left = 190.0;
+    let right = 90.0;
+    let row_h = 26.0;
+    let top = 40.0;
+    let h = top + row_h * rows.len() as f64 + 20.0;
+    let max = rows.iter().map(|r| r.1).fold(0.0, f64::max).max(1e-12);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" viewBox=\"0 0 {W} {h}\">"
+    );
+    let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"22\" {FONT} font-size=\"15\" text-anchor=\"middle\">{}</text>",
+        W / 2.0,
+        xml(title)
+    );
+    for (i, (label, v)) in rows.iter().enumerate() {
+        let y = top + row_h * i as f64;
+        let len = (W - left - right) * (v / max).max(0.0);
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{}\" {FONT} text-anchor=\"end\">{}</text>",
+            left - 8.0,
+            y + 16.0,
+            xml(label)
+        );
+        let _ = writeln!(
+            s,
+            "<rect x=\"{left}\" y=\"{}\" width=\"{len:.1}\" height=\"{}\" fill=\"#4c72b0\"/>",
+            y + 3.0,
+            row_h - 6.0
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" {FONT}>{} {}</text>",
+            left + len + 6.0,
+            y + 16.0,
+            fmt_num(*v),
+            xml(unit)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A scatter plot of labelled points; `log_y` plots the y axis on a log10 scale.
+pub fn scatter(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    points: &[(String, f64, f64)],
+    log_y: bool,
+) -> String {
+    let (h, l, r, t, b) = (380.0, 70.0, 30.0, 40.0, 50.0);
+    let ty = |y: f64| if log_y { y.max(1e-12).log10() } else { y };
+    let xs: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let ys: Vec<f64> = points.iter().map(|p| ty(p.2)).collect();
+    let span = |v: &[f64], zero: bool| {
+        let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let lo = if zero { lo.min(0.0) } else { lo };
+        if !lo.is_finite() || !hi.is_finite() {
+            (0.0, 1.0)
+        } else if hi - lo < 1e-9 {
+            (lo - 0.5, hi + 0.5)
+        } else {
+            let pad = (hi - lo) * 0.08;
+            (if zero && lo >= 0.0 { lo } else { lo - pad }, hi + pad)
+        }
+    };
+    let (x0, x1) = span(&xs, true);
+    let (y0, y1) = span(&ys, !log_y);
+    let px = |x: f64| l + (W - l - r) * (x - x0) / (x1 - x0);
+    let py = |y: f64| h - b - (h - t - b) * (y - y0) / (y1 - y0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" viewBox=\"0 0 {W} {h}\">"
+    );
+    let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"22\" {FONT} font-size=\"15\" text-anchor=\"middle\">{}</text>",
+        W / 2.0,
+        xml(title)
+    );
+    // Axes with 5 ticks each.
+    let _ = writeln!(
+        s,
+        "<path d=\"M{l} {t} V{} H{}\" stroke=\"black\" fill=\"none\"/>",
+        h - b,
+        W - r
+    );
+    for k in 0..=4 {
+        let fx = x0 + (x1 - x0) * k as f64 / 4.0;
+        let fy = y0 + (y1 - y0) * k as f64 / 4.0;
+        let ylab = if log_y { 10f64.powf(fy) } else { fy };
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" {FONT} text-anchor=\"middle\">{}</text>",
+            px(fx),
+            h - b + 18.0,
+            fmt_num(fx)
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{:.1}\" {FONT} text-anchor=\"end\">{}</text>",
+            l - 6.0,
+            py(fy) + 4.0,
+            fmt_num(ylab)
+        );
+        let _ = writeln!(
+            s,
+            "<path d=\"M{l} {:.1} H{}\" stroke=\"#ddd\"/>",
+            py(fy),
+            W - r
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" {FONT} text-anchor=\"middle\">{}</text>",
+        (l + W - r) / 2.0,
+        h - 12.0,
+        xml(x_label)
+    );
+    let _ = writeln!(
+        s,
+        "<text transform=\"translate(16 {}) rotate(-90)\" {FONT} text-anchor=\"middle\">{}{}</text>",
+        (t + h - b) / 2.0,
+        xml(y_label),
+        if log_y { " (log scale)" } else { "" }
+    );
+    for (label, x, y) in points {
+        let (cx, cy) = (px(*x), py(ty(*y)));
+        let _ = writeln!(
+            s,
+            "<circle cx=\"{cx:.1}\" cy=\"{cy:.1}\" r=\"5\" fill=\"#dd8452\"/>"
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{:.1}\" {FONT}>{}</text>",
+            cx + 8.0,
+            cy - 6.0,
+            xml(label)
+        );
+    }
+    s.push_str("</svg>\n");
+    s
+}
