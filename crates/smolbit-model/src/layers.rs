@@ -42,6 +42,58 @@ impl KvCache {
     }
 }
 
+/// A linear layer's weight.
+#[derive(Debug)]
+pub enum Linear {
+    /// Dense `[in, out]` (a transposed view of HF's `[out, in]`): `y = x.matmul(w)`; with
+    /// `act8`, the input is int8 fake-quantized first (the reference path of W1.58A8).
+    Dense {
+        /// The weight.
+        w: Tensor<2>,
+        /// Fake-quantize inputs to int8.
+        act8: bool,
+    },
+    /// Packed ternary weights run by `smolbit_ternary::kernels` (CPU): the input goes to the
+    /// host, through the kernel, and back as a tensor.
+    Ternary {
+        /// The packed weight.
+        w: smolbit_ternary::kernels::PackedTernary,
+        /// int8 activations (W1.58A8) or float.
+        act8: bool,
+    },
+}
+
+impl Linear {
+    /// `x: [T, in]` -> `[T, out]`.
+    pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        match self {
+            Linear::Dense { w, act8 } => {
+                let x = if *act8 { act_quant(x) } else { x };
+                x.matmul(w.clone())
+            }
+            Linear::Ternary { w, act8 } => {
+                let [t, _] = x.dims();
+                let device = x.device();
+                let host = crate::tensor_to_vec(x);
+                let y = if *act8 {
+                    w.matmul_i8(&host, t)
+                } else {
+                    w.matmul_f32(&host, t)
+                };
+                Tensor::from_data(TensorData::new(y, [t, w.rows]), &device)
+            }
+        }
+    }
+
+    /// Bytes of weight data held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            Linear::Dense { w, .. } => w.dims().iter().product::<usize>() * 4,
+            Linear::Ternary { w, .. } => w.bytes(),
+        }
+    }
+}
+
 /// BitNet's per-token int8 absmax fake quantization of `x: [T, width]`:
 /// `scale = 127 / max(max|x|, 1e-5)`, `x̂ = clamp(round(x * scale), -128, 127) / scale`.
 pub(crate) fn act_quant(x: Tensor<2>) -> Tensor<2> {
@@ -158,21 +210,19 @@ impl Rope {
     }
 }
 
-/// One decoder block. Linear weights are held as `[in, out]` (transposed views of HF's
-/// `[out, in]`), so `y = x.matmul(w)`.
+/// One decoder block.
 #[derive(Debug)]
 pub struct Block {
     attn_norm: Tensor<1>,
-    wq: Tensor<2>,
-    wk: Tensor<2>,
-    wv: Tensor<2>,
-    wo: Tensor<2>,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
     mlp_norm: Tensor<1>,
-    gate: Tensor<2>,
-    up: Tensor<2>,
-    down: Tensor<2>,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
     use_rope: bool,
-    act8: bool,
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
@@ -183,16 +233,13 @@ impl Block {
     pub(crate) fn load(
         c: &ModelConfig,
         i: usize,
-        act8: bool,
         get1: &impl Fn(&str, usize) -> Result<Tensor<1>, ModelError>,
-        get2: &impl Fn(&str, usize, usize) -> Result<Tensor<2>, ModelError>,
+        lin: &impl Fn(&str, usize, usize) -> Result<Linear, ModelError>,
     ) -> Result<Self, ModelError> {
         let name = |r: LayerRole| hf_name(Role::Layer(r), Some(i));
         let (h, f) = (c.hidden_size, c.intermediate_size);
         let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
-        let lin = |r: LayerRole, out: usize, inp: usize| {
-            Ok::<_, ModelError>(get2(&name(r), out, inp)?.transpose())
-        };
+        let lin = |r: LayerRole, out: usize, inp: usize| lin(&name(r), out, inp);
         Ok(Block {
             attn_norm: get1(&name(LayerRole::AttnNorm), h)?,
             wq: lin(LayerRole::Q, q, h)?,
@@ -204,7 +251,6 @@ impl Block {
             up: lin(LayerRole::Up, f, h)?,
             down: lin(LayerRole::Down, h, f)?,
             use_rope: c.rope_layers[i],
-            act8,
             n_heads: c.num_heads,
             n_kv: c.num_kv_heads,
             head_dim: c.head_dim,
@@ -212,9 +258,12 @@ impl Block {
         })
     }
 
-    /// The input of a linear layer: int8 fake-quantized for W1.58A8 checkpoints.
-    fn linear_input(&self, x: Tensor<2>) -> Tensor<2> {
-        if self.act8 { act_quant(x) } else { x }
+    /// Bytes of linear weights held.
+    pub fn linear_bytes(&self) -> usize {
+        [&self.wq, &self.wk, &self.wv, &self.wo, &self.gate, &self.up, &self.down]
+            .iter()
+            .map(|l| l.bytes())
+            .sum()
     }
 
     /// `x: [T, hidden]` -> `[T, hidden]`.
@@ -235,12 +284,11 @@ impl Block {
         if let Some(r) = rec.as_deref_mut() {
             r.record(2, &h);
         }
-        let h = self.linear_input(h);
-        let inner = silu(h.clone().matmul(self.gate.clone())).mul(h.matmul(self.up.clone()));
+        let inner = silu(self.gate.forward(h.clone())).mul(self.up.forward(h));
         if let Some(r) = rec {
             r.record(3, &inner);
         }
-        x.add(self.linear_input(inner).matmul(self.down.clone()))
+        x.add(self.down.forward(inner))
     }
 
     fn attention(
@@ -252,14 +300,13 @@ impl Block {
         rec: Option<&mut InputRecorder>,
     ) -> Tensor<2> {
         let t = x.dims()[0];
-        let x = self.linear_input(x);
         let (nh, nkv, d) = (self.n_heads, self.n_kv, self.head_dim);
         let group = nh / nkv;
         // [T, H*D] -> [H, T, D]
         let heads = |y: Tensor<2>, n: usize| y.reshape([t, n, d]).swap_dims(0, 1);
-        let mut q = heads(x.clone().matmul(self.wq.clone()), nh);
-        let mut k = heads(x.clone().matmul(self.wk.clone()), nkv);
-        let v = heads(x.matmul(self.wv.clone()), nkv);
+        let mut q = heads(self.wq.forward(x.clone()), nh);
+        let mut k = heads(self.wk.forward(x.clone()), nkv);
+        let v = heads(self.wv.forward(x), nkv);
         if self.use_rope {
             q = rope.apply(q);
             k = rope.apply(k);
@@ -297,6 +344,6 @@ impl Block {
         if let Some(r) = rec {
             r.record(1, &out);
         }
-        self.linear_input(out).matmul(self.wo.clone())
+        self.wo.forward(out)
     }
 }

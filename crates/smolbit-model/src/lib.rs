@@ -7,9 +7,11 @@
 //!
 //! It runs on burn's Flex CPU backend, and on wgpu with the `wgpu` feature; see [`device`].
 //!
-//! Ternary checkpoints (`smolbit quantize`) load through a reference path: trits are unpacked and
-//! dequantized to f32 at load, and for `:a8` schemes every quantized linear's input goes through
-//! BitNet's int8 per-token absmax quantization first. Packed kernels are a later step.
+//! Ternary checkpoints (`smolbit quantize`) keep their linears packed at 2 bits on the CPU and run
+//! them through `smolbit_ternary::kernels` ([`Linear::Ternary`]: int8 per-token activations for
+//! `:a8` schemes, float otherwise); everything else stays in burn. On other devices, or with
+//! [`LoadOptions::reference_linears`], trits are unpacked to f32 at load and `:a8` inputs are
+//! fake-quantized to int8 (the reference path the kernels are tested against).
 //! [`Model::calibrate`] records each linear's input statistics for calibrated schemes.
 
 mod layers;
@@ -20,7 +22,7 @@ use burn::prelude::*;
 use smolbit_weights::{LoadError, ModelConfig, ModelDir};
 
 pub use burn::prelude::Device;
-pub use layers::{Block, InputRecorder, KvCache};
+pub use layers::{Block, InputRecorder, KvCache, Linear};
 pub use smolbit_weights::quantize::{Calibration, InputStats, QuantConfig};
 
 /// Why the model could not be built or run.
@@ -90,9 +92,22 @@ pub(crate) fn upload2(data: Vec<f32>, rows: usize, cols: usize, device: &Device)
     Tensor::from_data(TensorData::new(data, [rows, cols]), device)
 }
 
+/// How to load a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Unpack ternary linears to f32 and run them through burn's matmul (the reference path)
+    /// instead of the packed CPU kernels. Also set by `SMOLBIT_REFERENCE=1`.
+    pub reference_linears: bool,
+}
+
 impl Model {
     /// Load a Hugging Face style directory (as `smolbit convert` writes) onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        Model::load_with(dir, device, LoadOptions::default())
+    }
+
+    /// [`Model::load`] with options.
+    pub fn load_with(dir: &Path, device: &Device, opts: LoadOptions) -> Result<Self, ModelError> {
         let md = ModelDir::open(dir)?;
         let c = md.config.clone();
         let get1 = |name: &str, n: usize| -> Result<Tensor<1>, ModelError> {
@@ -116,13 +131,25 @@ impl Model {
                 .transpose()
         };
         let norm = get1("model.norm.weight", c.hidden_size)?;
-        // Linear weights: dense, or unpacked from a ternary checkpoint (reference path).
-        let lin = |name: &str, rows: usize, cols: usize| {
-            Model::upload_linear(&md, name, rows, cols, device)
-        };
+        // Linear weights: dense; or ternary, kept packed for the CPU kernels, or unpacked to
+        // f32 (the reference path: other devices, `SMOLBIT_REFERENCE=1`, unsupported groups).
         let act8 = md.quant.as_ref().is_some_and(QuantConfig::int8_activations);
+        let kernels = *device == Device::flex()
+            && !opts.reference_linears
+            && std::env::var_os("SMOLBIT_REFERENCE").is_none();
+        let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+            if kernels && let Some(m) = md.linear_ternary(name, rows, cols)? {
+                if let Ok(w) = smolbit_ternary::kernels::PackedTernary::from_matrix(&m) {
+                    return Ok(Linear::Ternary { w, act8 });
+                }
+            }
+            Ok(Linear::Dense {
+                w: Model::upload_linear(&md, name, rows, cols, device)?.transpose(),
+                act8,
+            })
+        };
         let layers = (0..c.num_layers)
-            .map(|i| Block::load(&c, i, act8, &get1, &lin))
+            .map(|i| Block::load(&c, i, &get1, &lin))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Model {
             config: c,
@@ -148,6 +175,12 @@ impl Model {
             cols,
             device,
         ))
+    }
+
+    /// Bytes held by the decoder blocks' linear weights (packed for ternary kernels, f32
+    /// otherwise).
+    pub fn linear_bytes(&self) -> usize {
+        self.layers.iter().map(Block::linear_bytes).sum()
     }
 
     /// The ternary checkpoint's quantization config, if this is one.

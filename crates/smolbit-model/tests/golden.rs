@@ -218,6 +218,60 @@ fn tiny_llama_b158_matches_transformers_bitlinear() {
     }
 }
 
+/// The packed CPU kernels give the reference path's logits (trits unpacked to f32, burn matmul,
+/// int8 fake quantization) for an int8-activation and a float-activation scheme with groups.
+/// Tolerance 1e-4 absolute on logits of magnitude ~1: the two differ only in f32 summation order
+/// (per group in the kernels, over whole rows in the matmul).
+#[test]
+fn packed_kernels_match_the_reference_path() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let f32_dir = tmp.path().join("f32");
+    let opts = smolbit_weights::ConvertOptions {
+        dtype: Some(smolbit_weights::safetensors::Dtype::F32),
+        overwrite: false,
+    };
+    smolbit_weights::convert(&testdata("tiny-llama"), &f32_dir, &opts).expect("convert");
+    let cpu = device("cpu").expect("cpu");
+    let tokens = [1u32, 5, 9, 2, 7, 3, 11, 4];
+    for scheme in ["b158", "planes2:g32", "planes2:row:a8"] {
+        let q = tmp.path().join(scheme.replace(':', "-"));
+        let qopts = smolbit_weights::quantize::QuantizeOptions {
+            scheme: scheme.parse().expect("scheme"),
+            packing: smolbit_ternary::pack::Packing::TwoBit,
+            calibration: None,
+            overwrite: false,
+            iters: 2,
+            quantize_embeddings: false,
+        };
+        smolbit_weights::quantize::quantize_model(&f32_dir, &q, &qopts).expect("quantize");
+        let fast = Model::load(&q, &cpu).expect("load");
+        let reference = Model::load_with(
+            &q,
+            &cpu,
+            smolbit_model::LoadOptions {
+                reference_linears: true,
+            },
+        )
+        .expect("load");
+        // The fast model really holds packed weights (2 bits per plane plus scales, padded to
+        // 128 columns: at most half of f32 even for this 64-wide model).
+        assert!(
+            fast.linear_bytes() * 2 < reference.linear_bytes(),
+            "{scheme}: {} vs {} bytes",
+            fast.linear_bytes(),
+            reference.linear_bytes()
+        );
+        let a = tensor_to_vec(fast.forward(&tokens, &mut fast.new_cache()).expect("forward"));
+        let b = tensor_to_vec(
+            reference
+                .forward(&tokens, &mut reference.new_cache())
+                .expect("forward"),
+        );
+        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{scheme}: max |diff| {worst}");
+    }
+}
+
 /// A checkpoint whose embedding/head were quantized too (policy override) loads and runs.
 #[test]
 fn quantized_embeddings_load_and_run() {

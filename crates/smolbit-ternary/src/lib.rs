@@ -17,6 +17,7 @@
 pub mod absmean;
 pub mod act;
 pub mod gptq;
+pub mod kernels;
 pub mod metrics;
 pub mod pack;
 pub mod planes;

@@ -140,6 +140,24 @@ impl ModelDir {
         }
     }
 
+    /// A linear layer's ternary weight, still as trits and scales, when this checkpoint stores
+    /// `name` quantized (`None` for floating-point weights).
+    pub fn linear_ternary(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<smolbit_ternary::TernaryMatrix>, LoadError> {
+        match &self.quant {
+            Some(qc) if !self.weights.contains(name) => {
+                quantize::read_ternary(self, qc, name, rows, cols)
+                    .map(Some)
+                    .map_err(|e| LoadError::Quantized(e.to_string()))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// A tensor as f32 (row-major), checked against `shape`.
     pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
         let e = self.weights.entry(name)?;

@@ -2,6 +2,7 @@
 //! `convert` and `quantize` (smolbit-weights), `logits` (smolbit-model), `generate`, `chat` and
 //! `perplexity` (smolbit-generate), `eval` (smolbit-eval).
 
+mod bench;
 mod eval;
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,9 @@ use smolbit_weights::safetensors::Dtype;
     about = "Ternary SmolLM models: convert, run, evaluate"
 )]
 struct Cli {
+    /// CPU threads for the model (default: the physical cores).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -110,6 +114,27 @@ enum Command {
     /// Evaluate models on the coding suite: sandboxed tests, latency, memory, perplexity and KL
     /// against the first model. `smolbit eval merge` combines shards.
     Eval(eval::EvalArgs),
+    /// Measure prefill and decode speed, time to first token and peak memory (medians).
+    Bench {
+        /// Model directory (no tokenizer needed).
+        #[arg(long)]
+        model: PathBuf,
+        /// Prompt length in tokens.
+        #[arg(long, default_value_t = 128)]
+        prompt_tokens: usize,
+        /// Tokens to generate (the first comes from the prefill).
+        #[arg(long, default_value_t = 64)]
+        new_tokens: usize,
+        /// Timed runs (after one warm-up run).
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Device: cpu or, in builds with the wgpu feature, wgpu.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Print one JSON object as the last line only.
+        #[arg(long)]
+        json: bool,
+    },
     /// Render a Markdown report with SVG charts from a results file.
     Report {
         /// Results written by `smolbit eval` (or `smolbit eval merge`).
@@ -256,6 +281,12 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let threads = cli.threads.unwrap_or_else(bench::physical_cores).max(1);
+    // The one persistent pool used by burn's CPU backend and the ternary kernels.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("cannot start the thread pool")?;
     match cli.command {
         Command::Convert {
             input,
@@ -309,6 +340,21 @@ fn run(cli: Cli) -> Result<()> {
             Some(other) => bail!("--export: unknown format '{other}' (supported: hf-bitnet)"),
         },
         Command::Eval(args) => eval::eval(args),
+        Command::Bench {
+            model,
+            prompt_tokens,
+            new_tokens,
+            repeats,
+            device,
+            json,
+        } => bench::bench(&bench::BenchArgs {
+            model: &model,
+            prompt_tokens,
+            new_tokens,
+            repeats,
+            device: &device,
+            json,
+        }),
         Command::Report {
             results,
             out_dir,

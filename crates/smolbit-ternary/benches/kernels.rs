@@ -1,0 +1,75 @@
+//! `cargo bench -p smolbit-ternary`: packed ternary products per implementation, medians of
+//! repeated runs, with the weight bandwidth they reach (packed bytes read per second).
+
+use std::time::Instant;
+
+use smolbit_ternary::kernels::{Isa, PackedTernary};
+use smolbit_ternary::{Granularity, TernaryMatrix};
+
+fn matrix(rows: usize, cols: usize, planes: usize, gran: Granularity) -> TernaryMatrix {
+    let mut s = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    TernaryMatrix {
+        rows,
+        cols,
+        planes,
+        granularity: gran,
+        trits: (0..planes * rows * cols).map(|_| (next() % 3) as i8 - 1).collect(),
+        scales: vec![0.02; planes * gran.scales_per_plane(rows, cols)],
+    }
+}
+
+fn median_secs(mut f: impl FnMut(), reps: usize) -> f64 {
+    f();
+    let mut v: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    println!("threads: {}", rayon::current_num_threads());
+    let shapes = [
+        ("smollm2 ffn up 1536x576", 1536, 576),
+        ("smollm2 ffn down 576x1536", 576, 1536),
+        ("3b ffn up 11008x2048", 11008, 2048),
+        ("3b ffn down 2048x11008", 2048, 11008),
+    ];
+    for (name, rows, cols) in shapes {
+        for (label, gran, planes) in [("b158", Granularity::Tensor, 1), ("planes3:g64", Granularity::Group(64), 3)] {
+            let p = PackedTernary::from_matrix(&matrix(rows, cols, planes, gran)).expect("packs");
+            for tokens in [1usize, 128] {
+                let x: Vec<f32> = (0..tokens * cols).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+                let reps = if tokens == 1 { 50 } else { 5 };
+                for isa in Isa::available() {
+                    let t = median_secs(|| { std::hint::black_box(p.matmul_i8_with(isa, &x, tokens)); }, reps);
+                    println!(
+                        "{name:28} {label:12} a8 {:10} T={tokens:<4} {:9.3} ms  {:7.2} GB/s weights  {:8.1} GMAC/s",
+                        isa.name(),
+                        t * 1e3,
+                        p.bytes() as f64 / t / 1e9,
+                        (rows * cols * tokens * planes) as f64 / t / 1e9
+                    );
+                }
+                let t = median_secs(|| { std::hint::black_box(p.matmul_f32(&x, tokens)); }, reps);
+                println!(
+                    "{name:28} {label:12} af {:10} T={tokens:<4} {:9.3} ms  {:7.2} GB/s weights  {:8.1} GMAC/s",
+                    Isa::detect().name(),
+                    t * 1e3,
+                    p.bytes() as f64 / t / 1e9,
+                    (rows * cols * tokens * planes) as f64 / t / 1e9
+                );
+            }
+        }
+    }
+}

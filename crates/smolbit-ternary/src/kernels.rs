@@ -1,0 +1,661 @@
+//! Packed ternary matrix products for inference: weights stay at 2 bits (plus scales) from load
+//! to product.
+//!
+//! Layout ([`PackedTernary`]): per plane and row, columns padded to a multiple of 128; each
+//! 128-column block is 32 bytes, byte `j` holding the codes (`trit + 1`, so 0, 1, 2) of columns
+//! `j`, `32 + j`, `64 + j`, `96 + j` in bit pairs 0-1, 2-3, 4-5, 6-7. One shift and mask turn a
+//! block into four vectors of 32 consecutive codes. Scales: one per plane, row and group (groups
+//! are multiples of 32 columns; per-tensor and per-row scales become one group per row).
+//!
+//! W1.58A8 ([`PackedTernary::matmul_i8`]): each token's activations are quantized to int8
+//! (absmax, [`crate::act::quantize_token`]); per group, `Σ code·x` is an exact integer product
+//! (u8 × i8 into i32), from which `Σ x` over the group is subtracted to get `Σ trit·x`; the group
+//! scale and the token's scale are applied once per group in f32. Float activations
+//! ([`PackedTernary::matmul_f32`]) compute `Σ trit·x` in f32 per group.
+//!
+//! Implementations: a scalar reference, AVX2 (`maddubs`), and AVX-512 VNNI (`vpdpbusd` on
+//! 256-bit vectors), chosen at run time; the integer paths equal the scalar one exactly. Rows are
+//! split across rayon's persistent thread pool.
+
+use rayon::prelude::*;
+
+use crate::{Granularity, TernaryMatrix};
+
+/// Columns per packed block.
+pub const BLOCK: usize = 128;
+const BLOCK_BYTES: usize = BLOCK / 4;
+
+/// A ternary matrix packed for the kernels.
+#[derive(Debug, Clone)]
+pub struct PackedTernary {
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    /// `cols` rounded up to a multiple of [`BLOCK`].
+    pub padded: usize,
+    /// Trit planes.
+    pub planes: usize,
+    /// Columns per scale group (a multiple of 32).
+    pub group: usize,
+    /// `planes * rows * padded / 4` bytes.
+    pub codes: Vec<u8>,
+    /// `planes * rows * groups` scales.
+    pub scales: Vec<f32>,
+}
+
+/// Which implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust.
+    Scalar,
+    /// x86-64 AVX2.
+    Avx2,
+    /// x86-64 AVX-512 VNNI with 256-bit vectors (AVX-512 VL).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best implementation this CPU supports (`SMOLBIT_ISA=scalar|avx2|avx512vnni` caps it).
+    pub fn detect() -> Isa {
+        let best = detect_cpu();
+        match std::env::var("SMOLBIT_ISA").as_deref() {
+            Ok("scalar") => Isa::Scalar,
+            Ok("avx2") if best != Isa::Scalar => Isa::Avx2,
+            _ => best,
+        }
+    }
+
+    /// Every implementation this CPU supports, scalar first.
+    pub fn available() -> Vec<Isa> {
+        let best = detect_cpu();
+        let mut v = vec![Isa::Scalar];
+        if matches!(best, Isa::Avx2 | Isa::Avx512Vnni) {
+            v.push(Isa::Avx2);
+        }
+        if best == Isa::Avx512Vnni {
+            v.push(Isa::Avx512Vnni);
+        }
+        v
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_cpu() -> Isa {
+    if is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx2")
+    {
+        Isa::Avx512Vnni
+    } else if is_x86_feature_detected!("avx2") {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_cpu() -> Isa {
+    Isa::Scalar
+}
+
+/// Why a matrix cannot be packed for the kernels.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PackError {
+    /// Group sizes must be 32, 64, 128 or a multiple of 128 columns.
+    #[error("group size {0} is not 32, 64, 128 or a multiple of 128")]
+    Group(usize),
+}
+
+impl PackedTernary {
+    /// Pack `m` (per-tensor, per-row, or groups of 32, 64, 128 or a multiple of 128 columns).
+    pub fn from_matrix(m: &TernaryMatrix) -> Result<Self, PackError> {
+        // Groups either split a block evenly (32, 64, 128) or span whole blocks (256, ...);
+        // rows are padded to a whole number of both.
+        let (padded, group) = match m.granularity {
+            Granularity::Tensor | Granularity::Row => {
+                let p = m.cols.div_ceil(BLOCK) * BLOCK;
+                (p, p)
+            }
+            Granularity::Group(g) if g > 0 && (BLOCK % g == 0 && g % 32 == 0 || g % BLOCK == 0) => {
+                let unit = g.max(BLOCK);
+                (m.cols.div_ceil(unit) * unit, g)
+            }
+            Granularity::Group(g) => return Err(PackError::Group(g)),
+        };
+        let groups = padded.div_ceil(group);
+        let n = m.rows * m.cols;
+        let row_bytes = padded / 4;
+        let mut codes = vec![0u8; m.planes * m.rows * row_bytes];
+        let mut scales = vec![0f32; m.planes * m.rows * groups];
+        for k in 0..m.planes {
+            let trits = &m.trits[k * n..(k + 1) * n];
+            for r in 0..m.rows {
+                let dst = &mut codes[(k * m.rows + r) * row_bytes..][..row_bytes];
+                for c in 0..padded {
+                    let t = if c < m.cols { trits[r * m.cols + c] } else { 0 };
+                    let code = (t + 1) as u8;
+                    let (b, within) = (c / BLOCK, c % BLOCK);
+                    let byte = b * BLOCK_BYTES + within % 32;
+                    dst[byte] |= code << (2 * (within / 32));
+                }
+                for g in 0..groups {
+                    let c = g * group;
+                    scales[(k * m.rows + r) * groups + g] =
+                        if c < m.cols { m.scale(k, r, c) } else { 0.0 };
+                }
+            }
+        }
+        Ok(PackedTernary {
+            rows: m.rows,
+            cols: m.cols,
+            padded,
+            planes: m.planes,
+            group,
+            codes,
+            scales,
+        })
+    }
+
+    /// Scale groups per row.
+    pub fn groups(&self) -> usize {
+        self.padded / self.group
+    }
+
+    /// Bytes held (codes and scales).
+    pub fn bytes(&self) -> usize {
+        self.codes.len() + self.scales.len() * 4
+    }
+
+    fn row_codes(&self, k: usize, r: usize) -> &[u8] {
+        let rb = self.padded / 4;
+        &self.codes[(k * self.rows + r) * rb..][..rb]
+    }
+
+    fn row_scales(&self, k: usize, r: usize) -> &[f32] {
+        let g = self.groups();
+        &self.scales[(k * self.rows + r) * g..][..g]
+    }
+
+    /// `y = x Wᵀ` for `x: [tokens, cols]` with int8 per-token activations (W1.58A8); returns
+    /// `[tokens, rows]`.
+    pub fn matmul_i8(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        self.matmul_i8_with(Isa::detect(), x, tokens)
+    }
+
+    /// [`PackedTernary::matmul_i8`] with a chosen implementation (for tests and benchmarks).
+    pub fn matmul_i8_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
+        assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
+        let q = QuantizedInput::new(x, tokens, self.cols, self.padded, self.group);
+        let groups = self.groups();
+        self.par_rows(tokens, |r, out| {
+            // Tiles of up to TILE tokens share each unpacked block of codes.
+            for (tile, outs) in out.chunks_mut(TILE).enumerate() {
+                let t0 = tile * TILE;
+                let n = outs.len();
+                let mut xs: [&[i8]; TILE] = [&[]; TILE];
+                let mut sums: [&[i32]; TILE] = [&[]; TILE];
+                for i in 0..n {
+                    xs[i] = &q.values[(t0 + i) * self.padded..][..self.padded];
+                    sums[i] = &q.group_sums[(t0 + i) * groups..][..groups];
+                }
+                let mut acc = [0f32; TILE];
+                for k in 0..self.planes {
+                    let y = row_dot_i8(isa, self.row_codes(k, r), self.row_scales(k, r), &xs[..n], &sums[..n], self.group);
+                    for i in 0..n {
+                        acc[i] += y[i];
+                    }
+                }
+                for i in 0..n {
+                    outs[i] = acc[i] / q.scales[t0 + i];
+                }
+            }
+        })
+    }
+
+    /// `y = x Wᵀ` for `x: [tokens, cols]` with float activations; returns `[tokens, rows]`.
+    pub fn matmul_f32(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        self.matmul_f32_with(Isa::detect(), x, tokens)
+    }
+
+    /// [`PackedTernary::matmul_f32`] with a chosen implementation.
+    pub fn matmul_f32_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
+        assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
+        let groups = self.groups();
+        let mut xp = vec![0f32; tokens * self.padded];
+        let mut sums = vec![0f32; tokens * groups];
+        for t in 0..tokens {
+            let row = &mut xp[t * self.padded..][..self.padded];
+            row[..self.cols].copy_from_slice(&x[t * self.cols..][..self.cols]);
+            for (g, chunk) in row.chunks(self.group).enumerate() {
+                sums[t * groups + g] = chunk.iter().sum();
+            }
+        }
+        self.par_rows(tokens, |r, out| {
+            for (t, o) in out.iter_mut().enumerate() {
+                let xr = &xp[t * self.padded..][..self.padded];
+                let sr = &sums[t * groups..][..groups];
+                let mut acc = 0f32;
+                for k in 0..self.planes {
+                    acc += row_dot_f32(isa, self.row_codes(k, r), self.row_scales(k, r), xr, sr, self.group);
+                }
+                *o = acc;
+            }
+        })
+    }
+
+    /// Run `f(row, outputs for each token)` over rows in parallel; returns `[tokens, rows]`.
+    fn par_rows(&self, tokens: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let mut by_row = vec![0f32; self.rows * tokens];
+        // Chunks big enough to amortize scheduling, small enough to balance two to 64 threads.
+        let chunk = (self.rows / (rayon::current_num_threads() * 8)).clamp(8, 256);
+        by_row
+            .par_chunks_mut(chunk * tokens)
+            .enumerate()
+            .for_each(|(ci, out)| {
+                for (i, row_out) in out.chunks_mut(tokens).enumerate() {
+                    f(ci * chunk + i, row_out);
+                }
+            });
+        if tokens == 1 {
+            return by_row;
+        }
+        let mut y = vec![0f32; tokens * self.rows];
+        for r in 0..self.rows {
+            for t in 0..tokens {
+                y[t * self.rows + r] = by_row[r * tokens + t];
+            }
+        }
+        y
+    }
+}
+
+/// Tokens quantized to int8, padded, with per-group sums.
+struct QuantizedInput {
+    values: Vec<i8>,
+    scales: Vec<f32>,
+    group_sums: Vec<i32>,
+}
+
+impl QuantizedInput {
+    fn new(x: &[f32], tokens: usize, cols: usize, padded: usize, group: usize) -> Self {
+        let groups = padded / group;
+        let mut values = vec![0i8; tokens * padded];
+        let mut scales = Vec::with_capacity(tokens);
+        let mut group_sums = vec![0i32; tokens * groups];
+        for t in 0..tokens {
+            let (q, s) = crate::act::quantize_token(&x[t * cols..][..cols]);
+            values[t * padded..][..cols].copy_from_slice(&q);
+            scales.push(s);
+            for (g, chunk) in values[t * padded..][..padded].chunks(group).enumerate() {
+                group_sums[t * groups + g] = chunk.iter().map(|&v| i32::from(v)).sum();
+            }
+        }
+        QuantizedInput {
+            values,
+            scales,
+            group_sums,
+        }
+    }
+}
+
+/// Tokens per tile in the i8 product.
+const TILE: usize = 4;
+
+fn row_dot_i8(isa: Isa, codes: &[u8], scales: &[f32], xs: &[&[i8]], sums: &[&[i32]], group: usize) -> [f32; TILE] {
+    let mut out = [0f32; TILE];
+    match (isa, xs.len()) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Isa::Avx2/Avx512Vnni are only produced when the CPU has those features.
+        (Isa::Avx2, 4) => unsafe { x86::row_dot_avx2::<4>(codes, scales, xs, sums, group, &mut out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx2, _) => unsafe { x86::row_dot_avx2::<1>(codes, scales, xs, sums, group, &mut out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx512Vnni, 4) => unsafe { x86::row_dot_vnni::<4>(codes, scales, xs, sums, group, &mut out) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        (Isa::Avx512Vnni, _) => unsafe { x86::row_dot_vnni::<1>(codes, scales, xs, sums, group, &mut out) },
+        _ => {
+            for (i, (x, s)) in xs.iter().zip(sums).enumerate() {
+                out[i] = row_dot_scalar(codes, scales, x, s, group);
+            }
+        }
+    }
+    // Tiles of 2 and 3 run token by token through the one-token kernel.
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && xs.len() > 1 && xs.len() < 4 {
+        for (i, (x, s)) in xs.iter().zip(sums).enumerate() {
+            let mut one = [0f32; TILE];
+            // SAFETY: as above.
+            unsafe {
+                if isa == Isa::Avx2 {
+                    x86::row_dot_avx2::<1>(codes, scales, &[x], &[s], group, &mut one)
+                } else {
+                    x86::row_dot_vnni::<1>(codes, scales, &[x], &[s], group, &mut one)
+                }
+            }
+            out[i] = one[0];
+        }
+    }
+    out
+}
+
+/// The exact integer result per group, scaled: the reference every fast path must equal.
+pub fn row_dot_scalar(codes: &[u8], scales: &[f32], x: &[i8], sums: &[i32], group: usize) -> f32 {
+    let mut y = 0f32;
+    for (g, (&scale, &sum)) in scales.iter().zip(sums).enumerate() {
+        let mut acc = 0i32;
+        for c in g * group..(g + 1) * group {
+            acc += i32::from(code_at(codes, c)) * i32::from(x[c]);
+        }
+        y += scale * (acc - sum) as f32;
+    }
+    y
+}
+
+/// The code (`trit + 1`) of column `c` in a packed row.
+pub fn code_at(codes: &[u8], c: usize) -> u8 {
+    let (b, within) = (c / BLOCK, c % BLOCK);
+    (codes[b * BLOCK_BYTES + within % 32] >> (2 * (within / 32))) & 3
+}
+
+fn row_dot_f32(isa: Isa, codes: &[u8], scales: &[f32], x: &[f32], sums: &[f32], group: usize) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar && is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 was detected (Isa) and FMA just now.
+        return unsafe { x86::row_dot_f32_avx2(codes, scales, x, sums, group) };
+    }
+    let _ = isa;
+    row_dot_f32_scalar(codes, scales, x, sums, group)
+}
+
+/// Float activations: `Σ_g scale_g (Σ_{c∈g} code_c x_c − Σ_{c∈g} x_c)`.
+pub fn row_dot_f32_scalar(codes: &[u8], scales: &[f32], x: &[f32], sums: &[f32], group: usize) -> f32 {
+    let mut y = 0f32;
+    for (g, (&scale, &sum)) in scales.iter().zip(sums).enumerate() {
+        let mut acc = 0f32;
+        for c in g * group..(g + 1) * group {
+            acc += f32::from(code_at(codes, c)) * x[c];
+        }
+        y += scale * (acc - sum);
+    }
+    y
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, BLOCK_BYTES};
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256i) -> i32 {
+        // SAFETY: register-only AVX2 operations.
+        unsafe {
+            let lo = _mm256_castsi256_si128(v);
+            let hi = _mm256_extracti128_si256(v, 1);
+            let s = _mm_add_epi32(lo, hi);
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+            _mm_cvtsi128_si32(s)
+        }
+    }
+
+    macro_rules! row_dot {
+        ($name:ident, $features:literal, |$a:ident, $c:ident, $x:ident| $body:block) => {
+            /// `N` tokens against one packed row: each block's codes are unpacked once.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name<const N: usize>(
+                codes: &[u8],
+                scales: &[f32],
+                xs: &[&[i8]],
+                sums: &[&[i32]],
+                group: usize,
+                out: &mut [f32; super::TILE],
+            ) {
+                assert!(N <= super::TILE && xs.len() >= N && sums.len() >= N);
+                for x in &xs[..N] {
+                    assert!(x.len() >= codes.len() * 4);
+                }
+                let mask = _mm256_set1_epi8(3);
+                let mut acc = [_mm256_setzero_si256(); N];
+                let mut g = 0;
+                // Columns accumulated in the current group (no division in the loop).
+                let mut filled = 0;
+                for b in 0..codes.len() / BLOCK_BYTES {
+                    // SAFETY: (b + 1) * 32 <= codes.len().
+                    let v = unsafe { _mm256_loadu_si256(codes.as_ptr().add(b * BLOCK_BYTES).cast()) };
+                    let parts = [
+                        _mm256_and_si256(v, mask),
+                        _mm256_and_si256(_mm256_srli_epi16(v, 2), mask),
+                        _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+                        _mm256_and_si256(_mm256_srli_epi16(v, 6), mask),
+                    ];
+                    for (k, c) in parts.into_iter().enumerate() {
+                        let off = b * BLOCK + 32 * k;
+                        for n in 0..N {
+                            // SAFETY: off + 32 <= 4 * codes.len() <= xs[n].len() (asserted).
+                            let xv = unsafe { _mm256_loadu_si256(xs[n].as_ptr().add(off).cast()) };
+                            // Expanded in place (a closure would not inherit the target
+                            // features, and its intrinsics would become calls).
+                            acc[n] = {
+                                let ($a, $c, $x) = (acc[n], c, xv);
+                                $body
+                            };
+                        }
+                        filled += 32;
+                        if filled == group {
+                            filled = 0;
+                            for n in 0..N {
+                                // SAFETY: register-only.
+                                let s = unsafe { hsum(acc[n]) };
+                                out[n] += scales[g] * (s - sums[n][g]) as f32;
+                                acc[n] = _mm256_setzero_si256();
+                            }
+                            g += 1;
+                        }
+                    }
+                }
+            }
+        };
+    }
+
+    // u8 codes (0..=2) times i8 activations: pairs summed to i16 (|sum| <= 2 * 2 * 128, no
+    // saturation), then to i32.
+    row_dot!(row_dot_avx2, "avx2", |acc, c, xv| {
+        let p = _mm256_maddubs_epi16(c, xv);
+        _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
+    });
+
+    // vpdpbusd: four u8 x i8 products summed straight into each i32 lane.
+    row_dot!(row_dot_vnni, "avx2,avx512f,avx512vl,avx512vnni", |acc, c, xv| {
+        _mm256_dpbusd_epi32(acc, c, xv)
+    });
+
+    #[inline(always)]
+    unsafe fn hsum_ps(v: __m256) -> f32 {
+        // SAFETY: register-only AVX operations.
+        unsafe {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+    }
+
+    /// Float activations: codes widened to f32 eight at a time, fused multiply-add with x.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn row_dot_f32_avx2(codes: &[u8], scales: &[f32], x: &[f32], sums: &[f32], group: usize) -> f32 {
+        assert!(x.len() >= codes.len() * 4);
+        let mask = _mm256_set1_epi8(3);
+        let mut acc = _mm256_setzero_ps();
+        let mut y = 0f32;
+        let mut g = 0;
+        let mut filled = 0;
+        let mut lanes = [0u8; 32];
+        for b in 0..codes.len() / BLOCK_BYTES {
+            // SAFETY: (b + 1) * 32 <= codes.len().
+            let v = unsafe { _mm256_loadu_si256(codes.as_ptr().add(b * BLOCK_BYTES).cast()) };
+            for k in 0..4 {
+                let c = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k as i32)), mask);
+                // SAFETY: lanes is 32 bytes.
+                unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), c) };
+                let off = b * BLOCK + 32 * k;
+                for e in 0..4 {
+                    // SAFETY: 8 bytes of lanes at 8e; off + 8e + 8 <= x.len() (asserted).
+                    unsafe {
+                        let c8 = _mm_loadl_epi64(lanes.as_ptr().add(8 * e).cast());
+                        let cf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c8));
+                        let xv = _mm256_loadu_ps(x.as_ptr().add(off + 8 * e));
+                        acc = _mm256_fmadd_ps(cf, xv, acc);
+                    }
+                }
+                filled += 32;
+                if filled == group {
+                    filled = 0;
+                    // SAFETY: register-only.
+                    y += scales[g] * (unsafe { hsum_ps(acc) } - sums[g]);
+                    acc = _mm256_setzero_ps();
+                    g += 1;
+                }
+            }
+        }
+        y
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A SplitMix64 stream, so tests need no RNG crate.
+    fn rng(seed: u64) -> impl FnMut() -> u64 {
+        let mut s = seed;
+        move || {
+            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = s;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+    }
+
+    fn random_matrix(rows: usize, cols: usize, planes: usize, gran: Granularity, seed: u64) -> TernaryMatrix {
+        let mut r = rng(seed);
+        let n = rows * cols;
+        let trits = (0..planes * n).map(|_| (r() % 3) as i8 - 1).collect();
+        let per = gran.scales_per_plane(rows, cols);
+        let scales = (0..planes * per)
+            .map(|_| 0.01 + (r() % 1000) as f32 / 1000.0)
+            .collect();
+        TernaryMatrix {
+            rows,
+            cols,
+            planes,
+            granularity: gran,
+            trits,
+            scales,
+        }
+    }
+
+    fn random_x(n: usize, seed: u64) -> Vec<f32> {
+        let mut r = rng(seed);
+        (0..n).map(|_| ((r() % 20001) as f32 - 10000.0) / 2500.0).collect()
+    }
+
+    const SHAPES: [(usize, usize); 6] = [(1, 32), (7, 100), (33, 576), (65, 1000), (130, 2048), (3, 300)];
+
+    #[test]
+    fn packing_round_trips_every_code() {
+        for (rows, cols) in SHAPES {
+            let m = random_matrix(rows, cols, 2, Granularity::Row, 3);
+            let p = PackedTernary::from_matrix(&m).expect("packs");
+            for k in 0..2 {
+                for r in 0..rows {
+                    for c in 0..p.padded {
+                        let want = if c < cols { m.trits[k * rows * cols + r * cols + c] + 1 } else { 1 };
+                        assert_eq!(code_at(p.row_codes(k, r), c) as i8, want, "({k},{r},{c})");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fast_paths_equal_the_scalar_reference_exactly() {
+        // Integer products summed in i32 are exact in every path, and each path applies the
+        // same f32 operations in the same order per group, so the results are bit-identical.
+        let grans = [
+            Granularity::Tensor,
+            Granularity::Row,
+            Granularity::Group(32),
+            Granularity::Group(64),
+            Granularity::Group(128),
+            Granularity::Group(256),
+        ];
+        for (i, (rows, cols)) in SHAPES.into_iter().enumerate() {
+            for (j, gran) in grans.into_iter().enumerate() {
+                let m = random_matrix(rows, cols, 1 + (i + j) % 3, gran, (i * 10 + j) as u64);
+                let p = PackedTernary::from_matrix(&m).expect("packs");
+                for tokens in [1, 3, 4, 9] {
+                    let x = random_x(tokens * cols, 99 + i as u64);
+                    let want = p.matmul_i8_with(Isa::Scalar, &x, tokens);
+                    for isa in Isa::available() {
+                        let got = p.matmul_i8_with(isa, &x, tokens);
+                        assert!(got == want, "{isa:?} differs on {rows}x{cols} {gran:?} t={tokens}");
+                    }
+                }
+            }
+        }
+        eprintln!("implementations checked: {:?}", Isa::available());
+    }
+
+    #[test]
+    fn kernels_match_the_dequantized_product() {
+        // Against an independent formulation: dense f64 matmul of the dequantized weights with
+        // the fake-quantized (int8) or raw activations. Tolerance: f32 accumulation of up to 2048
+        // terms of magnitude <= 4 * 1: 1e-4 relative to the row's absolute sum.
+        for (i, (rows, cols)) in SHAPES.into_iter().enumerate() {
+            let m = random_matrix(rows, cols, 2, Granularity::Group(64), 7 + i as u64);
+            let p = PackedTernary::from_matrix(&m).expect("packs");
+            let w = m.dequantize();
+            let tokens = 5;
+            let x = random_x(tokens * cols, 5);
+            let mut xq = x.clone();
+            crate::act::fake_quantize(&mut xq, cols);
+            for (got, xin) in [(p.matmul_i8(&x, tokens), &xq), (p.matmul_f32(&x, tokens), &x)] {
+                for t in 0..tokens {
+                    for r in 0..rows {
+                        let (mut want, mut mag) = (0f64, 0f64);
+                        for c in 0..cols {
+                            let term = f64::from(xin[t * cols + c]) * f64::from(w[r * cols + c]);
+                            want += term;
+                            mag += term.abs();
+                        }
+                        let g = f64::from(got[t * rows + r]);
+                        assert!((g - want).abs() <= 1e-4 * mag.max(1.0), "{rows}x{cols} r{r} t{t}: {g} vs {want}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_groups_that_are_not_multiples_of_32() {
+        let m = random_matrix(2, 64, 1, Granularity::Group(48), 1);
+        assert_eq!(PackedTernary::from_matrix(&m).unwrap_err(), PackError::Group(48));
+        let m = random_matrix(2, 64, 1, Granularity::Group(192), 1);
+        assert_eq!(PackedTernary::from_matrix(&m).unwrap_err(), PackError::Group(192));
+    }
+}

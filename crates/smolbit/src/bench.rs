@@ -1,0 +1,135 @@
+//! `smolbit bench`: prefill and decode speed, time to first token and peak memory of a model on
+//! a synthetic prompt (no tokenizer needed, so random-weight checkpoints work), medians over
+//! repeats.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Result;
+use serde_json::json;
+
+/// Settings of one benchmark.
+pub struct BenchArgs<'a> {
+    pub model: &'a Path,
+    pub prompt_tokens: usize,
+    pub new_tokens: usize,
+    pub repeats: usize,
+    pub device: &'a str,
+    pub json: bool,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Run the benchmark and print the figures (with `json`, the last line is one JSON object).
+pub fn bench(a: &BenchArgs) -> Result<()> {
+    let dev = smolbit_model::device(a.device)?;
+    let start = Instant::now();
+    let model = smolbit_model::Model::load(a.model, &dev)?;
+    let load_ms = start.elapsed().as_secs_f64() * 1e3;
+    let vocab = model.config().vocab_size;
+    let prompt: Vec<u32> = (0..a.prompt_tokens.max(1))
+        .map(|i| ((i as u64 * 7919 + 13) % vocab as u64) as u32)
+        .collect();
+    let (mut prefill, mut decode, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
+    // One warm-up run (allocator, page faults of mapped weights, backend caches), not counted.
+    for rep in 0..=a.repeats.max(1) {
+        let mut cache = model.new_cache();
+        let t0 = Instant::now();
+        let logits = model.forward_last(&prompt, &mut cache)?;
+        let mut next = smolbit_model::argmax(&logits) as u32;
+        let t1 = Instant::now();
+        for _ in 1..a.new_tokens {
+            let logits = model.forward_last(&[next], &mut cache)?;
+            next = smolbit_model::argmax(&logits) as u32;
+        }
+        let t2 = Instant::now();
+        if rep == 0 {
+            continue;
+        }
+        let first = t1.duration_since(t0).as_secs_f64();
+        ttft.push(first * 1e3);
+        prefill.push(prompt.len() as f64 / first);
+        if a.new_tokens > 1 {
+            decode.push((a.new_tokens - 1) as f64 / t2.duration_since(t1).as_secs_f64());
+        }
+    }
+    let threads = rayon::current_num_threads();
+    let isa = smolbit_ternary::kernels::Isa::detect().name();
+    let (p, d, t) = (median(prefill), median(decode), median(ttft));
+    let rss = peak_rss_mb();
+    if !a.json {
+        println!(
+            "{}: prefill {p:.1} tok/s ({} tokens), decode {d:.1} tok/s ({} tokens), time to first \
+             token {t:.1} ms, peak RSS {}, load {load_ms:.0} ms; medians of {} runs, {threads} \
+             threads, kernels {isa}",
+            a.model.display(),
+            prompt.len(),
+            a.new_tokens,
+            rss.map_or("n/a".into(), |m| format!("{m:.0} MB")),
+            a.repeats.max(1),
+        );
+    }
+    println!(
+        "{}",
+        json!({
+            "model": a.model.display().to_string(),
+            "prefill_tok_s": p,
+            "decode_tok_s": d,
+            "ttft_ms": t,
+            "peak_rss_mb": rss,
+            "load_ms": load_ms,
+            "prompt_tokens": prompt.len(),
+            "new_tokens": a.new_tokens,
+            "repeats": a.repeats.max(1),
+            "threads": threads,
+            "isa": isa,
+            "device": a.device,
+        })
+    );
+    Ok(())
+}
+
+/// Physical cores (distinct core ids per package on Linux), else logical CPUs.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut seen = std::collections::HashSet::new();
+    let (mut phys, mut core) = (None, None);
+    for line in info.lines() {
+        if let Some(v) = line.strip_prefix("physical id") {
+            phys = v.trim_start_matches([' ', '\t', ':']).parse::<u32>().ok();
+        } else if let Some(v) = line.strip_prefix("core id") {
+            core = v.trim_start_matches([' ', '\t', ':']).parse::<u32>().ok();
+        } else if line.trim().is_empty() {
+            if let (Some(p), Some(c)) = (phys, core) {
+                seen.insert((p, c));
+            }
+            (phys, core) = (None, None);
+        }
+    }
+    if seen.is_empty() {
+        logical
+    } else {
+        seen.len().min(logical)
+    }
+}
