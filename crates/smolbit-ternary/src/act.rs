@@ -8,9 +8,25 @@ pub fn quantize_token(x: &[f32]) -> (Vec<i8>, f32) {
     let scale = 127.0 / max;
     let q = x
         .iter()
-        .map(|v| (v * scale).round_ties_even().clamp(-128.0, 127.0) as i8)
+        .map(|v| round_half_even(v * scale).clamp(-128.0, 127.0) as i8)
         .collect();
     (q, scale)
+}
+
+/// `v.round_ties_even()` without a libm call (baseline x86-64 has no rounding instruction, and
+/// `round_ties_even` becomes a call to `rintf`): for |v| < 2^23, `|v| + 2^23` lies where f32's
+/// spacing is exactly 1, so the addition rounds |v| to an integer in the FPU's default
+/// round-to-nearest-even mode; subtracting 2^23 and restoring the sign gives the result. Floats
+/// with |v| >= 2^23 are integers already (and NaN stays NaN).
+#[inline(always)]
+pub fn round_half_even(v: f32) -> f32 {
+    const TWO23: f32 = 8_388_608.0;
+    let a = v.abs();
+    if a < TWO23 {
+        ((a + TWO23) - TWO23).copysign(v)
+    } else {
+        v
+    }
 }
 
 /// Quantize and dequantize `x: [tokens, width]` in place (fake quantization for reference paths).
@@ -26,6 +42,18 @@ pub fn fake_quantize(x: &mut [f32], width: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fast_rounding_equals_round_ties_even() {
+        let mut v = -300.0f32;
+        while v <= 300.0 {
+            assert_eq!(round_half_even(v), v.round_ties_even(), "{v}");
+            v += 0.125;
+        }
+        for v in [0.5f32, 1.5, 2.5, -0.5, -2.5, 0.49999997, 4_194_304.5, 8_388_607.5, -6e6 - 0.5, 1e7, -1e9, 126.5, -127.5] {
+            assert_eq!(round_half_even(v), v.round_ties_even(), "{v}");
+        }
+    }
 
     #[test]
     fn absmax_per_token() {

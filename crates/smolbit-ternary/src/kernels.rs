@@ -197,6 +197,17 @@ impl PackedTernary {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
         let q = QuantizedInput::new(x, tokens, self.cols, self.padded, self.group);
         let groups = self.groups();
+        if tokens == 1 {
+            // Decode: one token, the one-token kernel straight.
+            let (x, sums, scale) = (&q.values[..], &q.group_sums[..], q.scales[0]);
+            return self.par_rows(1, |r, out| {
+                let mut acc = 0f32;
+                for k in 0..self.planes {
+                    acc += row_dot_one(isa, self.row_codes(k, r), self.row_scales(k, r), x, sums, self.group);
+                }
+                out[0] = acc / scale;
+            });
+        }
         self.par_rows(tokens, |r, out| {
             // Tiles of up to TILE tokens share each unpacked block of codes.
             for (tile, outs) in out.chunks_mut(TILE).enumerate() {
@@ -313,42 +324,35 @@ const TILE: usize = 4;
 
 fn row_dot_i8(isa: Isa, codes: &[u8], scales: &[f32], xs: &[&[i8]], sums: &[&[i32]], group: usize) -> [f32; TILE] {
     let mut out = [0f32; TILE];
-    match (isa, xs.len()) {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: Isa::Avx2/Avx512Vnni are only produced when the CPU has those features.
-        (Isa::Avx2, 4) => unsafe { x86::row_dot_avx2::<4>(codes, scales, xs, sums, group, &mut out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (Isa::Avx2, _) => unsafe { x86::row_dot_avx2::<1>(codes, scales, xs, sums, group, &mut out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (Isa::Avx512Vnni, 4) => unsafe { x86::row_dot_vnni::<4>(codes, scales, xs, sums, group, &mut out) },
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
-        (Isa::Avx512Vnni, _) => unsafe { x86::row_dot_vnni::<1>(codes, scales, xs, sums, group, &mut out) },
-        _ => {
-            for (i, (x, s)) in xs.iter().zip(sums).enumerate() {
-                out[i] = row_dot_scalar(codes, scales, x, s, group);
-            }
-        }
-    }
-    // Tiles of 2 and 3 run token by token through the one-token kernel.
     #[cfg(target_arch = "x86_64")]
-    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) && xs.len() > 1 && xs.len() < 4 {
-        for (i, (x, s)) in xs.iter().zip(sums).enumerate() {
-            let mut one = [0f32; TILE];
-            // SAFETY: as above.
-            unsafe {
-                if isa == Isa::Avx2 {
-                    x86::row_dot_avx2::<1>(codes, scales, &[x], &[s], group, &mut one)
-                } else {
-                    x86::row_dot_vnni::<1>(codes, scales, &[x], &[s], group, &mut one)
-                }
+    if xs.len() == TILE && isa != Isa::Scalar {
+        let x4 = [xs[0], xs[1], xs[2], xs[3]];
+        let s4 = [sums[0], sums[1], sums[2], sums[3]];
+        // SAFETY: Isa::Avx2/Avx512Vnni are only produced when the CPU has those features.
+        return unsafe {
+            if isa == Isa::Avx2 {
+                x86::row_dot_n_avx2::<4>(codes, scales, x4, s4, group)
+            } else {
+                x86::row_dot_n_vnni::<4>(codes, scales, x4, s4, group)
             }
-            out[i] = one[0];
-        }
+        };
+    }
+    for (i, (x, s)) in xs.iter().zip(sums).enumerate() {
+        out[i] = row_dot_one(isa, codes, scales, x, s, group);
     }
     out
+}
+
+fn row_dot_one(isa: Isa, codes: &[u8], scales: &[f32], x: &[i8], sums: &[i32], group: usize) -> f32 {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Isa::Avx2/Avx512Vnni are only produced when the CPU has those features.
+        Isa::Avx2 => unsafe { x86::row_dot_n_avx2::<1>(codes, scales, [x], [sums], group)[0] },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Isa::Avx512Vnni => unsafe { x86::row_dot_n_vnni::<1>(codes, scales, [x], [sums], group)[0] },
+        _ => row_dot_scalar(codes, scales, x, sums, group),
+    }
 }
 
 /// The exact integer result per group, scaled: the reference every fast path must equal.
@@ -393,6 +397,117 @@ pub fn row_dot_f32_scalar(codes: &[u8], scales: &[f32], x: &[f32], sums: &[f32],
     y
 }
 
+/// An 8-bit matrix for the output head and the embedding: per-row absmax scales
+/// (`w ≈ q / scale`, `q` in -127..=127), columns padded to a multiple of 32.
+#[derive(Debug, Clone)]
+pub struct Q8Matrix {
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// `cols` rounded up to a multiple of 32.
+    pub padded: usize,
+    /// `rows * padded` values.
+    pub data: Vec<i8>,
+    /// Per row: `127 / max|w|`.
+    pub scales: Vec<f32>,
+}
+
+impl Q8Matrix {
+    /// Quantize a row-major `[rows, cols]` f32 matrix.
+    pub fn from_f32(w: &[f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(w.len(), rows * cols, "w must be [rows, cols]");
+        let padded = cols.div_ceil(32) * 32;
+        let mut data = vec![0i8; rows * padded];
+        let mut scales = Vec::with_capacity(rows);
+        for r in 0..rows {
+            let row = &w[r * cols..][..cols];
+            let max = row.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-30);
+            let s = 127.0 / max;
+            for (d, v) in data[r * padded..][..cols].iter_mut().zip(row) {
+                *d = crate::act::round_half_even(v * s).clamp(-127.0, 127.0) as i8;
+            }
+            scales.push(s);
+        }
+        Q8Matrix {
+            rows,
+            cols,
+            padded,
+            data,
+            scales,
+        }
+    }
+
+    /// Row `r` dequantized (an embedding lookup).
+    pub fn row(&self, r: usize) -> Vec<f32> {
+        let s = self.scales[r];
+        self.data[r * self.padded..][..self.cols]
+            .iter()
+            .map(|&q| f32::from(q) / s)
+            .collect()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() + self.scales.len() * 4
+    }
+
+    /// `y = x Wᵀ` for `x: [tokens, cols]`, activations quantized to int8 per token; returns
+    /// `[tokens, rows]`.
+    pub fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        self.matmul_with(Isa::detect(), x, tokens)
+    }
+
+    /// [`Q8Matrix::matmul`] with a chosen implementation.
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
+        assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
+        let mut xq = vec![0i8; tokens * self.padded];
+        let mut xs = Vec::with_capacity(tokens);
+        for t in 0..tokens {
+            let (q, s) = crate::act::quantize_token(&x[t * self.cols..][..self.cols]);
+            xq[t * self.padded..][..self.cols].copy_from_slice(&q);
+            xs.push(s);
+        }
+        let mut by_row = vec![0f32; self.rows * tokens];
+        let chunk = (self.rows / (rayon::current_num_threads() * 8)).clamp(8, 1024);
+        by_row
+            .par_chunks_mut(chunk * tokens)
+            .enumerate()
+            .for_each(|(ci, out)| {
+                for (i, row_out) in out.chunks_mut(tokens).enumerate() {
+                    let r = ci * chunk + i;
+                    let w = &self.data[r * self.padded..][..self.padded];
+                    for (t, o) in row_out.iter_mut().enumerate() {
+                        let x = &xq[t * self.padded..][..self.padded];
+                        let dot = dot_i8(isa, w, x);
+                        *o = dot as f32 / (xs[t] * self.scales[r]);
+                    }
+                }
+            });
+        if tokens == 1 {
+            return by_row;
+        }
+        let mut y = vec![0f32; tokens * self.rows];
+        for r in 0..self.rows {
+            for t in 0..tokens {
+                y[t * self.rows + r] = by_row[r * tokens + t];
+            }
+        }
+        y
+    }
+}
+
+/// Exact `Σ w·x` of two int8 vectors (values in -127..=127, length a multiple of 32).
+fn dot_i8(isa: Isa, w: &[i8], x: &[i8]) -> i32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        // SAFETY: AVX2 is present whenever Isa is not Scalar.
+        return unsafe { x86::dot_i8_avx2(w, x) };
+    }
+    let _ = isa;
+    w.iter().zip(x).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum()
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
@@ -412,76 +527,157 @@ mod x86 {
         }
     }
 
-    macro_rules! row_dot {
-        ($name:ident, $features:literal, |$a:ident, $c:ident, $x:ident| $body:block) => {
-            /// `N` tokens against one packed row: each block's codes are unpacked once.
+    // Partial products of 32 codes with 32 activations, accumulated in a "small" register and
+    // flushed into i32 lanes. AVX2: `maddubs` gives i16 pairs (|p| <= 2 · 2 · 127 = 508), summed
+    // in i16 for at most FLUSH = 64 products (64 · 508 = 32512 < 2^15), then widened with
+    // `madd`. VNNI: `vpdpbusd` sums four u8 × i8 products straight into i32 lanes.
+    const FLUSH: usize = 64;
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn prod_avx2(small: __m256i, c: __m256i, x: __m256i) -> __m256i {
+        _mm256_add_epi16(small, _mm256_maddubs_epi16(c, x))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn flush_avx2(small: __m256i) -> __m256i {
+        _mm256_madd_epi16(small, _mm256_set1_epi16(1))
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    unsafe fn prod_vnni(small: __m256i, c: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(small, c, x)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn flush_vnni(small: __m256i) -> __m256i {
+        small
+    }
+
+    macro_rules! row_dot_n {
+        ($name:ident, $features:literal, $prod:ident, $flush:ident) => {
+            /// `N` tokens against one packed row: each block's codes are unpacked once and used
+            /// for every token; per group, the exact integer sum minus the activation sum, times
+            /// the group's scale.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name<const N: usize>(
                 codes: &[u8],
                 scales: &[f32],
-                xs: &[&[i8]],
-                sums: &[&[i32]],
+                xs: [&[i8]; N],
+                sums: [&[i32]; N],
                 group: usize,
-                out: &mut [f32; super::TILE],
-            ) {
-                assert!(N <= super::TILE && xs.len() >= N && sums.len() >= N);
-                for x in &xs[..N] {
-                    assert!(x.len() >= codes.len() * 4);
+            ) -> [f32; N] {
+                let blocks = codes.len() / BLOCK_BYTES;
+                for t in 0..N {
+                    assert!(xs[t].len() >= blocks * BLOCK && sums[t].len() >= scales.len());
                 }
+                assert!(scales.len() * group >= blocks * BLOCK && group % 32 == 0);
                 let mask = _mm256_set1_epi8(3);
-                let mut acc = [_mm256_setzero_si256(); N];
-                let mut g = 0;
-                // Columns accumulated in the current group (no division in the loop).
-                let mut filled = 0;
-                for b in 0..codes.len() / BLOCK_BYTES {
-                    // SAFETY: (b + 1) * 32 <= codes.len().
-                    let v = unsafe { _mm256_loadu_si256(codes.as_ptr().add(b * BLOCK_BYTES).cast()) };
-                    let parts = [
+                let cp = codes.as_ptr();
+                let xp: [*const i8; N] = std::array::from_fn(|t| xs[t].as_ptr());
+                let mut y = [0f32; N];
+                // Four code vectors of block b.
+                let unpack = |b: usize| {
+                    // SAFETY: b < blocks: 32 code bytes in bounds.
+                    let v = unsafe { _mm256_loadu_si256(cp.add(b * BLOCK_BYTES).cast()) };
+                    [
                         _mm256_and_si256(v, mask),
                         _mm256_and_si256(_mm256_srli_epi16(v, 2), mask),
                         _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
                         _mm256_and_si256(_mm256_srli_epi16(v, 6), mask),
-                    ];
-                    for (k, c) in parts.into_iter().enumerate() {
-                        let off = b * BLOCK + 32 * k;
-                        for n in 0..N {
-                            // SAFETY: off + 32 <= 4 * codes.len() <= xs[n].len() (asserted).
-                            let xv = unsafe { _mm256_loadu_si256(xs[n].as_ptr().add(off).cast()) };
-                            // Expanded in place (a closure would not inherit the target
-                            // features, and its intrinsics would become calls).
-                            acc[n] = {
-                                let ($a, $c, $x) = (acc[n], c, xv);
-                                $body
-                            };
-                        }
-                        filled += 32;
-                        if filled == group {
-                            filled = 0;
-                            for n in 0..N {
-                                // SAFETY: register-only.
-                                let s = unsafe { hsum(acc[n]) };
-                                out[n] += scales[g] * (s - sums[n][g]) as f32;
-                                acc[n] = _mm256_setzero_si256();
+                    ]
+                };
+                if group >= BLOCK {
+                    // Whole blocks per group; the small accumulators are flushed every
+                    // FLUSH / 4 blocks.
+                    let per = group / BLOCK;
+                    for g in 0..scales.len() {
+                        let mut big = [_mm256_setzero_si256(); N];
+                        let end = ((g + 1) * per).min(blocks);
+                        let mut b = g * per;
+                        while b < end {
+                            let stop = (b + FLUSH / 4).min(end);
+                            let mut small = [_mm256_setzero_si256(); N];
+                            while b < stop {
+                                let parts = unpack(b);
+                                for t in 0..N {
+                                    // SAFETY: 128 activations of block b in bounds (asserted);
+                                    // the helpers need only this function's features.
+                                    unsafe {
+                                        let xb = xp[t].add(b * BLOCK);
+                                        small[t] = $prod(small[t], parts[0], _mm256_loadu_si256(xb.cast()));
+                                        small[t] = $prod(small[t], parts[1], _mm256_loadu_si256(xb.add(32).cast()));
+                                        small[t] = $prod(small[t], parts[2], _mm256_loadu_si256(xb.add(64).cast()));
+                                        small[t] = $prod(small[t], parts[3], _mm256_loadu_si256(xb.add(96).cast()));
+                                    }
+                                }
+                                b += 1;
                             }
-                            g += 1;
+                            for t in 0..N {
+                                // SAFETY: register-only.
+                                big[t] = _mm256_add_epi32(big[t], unsafe { $flush(small[t]) });
+                            }
+                        }
+                        for t in 0..N {
+                            // SAFETY: register-only.
+                            let s = unsafe { hsum(big[t]) };
+                            y[t] += scales[g] * (s - sums[t][g]) as f32;
+                        }
+                    }
+                } else {
+                    // 32 or 64 columns per group: 4 or 2 groups per block.
+                    let q = group / 32;
+                    for b in 0..blocks {
+                        let parts = unpack(b);
+                        for j in 0..4 / q {
+                            let g = b * (4 / q) + j;
+                            for t in 0..N {
+                                let mut small = _mm256_setzero_si256();
+                                for k in j * q..(j + 1) * q {
+                                    // SAFETY: as above.
+                                    small = unsafe {
+                                        $prod(small, parts[k], _mm256_loadu_si256(xp[t].add(b * BLOCK + 32 * k).cast()))
+                                    };
+                                }
+                                // SAFETY: register-only.
+                                let s = unsafe { hsum($flush(small)) };
+                                y[t] += scales[g] * (s - sums[t][g]) as f32;
+                            }
                         }
                     }
                 }
+                y
             }
         };
     }
 
-    // u8 codes (0..=2) times i8 activations: pairs summed to i16 (|sum| <= 2 * 2 * 128, no
-    // saturation), then to i32.
-    row_dot!(row_dot_avx2, "avx2", |acc, c, xv| {
-        let p = _mm256_maddubs_epi16(c, xv);
-        _mm256_add_epi32(acc, _mm256_madd_epi16(p, _mm256_set1_epi16(1)))
-    });
+    row_dot_n!(row_dot_n_avx2, "avx2", prod_avx2, flush_avx2);
+    row_dot_n!(row_dot_n_vnni, "avx2,avx512f,avx512vl,avx512vnni", prod_vnni, flush_vnni);
 
-    // vpdpbusd: four u8 x i8 products summed straight into each i32 lane.
-    row_dot!(row_dot_vnni, "avx2,avx512f,avx512vl,avx512vnni", |acc, c, xv| {
-        _mm256_dpbusd_epi32(acc, c, xv)
-    });
+    /// `Σ w·x` of int8 vectors: |w| as u8 times x with w's sign, pairs to i16 (at most
+    /// 2 · 127 · 127, no saturation), then to i32.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn dot_i8_avx2(w: &[i8], x: &[i8]) -> i32 {
+        assert!(w.len() == x.len() && w.len() % 32 == 0);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_si256();
+        for i in (0..w.len()).step_by(32) {
+            // SAFETY: i + 32 <= len for both (asserted).
+            let (wv, xv) = unsafe {
+                (
+                    _mm256_loadu_si256(w.as_ptr().add(i).cast()),
+                    _mm256_loadu_si256(x.as_ptr().add(i).cast()),
+                )
+            };
+            let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+        }
+        // SAFETY: register-only.
+        unsafe { hsum(acc) }
+    }
 
     #[inline(always)]
     unsafe fn hsum_ps(v: __m256) -> f32 {
@@ -647,6 +843,38 @@ mod tests {
                         assert!((g - want).abs() <= 1e-4 * mag.max(1.0), "{rows}x{cols} r{r} t{t}: {g} vs {want}");
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn q8_matches_scalar_and_dense() {
+        for (rows, cols) in SHAPES {
+            let w = random_x(rows * cols, 11);
+            let m = Q8Matrix::from_f32(&w, rows, cols);
+            for tokens in [1, 3] {
+                let x = random_x(tokens * cols, 12);
+                let want = m.matmul_with(Isa::Scalar, &x, tokens);
+                for isa in Isa::available() {
+                    assert!(m.matmul_with(isa, &x, tokens) == want, "{isa:?} {rows}x{cols}");
+                }
+                // Against the f32 product: two int8 roundings (weights and activations), each
+                // off by at most half a step of 1/127 of the row's or token's absmax, so the
+                // error is below (|x|max·|w|max / 127) · cols.
+                for t in 0..tokens {
+                    let xm = x[t * cols..][..cols].iter().fold(0f32, |a, v| a.max(v.abs()));
+                    for r in 0..rows {
+                        let wm = w[r * cols..][..cols].iter().fold(0f32, |a, v| a.max(v.abs()));
+                        let dense: f32 = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
+                        let bound = xm * wm / 127.0 * cols as f32;
+                        assert!((want[t * rows + r] - dense).abs() <= bound);
+                    }
+                }
+            }
+            let row = m.row(rows - 1);
+            for (c, v) in row.iter().enumerate() {
+                let wv = w[(rows - 1) * cols + c];
+                assert!((v - wv).abs() <= 0.5 / m.scales[rows - 1] + 1e-6);
             }
         }
     }
