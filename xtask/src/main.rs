@@ -6,15 +6,21 @@
 //! - `pipeline`: fetch, convert, quantize, evaluate and render the report (see `pipeline.rs`);
 //!   `--shard I/N` evaluates one shard for CI matrices.
 //! - `report`: render a report from a results file (merged shards).
+//! - `bench`: the benchmark table (`smolbit bench` on every model under `models/`, 1 and 2
+//!   threads, against the measured memory bandwidth) into `reports/bench/`.
+//! - `random-model`: a SmolLM3-3B- or SmolLM2-135M-shaped checkpoint with random weights, for
+//!   speed and memory benchmarks at scale.
 
+mod bench;
 mod fetch;
 mod pipeline;
+mod random;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 const USAGE: &str =
-    "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dataset F] [--quick] [--shard I/N] | report --results F --out-dir D>";
+    "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dataset F] [--quick] [--shard I/N] | report --results F --out-dir D | random-model --shape smollm3-3b --out DIR | bench [--quick]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,6 +32,8 @@ fn main() -> ExitCode {
         }
         Some("pipeline") => pipeline::run(&args[1..]),
         Some("report") => pipeline::report(&args[1..]),
+        Some("random-model") => random::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -42,6 +42,9 @@ impl KvCache {
     }
 }
 
+/// Tokens from which float-activation ternary layers use a transient dense GEMM.
+const DENSE_PREFILL: usize = 16;
+
 /// A linear layer's weight.
 #[derive(Debug)]
 pub enum Linear {
@@ -70,6 +73,13 @@ impl Linear {
             Linear::Dense { w, act8 } => {
                 let x = if *act8 { act_quant(x) } else { x };
                 x.matmul(w.clone())
+            }
+            Linear::Ternary { w, act8: false } if x.dims()[0] >= DENSE_PREFILL => {
+                // Many tokens with float activations: expand the packed weight for this call
+                // only and use burn's GEMM (the packed copy stays the only resident one).
+                let device = x.device();
+                let dense = Tensor::<2>::from_data(TensorData::new(w.dequantize(), [w.rows, w.cols]), &device);
+                x.matmul(dense.transpose())
             }
             Linear::Ternary { w, act8 } => {
                 let [t, _] = x.dims();

@@ -221,6 +221,16 @@ impl Model {
         self.layers.iter().map(Block::linear_bytes).sum()
     }
 
+    /// Weight bytes one decoded token reads: the blocks' linears and the output head (the
+    /// embedding contributes one row).
+    pub fn decode_bytes(&self) -> usize {
+        let head = match &self.head {
+            Table::Dense(w) => w.dims().iter().product::<usize>() * 4,
+            Table::Q8(m) => m.bytes(),
+        };
+        self.linear_bytes() + head
+    }
+
     /// The ternary checkpoint's quantization config, if this is one.
     pub fn quant_config(&self) -> Option<&QuantConfig> {
         self.quant.as_ref()

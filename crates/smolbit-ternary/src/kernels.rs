@@ -251,6 +251,17 @@ impl PackedTernary {
                 sums[t * groups + g] = chunk.iter().sum();
             }
         }
+        if tokens >= 4 {
+            // Prefill: expand each row once (all planes summed into one f32 row), then a dense
+            // dot product per token; the expansion is shared by every token.
+            return self.par_rows(tokens, |r, out| {
+                let mut w = vec![0f32; self.padded];
+                self.expand_row(r, &mut w);
+                for (t, o) in out.iter_mut().enumerate() {
+                    *o = dot_f32(isa, &w, &xp[t * self.padded..][..self.padded]);
+                }
+            });
+        }
         self.par_rows(tokens, |r, out| {
             for (t, o) in out.iter_mut().enumerate() {
                 let xr = &xp[t * self.padded..][..self.padded];
@@ -262,6 +273,37 @@ impl PackedTernary {
                 *o = acc;
             }
         })
+    }
+
+    /// The dense `[rows, cols]` f32 matrix (all planes summed), rows in parallel: for callers
+    /// that hand many tokens to a dense GEMM and drop the matrix afterwards.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        out.par_chunks_mut(self.cols).enumerate().for_each(|(r, row)| {
+            let mut w = vec![0f32; self.padded];
+            self.expand_row(r, &mut w);
+            row.copy_from_slice(&w[..self.cols]);
+        });
+        out
+    }
+
+    /// Add row `r` of every plane, dequantized, into `w` (`padded` long).
+    fn expand_row(&self, r: usize, w: &mut [f32]) {
+        for k in 0..self.planes {
+            let (codes, scales) = (self.row_codes(k, r), self.row_scales(k, r));
+            // Block by block, quarter by quarter: 32 columns share one shift and (as groups are
+            // multiples of 32) one scale.
+            for (b, block) in codes.chunks_exact(BLOCK_BYTES).enumerate() {
+                for q in 0..4 {
+                    let start = b * BLOCK + 32 * q;
+                    let scale = scales[start / self.group];
+                    let lut = [-scale, 0.0, scale, 0.0];
+                    for (wc, &byte) in w[start..start + 32].iter_mut().zip(block) {
+                        *wc += lut[usize::from((byte >> (2 * q)) & 3)];
+                    }
+                }
+            }
+        }
     }
 
     /// Run `f(row, outputs for each token)` over rows in parallel; returns `[tokens, rows]`.
@@ -382,6 +424,30 @@ fn row_dot_f32(isa: Isa, codes: &[u8], scales: &[f32], x: &[f32], sums: &[f32], 
     }
     let _ = isa;
     row_dot_f32_scalar(codes, scales, x, sums, group)
+}
+
+/// `Σ a·b` in f32 with eight partial sums (vectorized with AVX2 + FMA when available).
+fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar && is_x86_feature_detected!("fma") {
+        // SAFETY: AVX2 (Isa) and FMA were detected.
+        return unsafe { x86::dot_f32_avx2(a, b) };
+    }
+    let _ = isa;
+    dot_f32_portable(a, b)
+}
+
+#[inline(always)]
+fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] = x[i].mul_add(y[i], acc[i]);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Float activations: `Σ_g scale_g (Σ_{c∈g} code_c x_c − Σ_{c∈g} x_c)`.
@@ -690,6 +756,32 @@ mod x86 {
         }
     }
 
+    /// Four independent 8-lane FMA chains.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (j, lane) in acc.iter_mut().enumerate() {
+                // SAFETY: i + 8j + 8 <= n for both slices.
+                unsafe {
+                    let x = _mm256_loadu_ps(a.as_ptr().add(i + 8 * j));
+                    let y = _mm256_loadu_ps(b.as_ptr().add(i + 8 * j));
+                    *lane = _mm256_fmadd_ps(x, y, *lane);
+                }
+            }
+            i += 32;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        // SAFETY: register-only.
+        let mut total = unsafe { hsum_ps(s) };
+        for k in i..n {
+            total += a[k] * b[k];
+        }
+        total
+    }
+
     /// Float activations: codes widened to f32 eight at a time, fused multiply-add with x.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn row_dot_f32_avx2(codes: &[u8], scales: &[f32], x: &[f32], sums: &[f32], group: usize) -> f32 {
@@ -875,6 +967,19 @@ mod tests {
             for (c, v) in row.iter().enumerate() {
                 let wv = w[(rows - 1) * cols + c];
                 assert!((v - wv).abs() <= 0.5 / m.scales[rows - 1] + 1e-6);
+            }
+        }
+    }
+
+    #[test]
+    fn dequantize_matches_the_matrix() {
+        for (i, (rows, cols)) in SHAPES.into_iter().enumerate() {
+            let m = random_matrix(rows, cols, 1 + i % 3, Granularity::Group(32), i as u64);
+            let p = PackedTernary::from_matrix(&m).expect("packs");
+            let (a, b) = (p.dequantize(), m.dequantize());
+            // Same terms, added plane by plane in the same order: equal up to f32 rounding.
+            for (x, y) in a.iter().zip(&b) {
+                assert!((x - y).abs() <= 1e-6 * (1.0 + y.abs()), "{x} vs {y}");
             }
         }
     }

@@ -96,6 +96,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             "ttft_ms": t,
             "peak_rss_mb": rss,
             "load_ms": load_ms,
+            "decode_bytes": model.decode_bytes(),
             "prompt_tokens": prompt.len(),
             "new_tokens": a.new_tokens,
             "repeats": a.repeats.max(1),

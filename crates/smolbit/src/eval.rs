@@ -189,13 +189,23 @@ fn run_eval(a: RunArgs) -> Result<()> {
         Event::TaskDone { task, .. } => {
             if let Some(b) = &bar {
                 let s = &task.samples[0];
-                b.set_message(format!(
+                let msg = format!(
                     "{}: {} ({} tok)",
                     task.id,
                     if task.passed { "pass" } else { "fail" },
                     s.generated_tokens
-                ));
+                );
                 b.inc(1);
+                if b.is_hidden() {
+                    // Not a terminal (CI logs): one line per task instead of a bar.
+                    eprintln!(
+                        "{} {}/{} {msg}",
+                        b.prefix(),
+                        b.position(),
+                        b.length().unwrap_or(0)
+                    );
+                }
+                b.set_message(msg);
             }
         }
         Event::Quality { .. } => {

@@ -1,0 +1,155 @@
+//! `cargo xtask bench [--quick]`: the benchmark table. Runs `smolbit bench --json` on each model
+//! variant that exists under `models/` (the pipeline's default model and its schemes, and the
+//! random SmolLM3-3B-shaped checkpoints from `cargo xtask random-model`), at 1 and 2 threads, in
+//! one run on one machine; measures memory copy bandwidth for the bandwidth bound; writes
+//! `reports/bench/bench.md` and `bench.jsonl`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use crate::project_root;
+
+/// Copy bandwidth (read + write bytes per second) of `threads` threads each copying its own
+/// 256 MiB buffer, median of 5.
+fn copy_bandwidth(threads: usize) -> f64 {
+    const N: usize = 256 << 20;
+    let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = (0..threads).map(|_| (vec![1u8; N], vec![0u8; N])).collect();
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        std::thread::scope(|s| {
+            for (src, dst) in bufs.iter_mut() {
+                s.spawn(move || dst.copy_from_slice(src));
+            }
+        });
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    (2 * N * threads) as f64 / times[2]
+}
+
+fn smolbit_bin() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| project_root().join("target"))
+        .join("debug")
+        .join("smolbit")
+}
+
+fn weight_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".safetensors"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub fn run(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    if let Some(a) = args.iter().find(|a| *a != "--quick") {
+        bail!("bench: unknown argument '{a}'");
+    }
+    let root = project_root();
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "--quiet", "-p", "smolbit"])
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building smolbit failed");
+    }
+    let mut cases: Vec<(String, PathBuf, usize, usize)> = Vec::new();
+    let models = root.join("models");
+    for entry in std::fs::read_dir(&models).with_context(|| format!("{}: run the pipeline first", models.display()))? {
+        let family = entry?.path();
+        let Ok(variants) = std::fs::read_dir(&family) else { continue };
+        let mut dirs: Vec<PathBuf> = variants.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("config.json").is_file()).collect();
+        dirs.sort();
+        let big = family.file_name().is_some_and(|n| n.to_string_lossy().contains("3b"));
+        for d in dirs {
+            let name = format!(
+                "{}/{}",
+                family.file_name().unwrap_or_default().to_string_lossy(),
+                d.file_name().unwrap_or_default().to_string_lossy()
+            );
+            // Floating-point 3B checkpoints run as f32 (12 GB, well under 1 token/s): a few tokens.
+            let dense_big = big && !d.join("quantization.json").is_file();
+            let new_tokens = if dense_big { 4 } else if quick { 16 } else { 64 };
+            for threads in [1, 2] {
+                if dense_big && threads == 1 {
+                    continue;
+                }
+                cases.push((name.clone(), d.clone(), threads, new_tokens));
+            }
+        }
+    }
+    let out_dir = root.join("reports").join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let bw1 = copy_bandwidth(1);
+    let bw2 = copy_bandwidth(2);
+    eprintln!("[bench] copy bandwidth: {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)", bw1 / 1e9, bw2 / 1e9);
+    let mut jsonl = std::fs::File::create(out_dir.join("bench.jsonl"))?;
+    let mut rows = Vec::new();
+    for (name, dir, threads, new_tokens) in cases {
+        eprintln!("[bench] {name}, {threads} thread(s)");
+        let repeats = if new_tokens <= 4 { "1" } else if quick { "2" } else { "3" };
+        let out = Command::new(smolbit_bin())
+            .current_dir(&root)
+            .args(["--threads", &threads.to_string(), "bench", "--json", "--repeats", repeats])
+            .args(["--prompt-tokens", "128", "--new-tokens", &new_tokens.to_string(), "--model"])
+            .arg(&dir)
+            .output()
+            .context("cannot run smolbit")?;
+        if !out.status.success() {
+            bail!("smolbit bench {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.lines().last().unwrap_or("{}");
+        let mut v: serde_json::Value = serde_json::from_str(line).context("bench output")?;
+        let wb = weight_bytes(&dir);
+        v["weight_bytes"] = serde_json::json!(wb);
+        // Bytes read per decoded token as loaded (packed linears and head); the files' size when
+        // the binary does not report it.
+        let per_token = v["decode_bytes"].as_u64().unwrap_or(wb);
+        writeln!(jsonl, "{v}")?;
+        let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        let decode = num("decode_tok_s");
+        let bw = if threads == 1 { bw1 } else { bw2 };
+        // The bound: copy bandwidth / bytes read per token.
+        let bound = bw / per_token.max(1) as f64;
+        rows.push(format!(
+            "| {name} | {threads} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} % |",
+            wb as f64 / 1e6,
+            per_token as f64 / 1e6,
+            num("prefill_tok_s"),
+            decode,
+            num("ttft_ms"),
+            num("peak_rss_mb"),
+            100.0 * decode / bound
+        ));
+    }
+    let mut md = String::new();
+    md.push_str("| model | threads | file (MB) | read per token (MB) | prefill tok/s (128) | decode tok/s | TTFT ms (128-token prompt) | peak RSS (MB) | decode vs bandwidth bound |\n");
+    md.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    for r in rows {
+        md.push_str(&r);
+        md.push('\n');
+    }
+    md.push_str(&format!(
+        "\nMedians; copy bandwidth {:.1} GB/s (1 thread), {:.1} GB/s (2 threads); bound = copy bandwidth / bytes read per token (packed linears and output head as loaded). Produced by `cargo xtask bench{}`.\n",
+        bw1 / 1e9,
+        bw2 / 1e9,
+        if quick { " --quick" } else { "" }
+    ));
+    std::fs::write(out_dir.join("bench.md"), &md)?;
+    print!("{md}");
+    Ok(())
+}
