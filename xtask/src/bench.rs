@@ -17,7 +17,8 @@ use crate::project_root;
 /// 256 MiB buffer, median of 5.
 fn copy_bandwidth(threads: usize) -> f64 {
     const N: usize = 256 << 20;
-    let mut bufs: Vec<(Vec<u8>, Vec<u8>)> = (0..threads).map(|_| (vec![1u8; N], vec![0u8; N])).collect();
+    let mut bufs: Vec<(Vec<u8>, Vec<u8>)> =
+        (0..threads).map(|_| (vec![1u8; N], vec![0u8; N])).collect();
     let mut times = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -30,14 +31,6 @@ fn copy_bandwidth(threads: usize) -> f64 {
     }
     times.sort_by(f64::total_cmp);
     (2 * N * threads) as f64 / times[2]
-}
-
-fn smolbit_bin() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| project_root().join("target"))
-        .join("debug")
-        .join("smolbit")
 }
 
 fn weight_bytes(dir: &Path) -> u64 {
@@ -58,22 +51,24 @@ pub fn run(args: &[String]) -> Result<()> {
         bail!("bench: unknown argument '{a}'");
     }
     let root = project_root();
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(&root)
-        .args(["build", "--quiet", "-p", "smolbit"])
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("building smolbit failed");
-    }
+    let bin = crate::pipeline::build_smolbit()?;
     let mut cases: Vec<(String, PathBuf, usize, usize)> = Vec::new();
     let models = root.join("models");
-    for entry in std::fs::read_dir(&models).with_context(|| format!("{}: run the pipeline first", models.display()))? {
+    for entry in std::fs::read_dir(&models)
+        .with_context(|| format!("{}: run the pipeline first", models.display()))?
+    {
         let family = entry?.path();
-        let Ok(variants) = std::fs::read_dir(&family) else { continue };
-        let mut dirs: Vec<PathBuf> = variants.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("config.json").is_file()).collect();
+        let Ok(variants) = std::fs::read_dir(&family) else {
+            continue;
+        };
+        let mut dirs: Vec<PathBuf> = variants
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.join("config.json").is_file())
+            .collect();
         dirs.sort();
-        let big = family.file_name().is_some_and(|n| n.to_string_lossy().contains("3b"));
+        let big = family
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().contains("3b"));
         for d in dirs {
             let name = format!(
                 "{}/{}",
@@ -82,7 +77,13 @@ pub fn run(args: &[String]) -> Result<()> {
             );
             // Floating-point 3B checkpoints run as f32 (12 GB, well under 1 token/s): a few tokens.
             let dense_big = big && !d.join("quantization.json").is_file();
-            let new_tokens = if dense_big { 4 } else if quick { 16 } else { 64 };
+            let new_tokens = if dense_big {
+                4
+            } else if quick {
+                16
+            } else {
+                64
+            };
             for threads in [1, 2] {
                 if dense_big && threads == 1 {
                     continue;
@@ -95,21 +96,48 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let bw1 = copy_bandwidth(1);
     let bw2 = copy_bandwidth(2);
-    eprintln!("[bench] copy bandwidth: {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)", bw1 / 1e9, bw2 / 1e9);
+    eprintln!(
+        "[bench] copy bandwidth: {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)",
+        bw1 / 1e9,
+        bw2 / 1e9
+    );
     let mut jsonl = std::fs::File::create(out_dir.join("bench.jsonl"))?;
     let mut rows = Vec::new();
     for (name, dir, threads, new_tokens) in cases {
         eprintln!("[bench] {name}, {threads} thread(s)");
-        let repeats = if new_tokens <= 4 { "1" } else if quick { "2" } else { "3" };
-        let out = Command::new(smolbit_bin())
+        let repeats = if new_tokens <= 4 {
+            "1"
+        } else if quick {
+            "2"
+        } else {
+            "3"
+        };
+        let out = Command::new(&bin)
             .current_dir(&root)
-            .args(["--threads", &threads.to_string(), "bench", "--json", "--repeats", repeats])
-            .args(["--prompt-tokens", "128", "--new-tokens", &new_tokens.to_string(), "--model"])
+            .args([
+                "--threads",
+                &threads.to_string(),
+                "bench",
+                "--json",
+                "--repeats",
+                repeats,
+            ])
+            .args([
+                "--prompt-tokens",
+                "128",
+                "--new-tokens",
+                &new_tokens.to_string(),
+                "--model",
+            ])
             .arg(&dir)
             .output()
             .context("cannot run smolbit")?;
         if !out.status.success() {
-            bail!("smolbit bench {}: {}", dir.display(), String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "smolbit bench {}: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text.lines().last().unwrap_or("{}");

@@ -120,7 +120,12 @@ fn tree_hash(paths: &[&str]) -> Result<String> {
     files.sort();
     let mut h = Sha256::new();
     for f in files {
-        h.update(f.strip_prefix(&root).unwrap_or(&f).to_string_lossy().as_bytes());
+        h.update(
+            f.strip_prefix(&root)
+                .unwrap_or(&f)
+                .to_string_lossy()
+                .as_bytes(),
+        );
         h.update(std::fs::read(&f).with_context(|| format!("{}", f.display()))?);
     }
     Ok(hex(&h.finalize()))
@@ -142,7 +147,12 @@ fn input_key(input: &Path) -> Result<String> {
     names.sort();
     let mut h = Sha256::new();
     for p in names {
-        h.update(p.file_name().unwrap_or_default().to_string_lossy().as_bytes());
+        h.update(
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .as_bytes(),
+        );
         h.update(sha256_file(&p)?.as_bytes());
     }
     Ok(hex(&h.finalize()))
@@ -164,11 +174,20 @@ fn up_to_date(dir: &Path, key: &str, outputs: &[&Path]) -> bool {
         && outputs.iter().all(|p| p.exists())
 }
 
-fn smolbit_bin() -> PathBuf {
+/// Build the `smolbit` binary (the workspace's one optimized profile) and return its path.
+pub fn build_smolbit() -> Result<PathBuf> {
+    let status = Command::new(cargo())
+        .current_dir(project_root())
+        .args(["build", "--quiet", "-p", "smolbit"])
+        .status()
+        .context("cannot run cargo")?;
+    if !status.success() {
+        bail!("building smolbit failed");
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| project_root().join("target"));
-    target.join("debug").join("smolbit")
+    Ok(target.join("debug").join("smolbit"))
 }
 
 fn cargo() -> String {
@@ -183,7 +202,9 @@ fn run_stage(label: &str, cmd: &mut Command, log: Option<&Path>) -> Result<Durat
     cmd.current_dir(project_root());
     let Some(log) = log else {
         eprintln!("{label}");
-        let status = cmd.status().with_context(|| format!("{label}: cannot start"))?;
+        let status = cmd
+            .status()
+            .with_context(|| format!("{label}: cannot start"))?;
         if !status.success() {
             bail!("{label}: failed ({status})");
         }
@@ -230,15 +251,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let total = Instant::now();
 
     eprintln!("[build] cargo build -p smolbit (optimized dev profile)");
-    let status = Command::new(cargo())
-        .current_dir(&root)
-        .args(["build", "--quiet", "-p", "smolbit"])
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("building smolbit failed");
-    }
-    let bin = smolbit_bin();
+    let bin = build_smolbit()?;
 
     let input = match &args.model {
         Some(m) => m.clone(),
@@ -249,9 +262,11 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     let name = args.name.clone().unwrap_or_else(|| model_name(&input));
     let models = root.join("models").join(&name);
-    let report_dir = root
-        .join("reports")
-        .join(if args.quick { format!("{name}-quick") } else { name.clone() });
+    let report_dir = root.join("reports").join(if args.quick {
+        format!("{name}-quick")
+    } else {
+        name.clone()
+    });
     let logs = report_dir.join("logs");
     std::fs::create_dir_all(&logs).with_context(|| format!("{}", logs.display()))?;
     let mut reproduce = vec![format!("cargo build -p smolbit  # binary: {}", rel(&bin))];
@@ -267,7 +282,10 @@ pub fn run(args: &[String]) -> Result<()> {
         &tree_hash(&["crates/smolbit-weights/src"])?,
     ]);
     let (i, o) = (input.display().to_string(), f32_dir.display().to_string());
-    reproduce.push(format!("smolbit convert {i} --out {} --dtype f32", rel(&f32_dir)));
+    reproduce.push(format!(
+        "smolbit convert {i} --out {} --dtype f32",
+        rel(&f32_dir)
+    ));
     if up_to_date(&f32_dir, &convert_key, &[&f32_dir.join("config.json")]) {
         eprintln!("[convert] up to date: {}", rel(&f32_dir));
     } else {
@@ -333,7 +351,9 @@ pub fn run(args: &[String]) -> Result<()> {
 
     // Evaluate (one shard: its own results file, merged later by `smolbit eval merge`).
     let results = match args.shard {
-        Some((i, n)) => report_dir.join("shards").join(format!("results-{i}-of-{n}.json")),
+        Some((i, n)) => report_dir
+            .join("shards")
+            .join(format!("results-{i}-of-{n}.json")),
         None => report_dir.join("results.json"),
     };
     let stamp_dir = results.parent().unwrap_or(&report_dir).to_path_buf();
@@ -393,7 +413,10 @@ pub fn run(args: &[String]) -> Result<()> {
         std::fs::write(&stamp, &eval_key)?;
     }
     if args.shard.is_some() {
-        eprintln!("[shard] {} (merge with `smolbit eval merge`, then `cargo xtask report`)", rel(&results));
+        eprintln!(
+            "[shard] {} (merge with `smolbit eval merge`, then `cargo xtask report`)",
+            rel(&results)
+        );
         return Ok(());
     }
 
@@ -438,7 +461,11 @@ pub fn report(args: &[String]) -> Result<()> {
     let (mut results, mut out, mut title) = (Vec::new(), None, None);
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
         match a.as_str() {
             "--results" => results.push(PathBuf::from(value()?)),
             "--out-dir" => out = Some(PathBuf::from(value()?)),
@@ -453,7 +480,10 @@ pub fn report(args: &[String]) -> Result<()> {
         many => {
             let mut parts = Vec::new();
             for p in many {
-                parts.push((p.display().to_string(), smolbit_eval::results::Results::read(p)?));
+                parts.push((
+                    p.display().to_string(),
+                    smolbit_eval::results::Results::read(p)?,
+                ));
             }
             let merged = smolbit_eval::results::Results::merge(parts)?;
             std::fs::create_dir_all(&out)?;

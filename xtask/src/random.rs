@@ -59,7 +59,11 @@ pub fn run(args: &[String]) -> Result<()> {
     let (mut shape, mut out, mut dtype) = ("smollm3-3b".to_string(), None, Dtype::F16);
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let mut value = || it.next().cloned().with_context(|| format!("{a} needs a value"));
+        let mut value = || {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{a} needs a value"))
+        };
         match a.as_str() {
             "--shape" => shape = value()?,
             "--out" => out = Some(PathBuf::from(value()?)),
@@ -98,7 +102,10 @@ pub fn run(args: &[String]) -> Result<()> {
             shape: n.shape.clone(),
         })
         .collect();
-    let total: usize = specs.iter().map(|s| s.shape.iter().product::<usize>()).sum();
+    let total: usize = specs
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>())
+        .sum();
     eprintln!(
         "[random-model] {shape}: {} tensors, {:.2} B parameters -> {}",
         specs.len(),

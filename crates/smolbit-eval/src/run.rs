@@ -2,8 +2,8 @@
 //! sampled), check each answer in the [`Sandbox`], record timings, degeneration, peak memory,
 //! and quality against the first model on a held-out text; write [`Results`].
 //!
-//! Progress is saved after every task to `<out>.partial.jsonl`; a run with the same inputs and
-//! settings picks up where an interrupted one stopped. The final file is written atomically and
+//! Progress is saved after every task to `<out>.partial.jsonl`; a run with the same inputs,
+//! settings and binary picks up where an interrupted one stopped. The final file is written atomically and
 //! the partial file removed.
 
 use std::io::Write;
@@ -205,8 +205,15 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Reset the peak RSS counter to the current RSS (Linux: `echo 5 > /proc/self/clear_refs`).
+/// Reset the peak RSS counter to the current RSS (Linux: `echo 5 > /proc/self/clear_refs`),
+/// after handing freed heap back to the OS (glibc keeps it otherwise, and the previous model's
+/// memory would count toward the next one's peak).
 pub fn reset_peak_rss() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
@@ -284,9 +291,10 @@ fn describe_model(path: &Path) -> Result<ModelResult, EvalError> {
             .and_then(|n| dir.weights.entry(n).ok())
             .map_or_else(|| "unknown".into(), |e| e.dtype.name().to_lowercase()),
     };
-    let name = path
-        .file_name()
-        .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into());
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into(),
+    );
     Ok(ModelResult {
         name,
         path: path.display().to_string(),
@@ -551,12 +559,19 @@ pub fn run(opts: &EvalOptions, on_event: &mut dyn FnMut(Event)) -> Result<Result
     }
 
     // Resume: a partial file with the same fingerprint.
+    // The running binary is part of the identity: results measured by another build (a code
+    // change in between) are not mixed into this run.
+    let exe = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .map(|m| format!("{:?} {}", m.modified().ok(), m.len()))
+        .unwrap_or_default();
     let fingerprint = hex(&Sha256::digest(
         serde_json::json!({
             "dataset": dataset,
             "settings": settings,
             "models": opts.models,
             "per_category": opts.per_category,
+            "executable": exe,
         })
         .to_string()
         .as_bytes(),

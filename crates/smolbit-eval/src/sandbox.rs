@@ -135,8 +135,7 @@ impl Sandbox {
         if !cfg!(target_os = "linux") {
             sandbox.isolation = Isolation::RlimitsOnly;
         }
-        if sandbox.isolation == Isolation::Namespaces
-            && sandbox.run(&[], &["-c", "pass"]).is_err()
+        if sandbox.isolation == Isolation::Namespaces && sandbox.run(&[], &["-c", "pass"]).is_err()
         {
             sandbox.isolation = Isolation::RlimitsOnly;
         }

@@ -53,8 +53,12 @@ fn task(tests: &[&str]) -> Task {
 fn infinite_loop_is_killed_at_the_timeout() {
     let sb = sandbox(2);
     let start = Instant::now();
-    let ex = check(&sb, &task(&["assert f() == 1"]), "def f():\n    while True:\n        pass\n")
-        .expect("runs");
+    let ex = check(
+        &sb,
+        &task(&["assert f() == 1"]),
+        "def f():\n    while True:\n        pass\n",
+    )
+    .expect("runs");
     let took = start.elapsed();
     assert_eq!(ex.outcome, Outcome::Timeout, "{ex:?}");
     assert!(!ex.passed && ex.tests_passed == 0);
@@ -67,7 +71,11 @@ fn a_hang_after_passing_tests_keeps_the_passes() {
     let sb = sandbox(2);
     let ex = check(
         &sb,
-        &task(&["assert f(1) == 2", "assert f(2) == 3", "import time\ntime.sleep(60)"]),
+        &task(&[
+            "assert f(1) == 2",
+            "assert f(2) == 3",
+            "import time\ntime.sleep(60)",
+        ]),
         "def f(x):\n    return x + 1\n",
     )
     .expect("runs");
@@ -82,7 +90,10 @@ fn unbounded_allocation_hits_the_memory_limit() {
     let start = Instant::now();
     let ex = check(&sb, &task(&["f()"]), code).expect("runs");
     assert_eq!(ex.outcome, Outcome::Failed, "{ex:?}");
-    assert!(ex.error.as_deref().unwrap_or("").contains("MemoryError"), "{ex:?}");
+    assert!(
+        ex.error.as_deref().unwrap_or("").contains("MemoryError"),
+        "{ex:?}"
+    );
     // Stopped by the 512 MiB limit long before the 20 s timeout.
     assert!(start.elapsed() < Duration::from_secs(15));
 }
@@ -153,10 +164,7 @@ fn cannot_see_secrets_or_signal_the_evaluator() {
             "import os\ntry:\n    os.kill({pid}, 0)\n    assert False, 'evaluator visible'\nexcept ProcessLookupError:\n    pass"
         ));
     }
-    let t = Task {
-        tests,
-        ..task(&[])
-    };
+    let t = Task { tests, ..task(&[]) };
     let ex = check(&sb, &t, "def f():\n    pass\n").expect("runs");
     assert_eq!(ex.outcome, Outcome::Passed, "{ex:?}");
 }
@@ -165,7 +173,13 @@ fn cannot_see_secrets_or_signal_the_evaluator() {
 fn the_working_directory_is_removed() {
     let sb = sandbox(10);
     let run = sb
-        .run(&[], &["-c", "import os; open('x', 'w').write('1'); print(os.getcwd())"])
+        .run(
+            &[],
+            &[
+                "-c",
+                "import os; open('x', 'w').write('1'); print(os.getcwd())",
+            ],
+        )
         .expect("runs");
     assert_eq!(run.exit, Exit::Code(0), "{}", run.stderr);
     let dir = std::path::PathBuf::from(run.stdout.trim());
@@ -177,8 +191,18 @@ fn harness_reports_syntax_errors_and_failures() {
     let sb = sandbox(10);
     let t = task(&["assert f(1) == 1", "assert f(2) == 4"]);
     let ex = check(&sb, &t, "def f(x):\n    return x\n").expect("runs");
-    assert_eq!((ex.outcome, ex.tests_passed, ex.passed), (Outcome::Failed, 1, false));
-    assert!(ex.syntax_valid && ex.error.as_deref().unwrap_or("").starts_with("AssertionError"));
+    assert_eq!(
+        (ex.outcome, ex.tests_passed, ex.passed),
+        (Outcome::Failed, 1, false)
+    );
+    assert!(
+        ex.syntax_valid
+            && ex
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("AssertionError")
+    );
 
     let ex = check(&sb, &t, "def f(x) return x\n").expect("runs");
     assert_eq!((ex.outcome, ex.syntax_valid), (Outcome::SyntaxError, false));
@@ -198,11 +222,19 @@ fn harness_reports_syntax_errors_and_failures() {
     // Printing a lot must not drown the harness's reports; sys.exit in a test is a failure.
     let ex = check(
         &sb,
-        &task(&["assert f(1) == 1", "import sys\nsys.exit(0)", "assert f(3) == 3"]),
+        &task(&[
+            "assert f(1) == 1",
+            "import sys\nsys.exit(0)",
+            "assert f(3) == 3",
+        ]),
         "def f(x):\n    print('x' * 200000)\n    return x\n",
     )
     .expect("runs");
-    assert_eq!((ex.outcome, ex.tests_passed), (Outcome::Failed, 2), "{ex:?}");
+    assert_eq!(
+        (ex.outcome, ex.tests_passed),
+        (Outcome::Failed, 2),
+        "{ex:?}"
+    );
 
     let setup = Task {
         test_setup: "import no_such_module_smolbit".into(),
@@ -210,7 +242,12 @@ fn harness_reports_syntax_errors_and_failures() {
     };
     let ex = check(&sb, &setup, "def f(x):\n    return x\n").expect("runs");
     assert_eq!(ex.outcome, Outcome::SetupError);
-    assert!(ex.error.as_deref().unwrap_or("").contains("ModuleNotFoundError"));
+    assert!(
+        ex.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("ModuleNotFoundError")
+    );
 
     // A hard crash of the interpreter.
     let ex = check(&sb, &t, "import ctypes\nctypes.string_at(0)\n").expect("runs");

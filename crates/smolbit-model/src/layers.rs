@@ -78,7 +78,10 @@ impl Linear {
                 // Many tokens with float activations: expand the packed weight for this call
                 // only and use burn's GEMM (the packed copy stays the only resident one).
                 let device = x.device();
-                let dense = Tensor::<2>::from_data(TensorData::new(w.dequantize(), [w.rows, w.cols]), &device);
+                let dense = Tensor::<2>::from_data(
+                    TensorData::new(w.dequantize(), [w.rows, w.cols]),
+                    &device,
+                );
                 x.matmul(dense.transpose())
             }
             Linear::Ternary { w, act8 } => {
@@ -270,10 +273,12 @@ impl Block {
 
     /// Bytes of linear weights held.
     pub fn linear_bytes(&self) -> usize {
-        [&self.wq, &self.wk, &self.wv, &self.wo, &self.gate, &self.up, &self.down]
-            .iter()
-            .map(|l| l.bytes())
-            .sum()
+        [
+            &self.wq, &self.wk, &self.wv, &self.wo, &self.gate, &self.up, &self.down,
+        ]
+        .iter()
+        .map(|l| l.bytes())
+        .sum()
     }
 
     /// `x: [T, hidden]` -> `[T, hidden]`.

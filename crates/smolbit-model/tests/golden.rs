@@ -177,6 +177,17 @@ fn bad_inputs_are_errors() {
     assert!(err.to_string().starts_with("unknown device 'tpu'"), "{err}");
 }
 
+/// The tiny Llama converted to f32 under `dir`.
+fn tiny_llama_f32(dir: &Path) -> PathBuf {
+    let f32_dir = dir.join("f32");
+    let opts = smolbit_weights::ConvertOptions {
+        dtype: Some(smolbit_weights::safetensors::Dtype::F32),
+        overwrite: false,
+    };
+    smolbit_weights::convert(&testdata("tiny-llama"), &f32_dir, &opts).expect("convert");
+    f32_dir
+}
+
 /// A b1.58 checkpoint (int8 activations) runs like transformers' BitLinear on the same trits:
 /// the tiny Llama exported with `--export hf-bitnet` and run by transformers
 /// (testdata/make_bitnet_fixtures.py; its trits equal numpy's). Same 1e-4 tolerance: rare int8
@@ -184,12 +195,7 @@ fn bad_inputs_are_errors() {
 #[test]
 fn tiny_llama_b158_matches_transformers_bitlinear() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let f32_dir = tmp.path().join("f32");
-    let opts = smolbit_weights::ConvertOptions {
-        dtype: Some(smolbit_weights::safetensors::Dtype::F32),
-        overwrite: false,
-    };
-    smolbit_weights::convert(&testdata("tiny-llama"), &f32_dir, &opts).expect("convert");
+    let f32_dir = tiny_llama_f32(tmp.path());
     let q = tmp.path().join("b158");
     let qopts = smolbit_weights::quantize::QuantizeOptions {
         scheme: "b158".parse().expect("scheme"),
@@ -200,7 +206,13 @@ fn tiny_llama_b158_matches_transformers_bitlinear() {
         quantize_embeddings: false,
     };
     smolbit_weights::quantize::quantize_model(&f32_dir, &q, &qopts).expect("quantize");
-    let model = Model::load(&q, &device("cpu").expect("cpu")).expect("load");
+    // transformers keeps the head in f32: so do we here (the packed kernels still run the
+    // projections; the default 8-bit head is checked in packed_kernels_match_the_reference_path).
+    let opts = smolbit_model::LoadOptions {
+        reference_linears: false,
+        head: smolbit_model::HeadPolicy::F32,
+    };
+    let model = Model::load_with(&q, &device("cpu").expect("cpu"), opts).expect("load");
     assert!(model.quant_config().is_some_and(|qc| qc.int8_activations()));
     let g = golden("tiny-llama-bitnet-logits.json");
     let vocab = model.config().vocab_size;
@@ -225,12 +237,7 @@ fn tiny_llama_b158_matches_transformers_bitlinear() {
 #[test]
 fn packed_kernels_match_the_reference_path() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let f32_dir = tmp.path().join("f32");
-    let opts = smolbit_weights::ConvertOptions {
-        dtype: Some(smolbit_weights::safetensors::Dtype::F32),
-        overwrite: false,
-    };
-    smolbit_weights::convert(&testdata("tiny-llama"), &f32_dir, &opts).expect("convert");
+    let f32_dir = tiny_llama_f32(tmp.path());
     let cpu = device("cpu").expect("cpu");
     // int8-activation schemes on 8 tokens: with more, a 1e-7 difference in a layer's input
     // eventually flips one activation's int8 rounding (x·scale at a .5 boundary), which moves
@@ -266,13 +273,20 @@ fn packed_kernels_match_the_reference_path() {
             fast.linear_bytes(),
             reference.linear_bytes()
         );
-        let a = tensor_to_vec(fast.forward(&tokens, &mut fast.new_cache()).expect("forward"));
+        let a = tensor_to_vec(
+            fast.forward(&tokens, &mut fast.new_cache())
+                .expect("forward"),
+        );
         let b = tensor_to_vec(
             reference
                 .forward(&tokens, &mut reference.new_cache())
                 .expect("forward"),
         );
-        let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(worst < 1e-4, "{scheme}: max |diff| {worst}");
         // One more token through the KV cache (the one-token kernels).
         let (mut ca, mut cb) = (fast.new_cache(), reference.new_cache());
@@ -280,7 +294,11 @@ fn packed_kernels_match_the_reference_path() {
         reference.forward(&tokens, &mut cb).expect("forward");
         let a1 = tensor_to_vec(fast.forward(&[3], &mut ca).expect("step"));
         let b1 = tensor_to_vec(reference.forward(&[3], &mut cb).expect("step"));
-        let worst = a1.iter().zip(&b1).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let worst = a1
+            .iter()
+            .zip(&b1)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(worst < 1e-4, "{scheme} decode step: max |diff| {worst}");
         // The 8-bit head (and embedding) by default: int8 rounding of the embedding, the head
         // weights and the head's input. Tolerance: 5 % of the largest logit magnitude (observed
@@ -288,8 +306,15 @@ fn packed_kernels_match_the_reference_path() {
         let q8 = load(false, smolbit_model::HeadPolicy::Auto);
         let c = tensor_to_vec(q8.forward(&tokens, &mut q8.new_cache()).expect("forward"));
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = c.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(worst < 0.05 * scale, "{scheme} q8 head: max |diff| {worst} of {scale}");
+        let worst = c
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 0.05 * scale,
+            "{scheme} q8 head: max |diff| {worst} of {scale}"
+        );
         eprintln!("{scheme}: q8 head max |diff| {worst} (largest logit {scale})");
     }
 }

@@ -338,7 +338,13 @@ fn charts(models: &[ModelResult]) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     let bpw: Vec<(String, f64, f64)> = models
         .iter()
-        .map(|m| (m.name.clone(), m.bits_per_weight, m.summary.pass_rate * 100.0))
+        .map(|m| {
+            (
+                m.name.clone(),
+                m.bits_per_weight,
+                m.summary.pass_rate * 100.0,
+            )
+        })
         .collect();
     out.push((
         "pass-rate-vs-bits.svg".to_string(),
@@ -384,7 +390,10 @@ fn charts(models: &[ModelResult]) -> Vec<(String, String, String)> {
     out
 }
 
-fn context(results: &Results, opts: &ReportOptions) -> Result<(Value, Vec<(String, String)>), ReportError> {
+fn context(
+    results: &Results,
+    opts: &ReportOptions,
+) -> Result<(Value, Vec<(String, String)>), ReportError> {
     let models = &results.models;
     if models.is_empty() {
         return Err(ReportError::Results("the results contain no models".into()));
@@ -476,9 +485,10 @@ fn context(results: &Results, opts: &ReportOptions) -> Result<(Value, Vec<(Strin
         })
         .collect();
     let chart_list = charts(models);
-    let title = opts.title.clone().unwrap_or_else(|| {
-        format!("{} ternary comparison report", models[0].name)
-    });
+    let title = opts
+        .title
+        .clone()
+        .unwrap_or_else(|| format!("{} ternary comparison report", models[0].name));
     let ctx = json!({
         "title": title,
         "generated": utc(results.created_unix),
@@ -569,7 +579,11 @@ pub fn render(results: &Results, opts: &ReportOptions) -> Result<Rendered, Repor
 
 /// Render and write `dir/report.md` and `dir/charts/*.svg` (each file written to a temporary
 /// name, then renamed).
-pub fn write_report(dir: &Path, results: &Results, opts: &ReportOptions) -> Result<(), ReportError> {
+pub fn write_report(
+    dir: &Path,
+    results: &Results,
+    opts: &ReportOptions,
+) -> Result<(), ReportError> {
     let r = render(results, opts)?;
     let io = |path: &Path| {
         let path = path.to_path_buf();

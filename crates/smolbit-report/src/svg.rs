@@ -27,14 +27,8 @@ fn fmt_num(x: f64) -> String {
     }
 }
 
-/// Horizontal bars, one per `(label, value)`, with the value printed at the end of each bar.
-pub fn bars(title: &str, unit: &str, rows: &[(String, f64)]) -> String {
-    let left = 190.0;
-    let right = 90.0;
-    let row_h = 26.0;
-    let top = 40.0;
-    let h = top + row_h * rows.len() as f64 + 20.0;
-    let max = rows.iter().map(|r| r.1).fold(0.0, f64::max).max(1e-12);
+/// The opening tag, a white background and the centred title of a `W` x `h` chart.
+fn header(h: f64, title: &str) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -47,6 +41,18 @@ pub fn bars(title: &str, unit: &str, rows: &[(String, f64)]) -> String {
         W / 2.0,
         xml(title)
     );
+    s
+}
+
+/// Horizontal bars, one per `(label, value)`, with the value printed at the end of each bar.
+pub fn bars(title: &str, unit: &str, rows: &[(String, f64)]) -> String {
+    let left = 190.0;
+    let right = 90.0;
+    let row_h = 26.0;
+    let top = 40.0;
+    let h = top + row_h * rows.len() as f64 + 20.0;
+    let max = rows.iter().map(|r| r.1).fold(0.0, f64::max).max(1e-12);
+    let mut s = header(h, title);
     for (i, (label, v)) in rows.iter().enumerate() {
         let y = top + row_h * i as f64;
         let len = (W - left - right) * (v / max).max(0.0);
@@ -105,18 +111,7 @@ pub fn scatter(
     let (y0, y1) = span(&ys, !log_y);
     let px = |x: f64| l + (W - l - r) * (x - x0) / (x1 - x0);
     let py = |y: f64| h - b - (h - t - b) * (y - y0) / (y1 - y0);
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{W}\" height=\"{h}\" viewBox=\"0 0 {W} {h}\">"
-    );
-    let _ = writeln!(s, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
-    let _ = writeln!(
-        s,
-        "<text x=\"{}\" y=\"22\" {FONT} font-size=\"15\" text-anchor=\"middle\">{}</text>",
-        W / 2.0,
-        xml(title)
-    );
+    let mut s = header(h, title);
     // Axes with 5 ticks each.
     let _ = writeln!(
         s,

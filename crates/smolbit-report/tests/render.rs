@@ -42,7 +42,11 @@ fn snapshot() {
     let names: Vec<&str> = r.charts.iter().map(|c| c.0.as_str()).collect();
     assert_eq!(
         names,
-        ["pass-rate-vs-bits.svg", "perplexity-vs-bits.svg", "decode-speed.svg"]
+        [
+            "pass-rate-vs-bits.svg",
+            "perplexity-vs-bits.svg",
+            "decode-speed.svg"
+        ]
     );
     for (_, svg) in &r.charts {
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
@@ -56,7 +60,12 @@ fn figures_come_from_the_results() {
     for m in &res.models {
         let s = &m.summary;
         for needle in [
-            format!("{}/{} ({:.1} %)", s.syntax_valid, s.tasks, s.syntax_valid_rate * 100.0),
+            format!(
+                "{}/{} ({:.1} %)",
+                s.syntax_valid,
+                s.tasks,
+                s.syntax_valid_rate * 100.0
+            ),
             format!("{}/{} ({:.1} %)", s.passed, s.tasks, s.pass_rate * 100.0),
             format!("{}/{}", s.tests_passed, s.tests_total),
             format!("{} of {} answers", s.degenerate, s.tasks),

@@ -19,7 +19,9 @@ fn matrix(rows: usize, cols: usize, planes: usize, gran: Granularity) -> Ternary
         cols,
         planes,
         granularity: gran,
-        trits: (0..planes * rows * cols).map(|_| (next() % 3) as i8 - 1).collect(),
+        trits: (0..planes * rows * cols)
+            .map(|_| (next() % 3) as i8 - 1)
+            .collect(),
         scales: vec![0.02; planes * gran.scales_per_plane(rows, cols)],
     }
 }
@@ -46,13 +48,23 @@ fn main() {
         ("3b ffn down 2048x11008", 2048, 11008),
     ];
     for (name, rows, cols) in shapes {
-        for (label, gran, planes) in [("b158", Granularity::Tensor, 1), ("planes3:g64", Granularity::Group(64), 3)] {
+        for (label, gran, planes) in [
+            ("b158", Granularity::Tensor, 1),
+            ("planes3:g64", Granularity::Group(64), 3),
+        ] {
             let p = PackedTernary::from_matrix(&matrix(rows, cols, planes, gran)).expect("packs");
             for tokens in [1usize, 128] {
-                let x: Vec<f32> = (0..tokens * cols).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+                let x: Vec<f32> = (0..tokens * cols)
+                    .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+                    .collect();
                 let reps = if tokens == 1 { 50 } else { 5 };
                 for isa in Isa::available() {
-                    let t = median_secs(|| { std::hint::black_box(p.matmul_i8_with(isa, &x, tokens)); }, reps);
+                    let t = median_secs(
+                        || {
+                            std::hint::black_box(p.matmul_i8_with(isa, &x, tokens));
+                        },
+                        reps,
+                    );
                     println!(
                         "{name:28} {label:12} a8 {:10} T={tokens:<4} {:9.3} ms  {:7.2} GB/s weights  {:8.1} GMAC/s",
                         isa.name(),
@@ -61,7 +73,12 @@ fn main() {
                         (rows * cols * tokens * planes) as f64 / t / 1e9
                     );
                 }
-                let t = median_secs(|| { std::hint::black_box(p.matmul_f32(&x, tokens)); }, reps);
+                let t = median_secs(
+                    || {
+                        std::hint::black_box(p.matmul_f32(&x, tokens));
+                    },
+                    reps,
+                );
                 println!(
                     "{name:28} {label:12} af {:10} T={tokens:<4} {:9.3} ms  {:7.2} GB/s weights  {:8.1} GMAC/s",
                     Isa::detect().name(),

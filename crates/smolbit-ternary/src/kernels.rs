@@ -203,7 +203,14 @@ impl PackedTernary {
             return self.par_rows(1, |r, out| {
                 let mut acc = 0f32;
                 for k in 0..self.planes {
-                    acc += row_dot_one(isa, self.row_codes(k, r), self.row_scales(k, r), x, sums, self.group);
+                    acc += row_dot_one(
+                        isa,
+                        self.row_codes(k, r),
+                        self.row_scales(k, r),
+                        x,
+                        sums,
+                        self.group,
+                    );
                 }
                 out[0] = acc / scale;
             });
@@ -221,7 +228,14 @@ impl PackedTernary {
                 }
                 let mut acc = [0f32; TILE];
                 for k in 0..self.planes {
-                    let y = row_dot_i8(isa, self.row_codes(k, r), self.row_scales(k, r), &xs[..n], &sums[..n], self.group);
+                    let y = row_dot_i8(
+                        isa,
+                        self.row_codes(k, r),
+                        self.row_scales(k, r),
+                        &xs[..n],
+                        &sums[..n],
+                        self.group,
+                    );
                     for i in 0..n {
                         acc[i] += y[i];
                     }
@@ -268,7 +282,14 @@ impl PackedTernary {
                 let sr = &sums[t * groups..][..groups];
                 let mut acc = 0f32;
                 for k in 0..self.planes {
-                    acc += row_dot_f32(isa, self.row_codes(k, r), self.row_scales(k, r), xr, sr, self.group);
+                    acc += row_dot_f32(
+                        isa,
+                        self.row_codes(k, r),
+                        self.row_scales(k, r),
+                        xr,
+                        sr,
+                        self.group,
+                    );
                 }
                 *o = acc;
             }
@@ -279,11 +300,13 @@ impl PackedTernary {
     /// that hand many tokens to a dense GEMM and drop the matrix afterwards.
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0f32; self.rows * self.cols];
-        out.par_chunks_mut(self.cols).enumerate().for_each(|(r, row)| {
-            let mut w = vec![0f32; self.padded];
-            self.expand_row(r, &mut w);
-            row.copy_from_slice(&w[..self.cols]);
-        });
+        out.par_chunks_mut(self.cols)
+            .enumerate()
+            .for_each(|(r, row)| {
+                let mut w = vec![0f32; self.padded];
+                self.expand_row(r, &mut w);
+                row.copy_from_slice(&w[..self.cols]);
+            });
         out
     }
 
@@ -308,28 +331,34 @@ impl PackedTernary {
 
     /// Run `f(row, outputs for each token)` over rows in parallel; returns `[tokens, rows]`.
     fn par_rows(&self, tokens: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-        let mut by_row = vec![0f32; self.rows * tokens];
-        // Chunks big enough to amortize scheduling, small enough to balance two to 64 threads.
-        let chunk = (self.rows / (rayon::current_num_threads() * 8)).clamp(8, 256);
-        by_row
-            .par_chunks_mut(chunk * tokens)
-            .enumerate()
-            .for_each(|(ci, out)| {
-                for (i, row_out) in out.chunks_mut(tokens).enumerate() {
-                    f(ci * chunk + i, row_out);
-                }
-            });
-        if tokens == 1 {
-            return by_row;
-        }
-        let mut y = vec![0f32; tokens * self.rows];
-        for r in 0..self.rows {
-            for t in 0..tokens {
-                y[t * self.rows + r] = by_row[r * tokens + t];
-            }
-        }
-        y
+        par_rows(self.rows, tokens, f)
     }
+}
+
+/// Run `f(row, outputs for each token)` over `rows` in parallel on rayon's pool; returns
+/// `[tokens, rows]`.
+fn par_rows(rows: usize, tokens: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut by_row = vec![0f32; rows * tokens];
+    // Chunks big enough to amortize scheduling, small enough to balance two to 64 threads.
+    let chunk = (rows / (rayon::current_num_threads() * 8)).clamp(8, 1024);
+    by_row
+        .par_chunks_mut(chunk * tokens)
+        .enumerate()
+        .for_each(|(ci, out)| {
+            for (i, row_out) in out.chunks_mut(tokens).enumerate() {
+                f(ci * chunk + i, row_out);
+            }
+        });
+    if tokens == 1 {
+        return by_row;
+    }
+    let mut y = vec![0f32; tokens * rows];
+    for r in 0..rows {
+        for t in 0..tokens {
+            y[t * rows + r] = by_row[r * tokens + t];
+        }
+    }
+    y
 }
 
 /// Tokens quantized to int8, padded, with per-group sums.
@@ -364,7 +393,14 @@ impl QuantizedInput {
 /// Tokens per tile in the i8 product.
 const TILE: usize = 4;
 
-fn row_dot_i8(isa: Isa, codes: &[u8], scales: &[f32], xs: &[&[i8]], sums: &[&[i32]], group: usize) -> [f32; TILE] {
+fn row_dot_i8(
+    isa: Isa,
+    codes: &[u8],
+    scales: &[f32],
+    xs: &[&[i8]],
+    sums: &[&[i32]],
+    group: usize,
+) -> [f32; TILE] {
     let mut out = [0f32; TILE];
     #[cfg(target_arch = "x86_64")]
     if xs.len() == TILE && isa != Isa::Scalar {
@@ -385,14 +421,23 @@ fn row_dot_i8(isa: Isa, codes: &[u8], scales: &[f32], xs: &[&[i8]], sums: &[&[i3
     out
 }
 
-fn row_dot_one(isa: Isa, codes: &[u8], scales: &[f32], x: &[i8], sums: &[i32], group: usize) -> f32 {
+fn row_dot_one(
+    isa: Isa,
+    codes: &[u8],
+    scales: &[f32],
+    x: &[i8],
+    sums: &[i32],
+    group: usize,
+) -> f32 {
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Isa::Avx2/Avx512Vnni are only produced when the CPU has those features.
         Isa::Avx2 => unsafe { x86::row_dot_n_avx2::<1>(codes, scales, [x], [sums], group)[0] },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx512Vnni => unsafe { x86::row_dot_n_vnni::<1>(codes, scales, [x], [sums], group)[0] },
+        Isa::Avx512Vnni => unsafe {
+            x86::row_dot_n_vnni::<1>(codes, scales, [x], [sums], group)[0]
+        },
         _ => row_dot_scalar(codes, scales, x, sums, group),
     }
 }
@@ -416,7 +461,14 @@ pub fn code_at(codes: &[u8], c: usize) -> u8 {
     (codes[b * BLOCK_BYTES + within % 32] >> (2 * (within / 32))) & 3
 }
 
-fn row_dot_f32(isa: Isa, codes: &[u8], scales: &[f32], x: &[f32], sums: &[f32], group: usize) -> f32 {
+fn row_dot_f32(
+    isa: Isa,
+    codes: &[u8],
+    scales: &[f32],
+    x: &[f32],
+    sums: &[f32],
+    group: usize,
+) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar && is_x86_feature_detected!("fma") {
         // SAFETY: AVX2 was detected (Isa) and FMA just now.
@@ -441,7 +493,12 @@ fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
 fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
             acc[i] = x[i].mul_add(y[i], acc[i]);
@@ -451,7 +508,13 @@ fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Float activations: `Σ_g scale_g (Σ_{c∈g} code_c x_c − Σ_{c∈g} x_c)`.
-pub fn row_dot_f32_scalar(codes: &[u8], scales: &[f32], x: &[f32], sums: &[f32], group: usize) -> f32 {
+pub fn row_dot_f32_scalar(
+    codes: &[u8],
+    scales: &[f32],
+    x: &[f32],
+    sums: &[f32],
+    group: usize,
+) -> f32 {
     let mut y = 0f32;
     for (g, (&scale, &sum)) in scales.iter().zip(sums).enumerate() {
         let mut acc = 0f32;
@@ -534,32 +597,13 @@ impl Q8Matrix {
             xq[t * self.padded..][..self.cols].copy_from_slice(&q);
             xs.push(s);
         }
-        let mut by_row = vec![0f32; self.rows * tokens];
-        let chunk = (self.rows / (rayon::current_num_threads() * 8)).clamp(8, 1024);
-        by_row
-            .par_chunks_mut(chunk * tokens)
-            .enumerate()
-            .for_each(|(ci, out)| {
-                for (i, row_out) in out.chunks_mut(tokens).enumerate() {
-                    let r = ci * chunk + i;
-                    let w = &self.data[r * self.padded..][..self.padded];
-                    for (t, o) in row_out.iter_mut().enumerate() {
-                        let x = &xq[t * self.padded..][..self.padded];
-                        let dot = dot_i8(isa, w, x);
-                        *o = dot as f32 / (xs[t] * self.scales[r]);
-                    }
-                }
-            });
-        if tokens == 1 {
-            return by_row;
-        }
-        let mut y = vec![0f32; tokens * self.rows];
-        for r in 0..self.rows {
-            for t in 0..tokens {
-                y[t * self.rows + r] = by_row[r * tokens + t];
+        par_rows(self.rows, tokens, |r, row_out| {
+            let w = &self.data[r * self.padded..][..self.padded];
+            for (t, o) in row_out.iter_mut().enumerate() {
+                let x = &xq[t * self.padded..][..self.padded];
+                *o = dot_i8(isa, w, x) as f32 / (xs[t] * self.scales[r]);
             }
-        }
-        y
+        })
     }
 }
 
@@ -571,7 +615,10 @@ fn dot_i8(isa: Isa, w: &[i8], x: &[i8]) -> i32 {
         return unsafe { x86::dot_i8_avx2(w, x) };
     }
     let _ = isa;
-    w.iter().zip(x).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum()
+    w.iter()
+        .zip(x)
+        .map(|(&a, &b)| i32::from(a) * i32::from(b))
+        .sum()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -674,10 +721,26 @@ mod x86 {
                                     // the helpers need only this function's features.
                                     unsafe {
                                         let xb = xp[t].add(b * BLOCK);
-                                        small[t] = $prod(small[t], parts[0], _mm256_loadu_si256(xb.cast()));
-                                        small[t] = $prod(small[t], parts[1], _mm256_loadu_si256(xb.add(32).cast()));
-                                        small[t] = $prod(small[t], parts[2], _mm256_loadu_si256(xb.add(64).cast()));
-                                        small[t] = $prod(small[t], parts[3], _mm256_loadu_si256(xb.add(96).cast()));
+                                        small[t] = $prod(
+                                            small[t],
+                                            parts[0],
+                                            _mm256_loadu_si256(xb.cast()),
+                                        );
+                                        small[t] = $prod(
+                                            small[t],
+                                            parts[1],
+                                            _mm256_loadu_si256(xb.add(32).cast()),
+                                        );
+                                        small[t] = $prod(
+                                            small[t],
+                                            parts[2],
+                                            _mm256_loadu_si256(xb.add(64).cast()),
+                                        );
+                                        small[t] = $prod(
+                                            small[t],
+                                            parts[3],
+                                            _mm256_loadu_si256(xb.add(96).cast()),
+                                        );
                                     }
                                 }
                                 b += 1;
@@ -705,7 +768,13 @@ mod x86 {
                                 for k in j * q..(j + 1) * q {
                                     // SAFETY: as above.
                                     small = unsafe {
-                                        $prod(small, parts[k], _mm256_loadu_si256(xp[t].add(b * BLOCK + 32 * k).cast()))
+                                        $prod(
+                                            small,
+                                            parts[k],
+                                            _mm256_loadu_si256(
+                                                xp[t].add(b * BLOCK + 32 * k).cast(),
+                                            ),
+                                        )
                                     };
                                 }
                                 // SAFETY: register-only.
@@ -721,7 +790,12 @@ mod x86 {
     }
 
     row_dot_n!(row_dot_n_avx2, "avx2", prod_avx2, flush_avx2);
-    row_dot_n!(row_dot_n_vnni, "avx2,avx512f,avx512vl,avx512vnni", prod_vnni, flush_vnni);
+    row_dot_n!(
+        row_dot_n_vnni,
+        "avx2,avx512f,avx512vl,avx512vnni",
+        prod_vnni,
+        flush_vnni
+    );
 
     /// `Σ w·x` of int8 vectors: |w| as u8 times x with w's sign, pairs to i16 (at most
     /// 2 · 127 · 127, no saturation), then to i32.
@@ -784,7 +858,13 @@ mod x86 {
 
     /// Float activations: codes widened to f32 eight at a time, fused multiply-add with x.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn row_dot_f32_avx2(codes: &[u8], scales: &[f32], x: &[f32], sums: &[f32], group: usize) -> f32 {
+    pub(super) unsafe fn row_dot_f32_avx2(
+        codes: &[u8],
+        scales: &[f32],
+        x: &[f32],
+        sums: &[f32],
+        group: usize,
+    ) -> f32 {
         assert!(x.len() >= codes.len() * 4);
         let mask = _mm256_set1_epi8(3);
         let mut acc = _mm256_setzero_ps();
@@ -796,7 +876,8 @@ mod x86 {
             // SAFETY: (b + 1) * 32 <= codes.len().
             let v = unsafe { _mm256_loadu_si256(codes.as_ptr().add(b * BLOCK_BYTES).cast()) };
             for k in 0..4 {
-                let c = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k as i32)), mask);
+                let c =
+                    _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k as i32)), mask);
                 // SAFETY: lanes is 32 bytes.
                 unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), c) };
                 let off = b * BLOCK + 32 * k;
@@ -839,7 +920,13 @@ mod tests {
         }
     }
 
-    fn random_matrix(rows: usize, cols: usize, planes: usize, gran: Granularity, seed: u64) -> TernaryMatrix {
+    fn random_matrix(
+        rows: usize,
+        cols: usize,
+        planes: usize,
+        gran: Granularity,
+        seed: u64,
+    ) -> TernaryMatrix {
         let mut r = rng(seed);
         let n = rows * cols;
         let trits = (0..planes * n).map(|_| (r() % 3) as i8 - 1).collect();
@@ -859,10 +946,19 @@ mod tests {
 
     fn random_x(n: usize, seed: u64) -> Vec<f32> {
         let mut r = rng(seed);
-        (0..n).map(|_| ((r() % 20001) as f32 - 10000.0) / 2500.0).collect()
+        (0..n)
+            .map(|_| ((r() % 20001) as f32 - 10000.0) / 2500.0)
+            .collect()
     }
 
-    const SHAPES: [(usize, usize); 6] = [(1, 32), (7, 100), (33, 576), (65, 1000), (130, 2048), (3, 300)];
+    const SHAPES: [(usize, usize); 6] = [
+        (1, 32),
+        (7, 100),
+        (33, 576),
+        (65, 1000),
+        (130, 2048),
+        (3, 300),
+    ];
 
     #[test]
     fn packing_round_trips_every_code() {
@@ -872,7 +968,11 @@ mod tests {
             for k in 0..2 {
                 for r in 0..rows {
                     for c in 0..p.padded {
-                        let want = if c < cols { m.trits[k * rows * cols + r * cols + c] + 1 } else { 1 };
+                        let want = if c < cols {
+                            m.trits[k * rows * cols + r * cols + c] + 1
+                        } else {
+                            1
+                        };
                         assert_eq!(code_at(p.row_codes(k, r), c) as i8, want, "({k},{r},{c})");
                     }
                 }
@@ -901,7 +1001,10 @@ mod tests {
                     let want = p.matmul_i8_with(Isa::Scalar, &x, tokens);
                     for isa in Isa::available() {
                         let got = p.matmul_i8_with(isa, &x, tokens);
-                        assert!(got == want, "{isa:?} differs on {rows}x{cols} {gran:?} t={tokens}");
+                        assert!(
+                            got == want,
+                            "{isa:?} differs on {rows}x{cols} {gran:?} t={tokens}"
+                        );
                     }
                 }
             }
@@ -922,7 +1025,10 @@ mod tests {
             let x = random_x(tokens * cols, 5);
             let mut xq = x.clone();
             crate::act::fake_quantize(&mut xq, cols);
-            for (got, xin) in [(p.matmul_i8(&x, tokens), &xq), (p.matmul_f32(&x, tokens), &x)] {
+            for (got, xin) in [
+                (p.matmul_i8(&x, tokens), &xq),
+                (p.matmul_f32(&x, tokens), &x),
+            ] {
                 for t in 0..tokens {
                     for r in 0..rows {
                         let (mut want, mut mag) = (0f64, 0f64);
@@ -932,7 +1038,10 @@ mod tests {
                             mag += term.abs();
                         }
                         let g = f64::from(got[t * rows + r]);
-                        assert!((g - want).abs() <= 1e-4 * mag.max(1.0), "{rows}x{cols} r{r} t{t}: {g} vs {want}");
+                        assert!(
+                            (g - want).abs() <= 1e-4 * mag.max(1.0),
+                            "{rows}x{cols} r{r} t{t}: {g} vs {want}"
+                        );
                     }
                 }
             }
@@ -948,15 +1057,22 @@ mod tests {
                 let x = random_x(tokens * cols, 12);
                 let want = m.matmul_with(Isa::Scalar, &x, tokens);
                 for isa in Isa::available() {
-                    assert!(m.matmul_with(isa, &x, tokens) == want, "{isa:?} {rows}x{cols}");
+                    assert!(
+                        m.matmul_with(isa, &x, tokens) == want,
+                        "{isa:?} {rows}x{cols}"
+                    );
                 }
                 // Against the f32 product: two int8 roundings (weights and activations), each
                 // off by at most half a step of 1/127 of the row's or token's absmax, so the
                 // error is below (|x|max·|w|max / 127) · cols.
                 for t in 0..tokens {
-                    let xm = x[t * cols..][..cols].iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let xm = x[t * cols..][..cols]
+                        .iter()
+                        .fold(0f32, |a, v| a.max(v.abs()));
                     for r in 0..rows {
-                        let wm = w[r * cols..][..cols].iter().fold(0f32, |a, v| a.max(v.abs()));
+                        let wm = w[r * cols..][..cols]
+                            .iter()
+                            .fold(0f32, |a, v| a.max(v.abs()));
                         let dense: f32 = (0..cols).map(|c| w[r * cols + c] * x[t * cols + c]).sum();
                         let bound = xm * wm / 127.0 * cols as f32;
                         assert!((want[t * rows + r] - dense).abs() <= bound);
@@ -987,8 +1103,14 @@ mod tests {
     #[test]
     fn refuses_groups_that_are_not_multiples_of_32() {
         let m = random_matrix(2, 64, 1, Granularity::Group(48), 1);
-        assert_eq!(PackedTernary::from_matrix(&m).unwrap_err(), PackError::Group(48));
+        assert_eq!(
+            PackedTernary::from_matrix(&m).unwrap_err(),
+            PackError::Group(48)
+        );
         let m = random_matrix(2, 64, 1, Granularity::Group(192), 1);
-        assert_eq!(PackedTernary::from_matrix(&m).unwrap_err(), PackError::Group(192));
+        assert_eq!(
+            PackedTernary::from_matrix(&m).unwrap_err(),
+            PackError::Group(192)
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! Ternary (1.58-bit) quantization as pure math on slices: no files, no burn, no serde.
+//! Ternary (1.58-bit) quantization and inference kernels as pure math on slices: no files, no
+//! burn, no serde.
 //!
 //! - [`absmean`]: BitNet b1.58 exactly as transformers' BitNet integration and bitnet.cpp compute
 //!   it (`s = mean|W|`, `q = clamp(round(W / s), -1, 1)`, round half to even like `torch.round`),
@@ -11,6 +12,9 @@
 //! - [`pack`]: 2-bit (4 trits per byte) and base-3 (5 trits per byte) packings, plus the layout
 //!   of transformers' BitNet `pack_weights`.
 //! - [`metrics`]: relative reconstruction error of `W` and of `W·X`.
+//! - [`kernels`]: weights kept packed at 2 bits for inference: W1.58A8 and float-activation
+//!   products (scalar reference, AVX2, AVX-512 VNNI, picked at run time; rows over rayon's pool)
+//!   and the 8-bit head/embedding matrix.
 //!
 //! Matrices are row-major `[rows, cols]` = `[out_features, in_features]`, as in PyTorch.
 

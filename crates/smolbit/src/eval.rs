@@ -1,6 +1,7 @@
 //! `smolbit eval` and `smolbit eval merge`: a thin layer over `smolbit_eval::run` with
 //! indicatif progress bars.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -174,7 +175,10 @@ fn run_eval(a: RunArgs) -> Result<()> {
     let mut bar: Option<ProgressBar> = None;
     let results = run(&opts, &mut |e| match e {
         Event::CheckingDataset { tasks } => {
-            eprintln!("checking {tasks} canonical solutions in the sandbox");
+            // Terminal only: off a terminal, stderr carries only per-task lines and errors.
+            if std::io::stderr().is_terminal() {
+                eprintln!("checking {tasks} canonical solutions in the sandbox");
+            }
         }
         Event::ModelStart {
             name, todo, total, ..
@@ -244,10 +248,6 @@ fn run_eval(a: RunArgs) -> Result<()> {
             );
         }
     })?;
-    eprintln!(
-        "wrote {} ({} models)",
-        out.display(),
-        results.models.len()
-    );
+    eprintln!("wrote {} ({} models)", out.display(), results.models.len());
     Ok(())
 }

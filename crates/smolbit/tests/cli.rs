@@ -264,3 +264,212 @@ fn generate_without_tokenizer_is_a_clear_error() {
         "tiny-smollm3: no tokenizer.json",
     );
 }
+
+/// `smolbit eval` refuses bad input with one line naming the file and the problem, before any
+/// model is loaded.
+#[test]
+fn eval_errors_are_one_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let t = |p: &Path| p.to_str().expect("utf8").to_string();
+    let good = r#"{"id": "a", "category": "bug_fixing", "prompt": "p", "entry_point": "f", "test_setup": "", "tests": ["assert f() == 1"], "canonical_solution": "def f():\n    return 1\n"}"#;
+    let write = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).expect("write");
+        t(&p)
+    };
+    let model = t(&testdata("tiny-llama"));
+    let out = t(&tmp.path().join("r.json"));
+    let bad_line = write("bad.jsonl", &format!("{good}\n{{oops"));
+    check_error(
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--dataset",
+            &bad_line,
+            "--out",
+            &out,
+        ],
+        "bad.jsonl:2: not a task",
+    );
+    let import = write(
+        "import.jsonl",
+        &good.replace(
+            r#""test_setup": """#,
+            r#""test_setup": "import no_such_module_xyz""#,
+        ),
+    );
+    check_error(
+        &[
+            "eval",
+            "--model",
+            &model,
+            "--dataset",
+            &import,
+            "--out",
+            &out,
+        ],
+        "import.jsonl: task 'a': canonical solution fails its tests (SetupError: ModuleNotFoundError",
+    );
+    let fine = write("fine.jsonl", good);
+    check_error(
+        &[
+            "eval",
+            "--model",
+            &t(&tmp.path().join("nope")),
+            "--dataset",
+            &fine,
+            "--out",
+            &out,
+            "--no-perplexity",
+        ],
+        "nope",
+    );
+    check_error(
+        &["eval", "--model", &model, "--dataset", &fine],
+        "give --out",
+    );
+    let not_results = write("x.json", r#"{"schema": "other/9"}"#);
+    check_error(
+        &["eval", "merge", &not_results, &not_results, "--out", &out],
+        "x.json: schema 'other/9' is not 'smolbit-eval/1'",
+    );
+    check_error(
+        &[
+            "report",
+            "--results",
+            &not_results,
+            "--out-dir",
+            &t(tmp.path()),
+        ],
+        "x.json: schema 'other/9'",
+    );
+    assert!(!Path::new(&out).exists(), "no results written");
+}
+
+/// Two shards of a two-task suite on the default model in f32 and b158, merged and rendered:
+/// the pipeline's CI path end to end. b158's answers must be flagged degenerate.
+#[test]
+fn eval_shards_merge_and_report_on_the_real_model() {
+    let Some(f32_dir) = real_model() else {
+        eprintln!("skipped: default model not cached");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let t = |p: &Path| p.to_str().expect("utf8").to_string();
+    let b158 = tmp.path().join("b158");
+    let out = smolbit(&[
+        "quantize",
+        "--model",
+        &t(f32_dir),
+        "--scheme",
+        "b158",
+        "--out",
+        &t(&b158),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let suite = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/coding-suite.jsonl");
+    let two: Vec<String> = std::fs::read_to_string(&suite)
+        .expect("suite")
+        .lines()
+        .take(2)
+        .map(String::from)
+        .collect();
+    let dataset = tmp.path().join("two.jsonl");
+    std::fs::write(&dataset, two.join("\n") + "\n").expect("write");
+    let heldout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../datasets/text/heldout-code.py");
+    let mut shards = Vec::new();
+    for i in 0..2 {
+        let r = tmp.path().join(format!("r{i}.json"));
+        let out = smolbit(&[
+            "eval",
+            "--model",
+            &t(f32_dir),
+            "--model",
+            &t(&b158),
+            "--dataset",
+            &t(&dataset),
+            "--out",
+            &t(&r),
+            "--shard",
+            &format!("{i}/2"),
+            "--max-new-tokens",
+            "64",
+            "--perplexity-text",
+            &t(&heldout),
+            "--perplexity-max-tokens",
+            "128",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        shards.push(t(&r));
+    }
+    let merged = tmp.path().join("merged.json");
+    let out = smolbit(&[
+        "eval",
+        "merge",
+        &shards[0],
+        &shards[1],
+        "--out",
+        &t(&merged),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&merged).expect("merged")).expect("json");
+    assert_eq!(v["schema"], "smolbit-eval/1");
+    assert!(v["dataset"]["shard"].is_null());
+    for m in v["models"].as_array().expect("models") {
+        let tasks = m["tasks"].as_array().expect("tasks");
+        let ids: Vec<&str> = tasks
+            .iter()
+            .map(|t| t["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(
+            ids,
+            ["fg-factorial", "fg-is-prime"],
+            "suite order after merge"
+        );
+        for t in tasks {
+            for k in ["syntax_valid", "tests_passed", "tests_total", "passed"] {
+                assert!(!t[k].is_null(), "{k}");
+            }
+        }
+        assert_eq!(m["summary"]["tasks"], 2);
+        assert!(m["peak_rss_mb"].as_f64().is_some_and(|x| x > 10.0));
+    }
+    // Quality was measured once (shard 0) and survives the merge.
+    let q = &v["models"][1]["quality"];
+    assert!(
+        q["kl_mean"].as_f64().is_some_and(|kl| kl > 1.0),
+        "b158 is far from f32: {q}"
+    );
+    let b = &v["models"][1]["tasks"];
+    for t in b.as_array().expect("tasks") {
+        assert_eq!(
+            t["samples"][0]["degenerate"], true,
+            "b158 output: {}",
+            t["samples"][0]["text"]
+        );
+        assert_eq!(t["passed"], false);
+    }
+    let report = tmp.path().join("report");
+    let out = smolbit(&["report", "--results", &t(&merged), "--out-dir", &t(&report)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(report.join("report.md")).expect("report");
+    assert!(md.contains("| **Syntax valid**") && md.contains("b158"));
+}
