@@ -192,9 +192,17 @@ pub fn select_tasks(
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Partial {
-    Header { fingerprint: String },
-    Task { model: usize, task: TaskResult },
-    Model { model: usize, result: ModelResult },
+    Header {
+        fingerprint: String,
+    },
+    Task {
+        model: usize,
+        task: TaskResult,
+    },
+    Model {
+        model: usize,
+        result: Box<ModelResult>,
+    },
 }
 
 /// Peak resident set size of this process since the last [`reset_peak_rss`], MiB (Linux).
@@ -593,7 +601,7 @@ pub fn run(opts: &EvalOptions, on_event: &mut dyn FnMut(Event)) -> Result<Result
                         done_tasks[model].push(task)
                     }
                     Partial::Model { model, result } if model < opts.models.len() => {
-                        done_models[model] = Some(result)
+                        done_models[model] = Some(*result)
                     }
                     _ => {}
                 }
@@ -693,7 +701,7 @@ pub fn run(opts: &EvalOptions, on_event: &mut dyn FnMut(Event)) -> Result<Result
         result.tasks = results;
         append(&Partial::Model {
             model: index,
-            result: result.clone(),
+            result: Box::new(result.clone()),
         })?;
         on_event(Event::ModelDone { result: &result });
         models.push(result);

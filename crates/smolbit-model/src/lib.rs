@@ -119,7 +119,7 @@ pub enum HeadPolicy {
 #[derive(Debug, Clone)]
 enum Table {
     /// f32: the embedding `[vocab, hidden]`, or the head `[hidden, vocab]`.
-    Dense(Tensor<2>),
+    Dense(Box<Tensor<2>>),
     /// 8-bit `[vocab, hidden]`, shared by a tied embedding and head.
     Q8(std::sync::Arc<smolbit_ternary::kernels::Q8Matrix>),
 }
@@ -161,12 +161,12 @@ impl Model {
                     smolbit_ternary::kernels::Q8Matrix::from_f32(&w, v, h),
                 ))
             } else {
-                Table::Dense(upload2(w, v, h, device))
+                Table::Dense(Box::new(upload2(w, v, h, device)))
             })
         };
         let embed = table("model.embed_tokens.weight")?;
         let as_head = |t: &Table| match t {
-            Table::Dense(w) => Table::Dense(w.clone().transpose()),
+            Table::Dense(w) => Table::Dense(Box::new((**w).clone().transpose())),
             Table::Q8(m) => Table::Q8(m.clone()),
         };
         let head = if c.tie_word_embeddings {
@@ -176,10 +176,11 @@ impl Model {
         };
         let norm = get1("model.norm.weight", c.hidden_size)?;
         let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
-            if kernels && let Some(m) = md.linear_ternary(name, rows, cols)? {
-                if let Ok(w) = smolbit_ternary::kernels::PackedTernary::from_matrix(&m) {
-                    return Ok(Linear::Ternary { w, act8 });
-                }
+            if kernels
+                && let Some(m) = md.linear_ternary(name, rows, cols)?
+                && let Ok(w) = smolbit_ternary::kernels::PackedTernary::from_matrix(&m)
+            {
+                return Ok(Linear::Ternary { w, act8 });
             }
             Ok(Linear::Dense {
                 w: Model::upload_linear(&md, name, rows, cols, device)?.transpose(),
@@ -333,7 +334,7 @@ impl Model {
                 let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
                 let ids =
                     Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
-                e.clone().select(0, ids)
+                (**e).clone().select(0, ids)
             }
             Table::Q8(m) => {
                 let rows: Vec<f32> = tokens.iter().flat_map(|&t| m.row(t as usize)).collect();
@@ -359,7 +360,7 @@ impl Model {
     /// `h: [T, hidden]` -> logits `[T, vocab]`.
     fn logits(&self, h: Tensor<2>) -> Tensor<2> {
         match &self.head {
-            Table::Dense(w) => h.matmul(w.clone()),
+            Table::Dense(w) => h.matmul((**w).clone()),
             Table::Q8(m) => {
                 let t = h.dims()[0];
                 let y = m.matmul(&tensor_to_vec(h), t);
@@ -378,7 +379,7 @@ impl Model {
         let t = tokens.len();
         let last = h.narrow(0, t - 1, 1);
         Ok(match &self.head {
-            Table::Dense(w) => tensor_to_vec(last.matmul(w.clone())),
+            Table::Dense(w) => tensor_to_vec(last.matmul((**w).clone())),
             Table::Q8(m) => m.matmul(&tensor_to_vec(last), 1),
         })
     }

@@ -126,7 +126,11 @@ impl PackedTernary {
                 let p = m.cols.div_ceil(BLOCK) * BLOCK;
                 (p, p)
             }
-            Granularity::Group(g) if g > 0 && (BLOCK % g == 0 && g % 32 == 0 || g % BLOCK == 0) => {
+            Granularity::Group(g)
+                if g > 0
+                    && (BLOCK.is_multiple_of(g) && g.is_multiple_of(32)
+                        || g.is_multiple_of(BLOCK)) =>
+            {
                 let unit = g.max(BLOCK);
                 (m.cols.div_ceil(unit) * unit, g)
             }
@@ -446,10 +450,12 @@ fn row_dot_one(
 pub fn row_dot_scalar(codes: &[u8], scales: &[f32], x: &[i8], sums: &[i32], group: usize) -> f32 {
     let mut y = 0f32;
     for (g, (&scale, &sum)) in scales.iter().zip(sums).enumerate() {
-        let mut acc = 0i32;
-        for c in g * group..(g + 1) * group {
-            acc += i32::from(code_at(codes, c)) * i32::from(x[c]);
-        }
+        let cols = g * group..(g + 1) * group;
+        let acc: i32 = x[cols.clone()]
+            .iter()
+            .zip(cols)
+            .map(|(&v, c)| i32::from(code_at(codes, c)) * i32::from(v))
+            .sum();
         y += scale * (acc - sum) as f32;
     }
     y
@@ -517,9 +523,10 @@ pub fn row_dot_f32_scalar(
 ) -> f32 {
     let mut y = 0f32;
     for (g, (&scale, &sum)) in scales.iter().zip(sums).enumerate() {
+        let cols = g * group..(g + 1) * group;
         let mut acc = 0f32;
-        for c in g * group..(g + 1) * group {
-            acc += f32::from(code_at(codes, c)) * x[c];
+        for (&v, c) in x[cols.clone()].iter().zip(cols) {
+            acc += f32::from(code_at(codes, c)) * v;
         }
         y += scale * (acc - sum);
     }
@@ -687,7 +694,7 @@ mod x86 {
                 for t in 0..N {
                     assert!(xs[t].len() >= blocks * BLOCK && sums[t].len() >= scales.len());
                 }
-                assert!(scales.len() * group >= blocks * BLOCK && group % 32 == 0);
+                assert!(scales.len() * group >= blocks * BLOCK && group.is_multiple_of(32));
                 let mask = _mm256_set1_epi8(3);
                 let cp = codes.as_ptr();
                 let xp: [*const i8; N] = std::array::from_fn(|t| xs[t].as_ptr());
@@ -801,7 +808,7 @@ mod x86 {
     /// 2 · 127 · 127, no saturation), then to i32.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn dot_i8_avx2(w: &[i8], x: &[i8]) -> i32 {
-        assert!(w.len() == x.len() && w.len() % 32 == 0);
+        assert!(w.len() == x.len() && w.len().is_multiple_of(32));
         let ones = _mm256_set1_epi16(1);
         let mut acc = _mm256_setzero_si256();
         for i in (0..w.len()).step_by(32) {
@@ -1104,12 +1111,12 @@ mod tests {
     fn refuses_groups_that_are_not_multiples_of_32() {
         let m = random_matrix(2, 64, 1, Granularity::Group(48), 1);
         assert_eq!(
-            PackedTernary::from_matrix(&m).unwrap_err(),
+            PackedTernary::from_matrix(&m).expect_err("refused"),
             PackError::Group(48)
         );
         let m = random_matrix(2, 64, 1, Granularity::Group(192), 1);
         assert_eq!(
-            PackedTernary::from_matrix(&m).unwrap_err(),
+            PackedTernary::from_matrix(&m).expect_err("refused"),
             PackError::Group(192)
         );
     }

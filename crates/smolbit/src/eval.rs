@@ -115,7 +115,7 @@ pub fn eval(args: EvalArgs) -> Result<()> {
     }
 }
 
-fn merge(inputs: &[PathBuf], out: &PathBuf) -> Result<()> {
+fn merge(inputs: &[PathBuf], out: &std::path::Path) -> Result<()> {
     let mut parts = Vec::new();
     for p in inputs {
         parts.push((p.display().to_string(), Results::read(p)?));
