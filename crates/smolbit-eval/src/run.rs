@@ -350,14 +350,14 @@ fn answer(
     }));
     let generation = match generated {
         Ok(Ok(g)) => g,
-        Ok(Err(e)) => return failed_sample(task, format!("generation failed: {e}")),
+        Ok(Err(e)) => return failed_sample(format!("generation failed: {e}")),
         Err(p) => {
             let msg = p
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            return failed_sample(task, format!("generation panicked: {msg}"));
+            return failed_sample(format!("generation panicked: {msg}"));
         }
     };
     let code = extract_code(&generation.text);
@@ -411,8 +411,7 @@ fn degenerate_tail(text: &str) -> bool {
     d.longest_repeat_run >= 16 || d.longest_periodic_chars >= 300
 }
 
-fn failed_sample(task: &Task, error: String) -> SampleResult {
-    let _ = task;
+fn failed_sample(error: String) -> SampleResult {
     SampleResult {
         text: String::new(),
         code: String::new(),

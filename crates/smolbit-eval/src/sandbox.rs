@@ -121,7 +121,8 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// A sandbox for `python` (`$SMOLBIT_PYTHON`, else `python3` on `PATH`). Probes once whether
-    /// namespaces can be created; with `require_namespaces` their absence is an error.
+    /// namespaces can be created and falls back to [`Isolation::RlimitsOnly`] when they cannot
+    /// (see [`Sandbox::isolation`]).
     pub fn new(limits: Limits) -> Result<Self, SandboxError> {
         let python = std::env::var_os("SMOLBIT_PYTHON")
             .map(PathBuf::from)

@@ -56,14 +56,19 @@ pub enum Isa {
 }
 
 impl Isa {
-    /// The best implementation this CPU supports (`SMOLBIT_ISA=scalar|avx2|avx512vnni` caps it).
+    /// The best implementation this CPU supports (`SMOLBIT_ISA=scalar|avx2|avx512vnni` caps it),
+    /// decided once per process: every product asks, so the decode loop must not read the
+    /// environment each time.
     pub fn detect() -> Isa {
-        let best = detect_cpu();
-        match std::env::var("SMOLBIT_ISA").as_deref() {
-            Ok("scalar") => Isa::Scalar,
-            Ok("avx2") if best != Isa::Scalar => Isa::Avx2,
-            _ => best,
-        }
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = detect_cpu();
+            match std::env::var("SMOLBIT_ISA").as_deref() {
+                Ok("scalar") => Isa::Scalar,
+                Ok("avx2") if best != Isa::Scalar => Isa::Avx2,
+                _ => best,
+            }
+        })
     }
 
     /// Every implementation this CPU supports, scalar first.
@@ -344,7 +349,7 @@ impl PackedTernary {
 fn par_rows(rows: usize, tokens: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let mut by_row = vec![0f32; rows * tokens];
     // Chunks big enough to amortize scheduling, small enough to balance two to 64 threads.
-    let chunk = (rows / (rayon::current_num_threads() * 8)).clamp(8, 1024);
+    let chunk = (rows / (rayon::current_num_threads() * 8)).clamp(8, 256);
     by_row
         .par_chunks_mut(chunk * tokens)
         .enumerate()

@@ -31,13 +31,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 /// Run the benchmark and print the figures (with `json`, the last line is one JSON object).
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let dev = smolbit_model::device(a.device)?;
@@ -74,7 +67,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     let isa = smolbit_ternary::kernels::Isa::detect().name();
     let (p, d, t) = (median(prefill), median(decode), median(ttft));
-    let rss = peak_rss_mb();
+    let rss = smolbit_eval::run::peak_rss_mb();
     if !a.json {
         println!(
             "{}: prefill {p:.1} tok/s ({} tokens), decode {d:.1} tok/s ({} tokens), time to first \
