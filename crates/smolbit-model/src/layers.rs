@@ -64,6 +64,14 @@ pub enum Linear {
         /// int8 activations (W1.58A8) or float.
         act8: bool,
     },
+    /// Packed ternary weights on a CubeCL device (wgpu), run by the kernels in `gpu`.
+    #[cfg(feature = "wgpu")]
+    Gpu {
+        /// The packed weight, resident on the device.
+        w: crate::gpu::GpuTernary,
+        /// int8 activations (W1.58A8) or float.
+        act8: bool,
+    },
 }
 
 impl Linear {
@@ -95,6 +103,19 @@ impl Linear {
                 };
                 Tensor::from_data(TensorData::new(y, [t, w.rows]), &device)
             }
+            #[cfg(feature = "wgpu")]
+            Linear::Gpu { w, act8 } => {
+                if x.dims()[0] < DENSE_PREFILL {
+                    // Decode: one kernel launch (int8 quantization fused in for `:a8`).
+                    w.matvec(x, *act8)
+                } else if *act8 {
+                    // Prefill: a transient dense copy and burn's GEMM.
+                    let (q, scale) = act_quant_parts(x);
+                    q.matmul(w.unpack().transpose()).div(scale)
+                } else {
+                    x.matmul(w.unpack().transpose())
+                }
+            }
         }
     }
 
@@ -103,6 +124,8 @@ impl Linear {
         match self {
             Linear::Dense { w, .. } => w.dims().iter().product::<usize>() * 4,
             Linear::Ternary { w, .. } => w.bytes(),
+            #[cfg(feature = "wgpu")]
+            Linear::Gpu { w, .. } => w.bytes(),
         }
     }
 }
@@ -110,6 +133,13 @@ impl Linear {
 /// BitNet's per-token int8 absmax fake quantization of `x: [T, width]`:
 /// `scale = 127 / max(max|x|, 1e-5)`, `x̂ = clamp(round(x * scale), -128, 127) / scale`.
 pub(crate) fn act_quant(x: Tensor<2>) -> Tensor<2> {
+    let (q, scale) = act_quant_parts(x);
+    q.div(scale)
+}
+
+/// [`act_quant`] before the division: the integers `q` (as f32) and each token's `scale`
+/// (`[T, 1]`).
+pub(crate) fn act_quant_parts(x: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
     let scale = x
         .clone()
         .abs()
@@ -117,7 +147,7 @@ pub(crate) fn act_quant(x: Tensor<2>) -> Tensor<2> {
         .clamp_min(1e-5)
         .recip()
         .mul_scalar(127.0);
-    x.mul(scale.clone()).round().clamp(-128.0, 127.0).div(scale)
+    (x.mul(scale.clone()).round().clamp(-128.0, 127.0), scale)
 }
 
 /// Inputs seen by the four kinds of linear in a block, accumulated over calibration text.

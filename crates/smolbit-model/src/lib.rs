@@ -14,6 +14,8 @@
 //! fake-quantized to int8 (the reference path the kernels are tested against).
 //! [`Model::calibrate`] records each linear's input statistics for calibrated schemes.
 
+#[cfg(feature = "wgpu")]
+pub mod gpu;
 mod layers;
 
 use std::path::Path;
@@ -143,9 +145,8 @@ impl Model {
         // Linear weights: dense; or ternary, kept packed for the CPU kernels, or unpacked to
         // f32 (the reference path: other devices, `SMOLBIT_REFERENCE=1`, unsupported groups).
         let act8 = md.quant.as_ref().is_some_and(QuantConfig::int8_activations);
-        let kernels = *device == Device::flex()
-            && !opts.reference_linears
-            && std::env::var_os("SMOLBIT_REFERENCE").is_none();
+        let reference = opts.reference_linears || std::env::var_os("SMOLBIT_REFERENCE").is_some();
+        let kernels = *device == Device::flex() && !reference;
         let q8 = match opts.head {
             HeadPolicy::Auto => kernels && md.quant.is_some(),
             HeadPolicy::F32 => false,
@@ -155,14 +156,13 @@ impl Model {
         // read as f32 and, by policy, stored in 8 bits.
         let (v, h) = (c.vocab_size, c.hidden_size);
         let table = |name: &str| -> Result<Table, ModelError> {
-            let w = md.linear_f32(name, v, h)?;
-            Ok(if q8 {
-                Table::Q8(std::sync::Arc::new(
-                    smolbit_ternary::kernels::Q8Matrix::from_f32(&w, v, h),
-                ))
+            let t = if q8 {
+                Table::Q8(std::sync::Arc::new(q8_table(&md, name, v, h)?))
             } else {
-                Table::Dense(Box::new(upload2(w, v, h, device)))
-            })
+                Table::Dense(Box::new(upload2(md.linear_f32(name, v, h)?, v, h, device)))
+            };
+            md.weights.release();
+            Ok(t)
         };
         let embed = table("model.embed_tokens.weight")?;
         let as_head = |t: &Table| match t {
@@ -175,17 +175,31 @@ impl Model {
             as_head(&table("lm_head.weight")?)
         };
         let norm = get1("model.norm.weight", c.hidden_size)?;
-        let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+        let load_linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
             if kernels
                 && let Some(m) = md.linear_ternary(name, rows, cols)?
                 && let Ok(w) = smolbit_ternary::kernels::PackedTernary::from_matrix(&m)
             {
                 return Ok(Linear::Ternary { w, act8 });
             }
+            #[cfg(feature = "wgpu")]
+            if !reference
+                && *device != Device::flex()
+                && let Some(m) = md.linear_ternary(name, rows, cols)?
+                && let Ok(p) = smolbit_ternary::kernels::PackedTernary::from_matrix(&m)
+                && let Ok(w) = gpu::GpuTernary::upload(&p, device)
+            {
+                return Ok(Linear::Gpu { w, act8 });
+            }
             Ok(Linear::Dense {
                 w: Model::upload_linear(&md, name, rows, cols, device)?.transpose(),
                 act8,
             })
+        };
+        let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+            let l = load_linear(name, rows, cols);
+            md.weights.release();
+            l
         };
         let layers = (0..c.num_layers)
             .map(|i| Block::load(&c, i, &get1, &lin))
@@ -400,6 +414,48 @@ impl Model {
         }
         Ok(out)
     }
+}
+
+/// An 8-bit table read in pieces of 4,096 rows, so that the f32 copy of a large embedding
+/// (1 GB at SmolLM3-3B's 128,256 × 2,048) never exists whole; quantized (ternary) tables are
+/// dequantized whole.
+fn q8_table(
+    md: &ModelDir,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<smolbit_ternary::kernels::Q8Matrix, ModelError> {
+    use smolbit_ternary::kernels::Q8Matrix;
+    if !md.weights.contains(name) {
+        return Ok(Q8Matrix::from_f32(
+            &md.linear_f32(name, rows, cols)?,
+            rows,
+            cols,
+        ));
+    }
+    md.check_shape(name, &[rows, cols])?;
+    const PIECE: usize = 4096;
+    let mut out: Option<Q8Matrix> = None;
+    for start in (0..rows).step_by(PIECE) {
+        let n = PIECE.min(rows - start);
+        let piece = Q8Matrix::from_f32(
+            &md.weights
+                .rows_f32(name, cols, start, n)
+                .map_err(LoadError::from)?,
+            n,
+            cols,
+        );
+        md.weights.release();
+        match &mut out {
+            None => out = Some(piece),
+            Some(m) => {
+                m.rows += piece.rows;
+                m.data.extend_from_slice(&piece.data);
+                m.scales.extend_from_slice(&piece.scales);
+            }
+        }
+    }
+    Ok(out.unwrap_or_else(|| Q8Matrix::from_f32(&[], 0, cols)))
 }
 
 /// Read a float tensor back as a flat `Vec<f32>`.

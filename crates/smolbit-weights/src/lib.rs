@@ -160,6 +160,12 @@ impl ModelDir {
 
     /// A tensor as f32 (row-major), checked against `shape`.
     pub fn tensor_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>, LoadError> {
+        self.check_shape(name, shape)?;
+        Ok(self.weights.to_f32(name)?)
+    }
+
+    /// An error unless the stored tensor `name` exists with `shape`.
+    pub fn check_shape(&self, name: &str, shape: &[usize]) -> Result<(), LoadError> {
         let e = self.weights.entry(name)?;
         if e.shape != shape {
             return Err(LoadError::Shape {
@@ -169,6 +175,6 @@ impl ModelDir {
                 expected: shape.to_vec(),
             });
         }
-        Ok(self.weights.to_f32(name)?)
+        Ok(())
     }
 }

@@ -358,7 +358,47 @@ impl SafeTensors {
     /// A float tensor converted to f32, row-major.
     pub fn to_f32(&self, name: &str) -> Result<Vec<f32>, SafetensorsError> {
         let e = self.entry(name)?;
-        let b = &self.files[e.file].map[e.begin..e.end];
+        self.decode_f32(name, e, &self.files[e.file].map[e.begin..e.end])
+    }
+
+    /// Rows `start .. start + count` of a float matrix whose rows are `cols` wide, as f32 (for
+    /// reading a large table in pieces).
+    pub fn rows_f32(
+        &self,
+        name: &str,
+        cols: usize,
+        start: usize,
+        count: usize,
+    ) -> Result<Vec<f32>, SafetensorsError> {
+        let e = self.entry(name)?;
+        let width = cols * e.dtype.size();
+        let (from, to) = (e.begin + start * width, e.begin + (start + count) * width);
+        if to > e.end {
+            return Err(invalid(
+                &self.files[e.file].path,
+                format!(
+                    "tensor '{name}': rows {start}..{} out of range",
+                    start + count
+                ),
+            ));
+        }
+        self.decode_f32(name, e, &self.files[e.file].map[from..to])
+    }
+
+    /// Drop this process's mapped pages of every file (they stay in the page cache): weights
+    /// read into memory would otherwise be counted twice in the resident set while a model
+    /// loads, once as the checkpoint's mapped pages and once as the loaded copy.
+    pub fn release(&self) {
+        #[cfg(unix)]
+        for f in &self.files {
+            // SAFETY: the mapping is read-only and file-backed, so dropped pages read back
+            // unchanged from the file on the next access; no reference into the dropped range is
+            // invalidated (the memory stays mapped).
+            let _ = unsafe { f.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
+    fn decode_f32(&self, name: &str, e: &Entry, b: &[u8]) -> Result<Vec<f32>, SafetensorsError> {
         Ok(match e.dtype {
             Dtype::F32 => b
                 .chunks_exact(4)

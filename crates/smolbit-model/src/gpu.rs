@@ -1,0 +1,321 @@
+//! Ternary linears on burn's wgpu backend: CubeCL kernels over the packed 2-bit weights.
+//!
+//! The weights are [`PackedTernary`]'s bytes read as little-endian `u32` words (16 trits a word:
+//! word `i` of a 128-column block holds columns `4i + b + 32s` in bits `8b + 2s`, `b, s < 4`) and
+//! its per plane/row/group `f32` scales, uploaded once. Two kernels:
+//!
+//! - `ternary_matvec`: `y = x Wᵀ` for a few tokens (decode). One cube per output row; its units
+//!   stride over the row's words, decode each word's 16 trits and accumulate `trit · x` in f32,
+//!   scaled per 32-column quarter, then reduce in shared memory. For int8-activation schemes the
+//!   kernel first reduces the token's absmax, rounds each activation to an integer in -128..=127
+//!   as it reads it, and divides by the token's scale at the end (one launch, no separate
+//!   quantization ops): the trit·integer sums are exact in f32 (below `128 · cols < 2²⁴`), so
+//!   this is the W1.58A8 product up to the final scale multiplications.
+//! - `ternary_unpack`: the dense `[rows, cols]` f32 matrix (planes summed) for prefill, where
+//!   burn's GEMM on a transient copy beats a matrix-vector kernel per token, and as the reference
+//!   the matrix-vector kernel is tested against (`tests/wgpu.rs`).
+//!
+//! Activations reach the kernels as burn tensors: `Tensor::try_into_primitive::<CubeBackend>`
+//! yields the CubeCL tensor (its client, buffer and layout), and the output goes back through
+//! `Tensor::from_primitive`. Everything around the linears stays in burn.
+
+use burn::prelude::*;
+use burn_cubecl::CubeBackend;
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::empty_device_contiguous_dtype;
+use burn_cubecl::tensor::CubeTensor;
+use cubecl::prelude::{BufferArg, CubeCount, CubeDim, CubeElement};
+use cubecl::server::Handle;
+use smolbit_ternary::kernels::PackedTernary;
+
+use kernels::{ternary_matvec, ternary_unpack};
+
+/// Units per cube of the matrix-vector kernel (a power of two for the tree reduction).
+const CUBE: u32 = 64;
+/// Cubes per grid row: grids are two-dimensional so that no dimension passes wgpu's 65,535.
+const GRID_X: u32 = 32_768;
+
+/// The CubeCL kernels (the prelude stays in here: its `Tensor` would shadow burn's).
+mod kernels {
+    use cubecl::prelude::*;
+
+    #[cube(launch_unchecked)]
+    pub(super) fn ternary_matvec(
+        x: &[f32],
+        codes: &[u32],
+        scales: &[f32],
+        out: &mut [f32],
+        rows: u32,
+        cols: u32,
+        words: u32,
+        groups: u32,
+        group: u32,
+        planes: u32,
+        tokens: u32,
+        #[comptime] cube: u32,
+        #[comptime] act8: bool,
+    ) {
+        let row = CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X;
+        if row >= rows {
+            terminate!();
+        }
+        let unit = UNIT_POS_X;
+        let mut partial = Shared::<[f32]>::new_slice(cube as usize);
+        for t in 0..tokens {
+            let xbase = t * cols;
+            // int8 activations: the token's absmax scale, `127 / max(max|x|, 1e-5)` as the
+            // reference computes it, reduced over the cube (every cube reads the whole token).
+            let mut xs = 1.0f32;
+            if act8 {
+                let mut m = 0.0f32;
+                let mut c = unit;
+                while c < cols {
+                    m = m.max(x[(xbase + c) as usize].abs());
+                    c += CUBE_DIM_X;
+                }
+                partial[unit as usize] = m;
+                sync_cube();
+                let mut half = CUBE_DIM_X / 2;
+                while half > 0 {
+                    if unit < half {
+                        let other = partial[(unit + half) as usize];
+                        partial[unit as usize] = partial[unit as usize].max(other);
+                    }
+                    sync_cube();
+                    half /= 2;
+                }
+                xs = (1.0 / partial[0].max(1e-5)) * 127.0;
+                sync_cube();
+            }
+            let mut acc = 0.0f32;
+            for k in 0..planes {
+                let wbase = (k * rows + row) * words;
+                let sbase = (k * rows + row) * groups;
+                let mut w = unit;
+                while w < words {
+                    let word = codes[(wbase + w) as usize];
+                    let block = w / 8;
+                    let col0 = block * 128 + (w % 8) * 4;
+                    #[unroll]
+                    for s in 0..4u32 {
+                        let first = block * 128 + 32 * s;
+                        let scale = scales[(sbase + first / group) as usize];
+                        let mut part = 0.0f32;
+                        #[unroll]
+                        for b in 0..4u32 {
+                            let c = col0 + 32 * s + b;
+                            let code = (word >> (8 * b + 2 * s)) & 3;
+                            if c < cols {
+                                let mut v = x[(xbase + c) as usize];
+                                if act8 {
+                                    v = (v * xs).round().clamp(-128.0, 127.0);
+                                }
+                                part += (f32::cast_from(code) - 1.0) * v;
+                            }
+                        }
+                        acc += scale * part;
+                    }
+                    w += CUBE_DIM_X;
+                }
+            }
+            partial[unit as usize] = acc;
+            sync_cube();
+            let mut half = CUBE_DIM_X / 2;
+            while half > 0 {
+                if unit < half {
+                    let other = partial[(unit + half) as usize];
+                    partial[unit as usize] = partial[unit as usize] + other;
+                }
+                sync_cube();
+                half /= 2;
+            }
+            if unit == 0 {
+                out[(t * rows + row) as usize] = partial[0] / xs;
+            }
+            sync_cube();
+        }
+    }
+
+    #[cube(launch_unchecked)]
+    pub(super) fn ternary_unpack(
+        codes: &[u32],
+        scales: &[f32],
+        out: &mut [f32],
+        rows: u32,
+        cols: u32,
+        words: u32,
+        groups: u32,
+        group: u32,
+        planes: u32,
+    ) {
+        // One unit per (row, word): 16 columns of the dense row.
+        let pos = ABSOLUTE_POS as u32;
+        if pos >= rows * words {
+            terminate!();
+        }
+        let row = pos / words;
+        let w = pos % words;
+        let block = w / 8;
+        let col0 = block * 128 + (w % 8) * 4;
+        #[unroll]
+        for s in 0..4u32 {
+            #[unroll]
+            for b in 0..4u32 {
+                let c = col0 + 32 * s + b;
+                if c < cols {
+                    let mut v = 0.0f32;
+                    for k in 0..planes {
+                        let word = codes[((k * rows + row) * words + w) as usize];
+                        let code = (word >> (8 * b + 2 * s)) & 3;
+                        let first = block * 128 + 32 * s;
+                        let scale = scales[((k * rows + row) * groups + first / group) as usize];
+                        v += scale * (f32::cast_from(code) - 1.0);
+                    }
+                    out[(row * cols + c) as usize] = v;
+                }
+            }
+        }
+    }
+}
+
+/// A packed ternary weight resident on a CubeCL device.
+#[derive(Debug, Clone)]
+pub struct GpuTernary {
+    /// Output features.
+    pub rows: usize,
+    /// Input features.
+    pub cols: usize,
+    words: usize,
+    groups: usize,
+    group: usize,
+    planes: usize,
+    codes: Handle,
+    scales: Handle,
+    /// Any tensor on the device: the source of the client and device for launches.
+    anchor: CubeTensor,
+}
+
+impl GpuTernary {
+    /// Upload `w` to the CubeCL device `device` (an error for other devices).
+    pub fn upload(w: &PackedTernary, device: &Device) -> Result<Self, String> {
+        let anchor = Tensor::<1>::zeros([1], device)
+            .try_into_primitive::<CubeBackend>()
+            .map_err(|e| format!("not a CubeCL device: {e:?}"))?;
+        let codes: Vec<u32> = w
+            .codes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let client = &anchor.client;
+        Ok(GpuTernary {
+            rows: w.rows,
+            cols: w.cols,
+            words: w.padded / 16,
+            groups: w.groups(),
+            group: w.group,
+            planes: w.planes,
+            codes: client.create_from_slice(u32::as_bytes(&codes)),
+            scales: client.create_from_slice(f32::as_bytes(&w.scales)),
+            anchor,
+        })
+    }
+
+    /// Bytes held on the device (codes and scales).
+    pub fn bytes(&self) -> usize {
+        self.planes * self.rows * (self.words * 4 + self.groups * 4)
+    }
+
+    fn dims(&self) -> [u32; 6] {
+        [
+            self.rows,
+            self.cols,
+            self.words,
+            self.groups,
+            self.group,
+            self.planes,
+        ]
+        .map(|v| u32::try_from(v).expect("ternary matrix dimensions fit in u32"))
+    }
+
+    /// `y = x Wᵀ` for `x: [T, cols]` by the matrix-vector kernel; returns `[T, rows]`. With
+    /// `act8`, each token is quantized to int8 inside the kernel (BitNet's absmax rule, as
+    /// `act_quant` in the reference path) and the integer products are scaled back.
+    pub fn matvec(&self, x: Tensor<2>, act8: bool) -> Tensor<2> {
+        let [t, cols] = x.dims();
+        assert_eq!(cols, self.cols, "input width");
+        let x = into_contiguous(
+            x.try_into_primitive::<CubeBackend>()
+                .expect("input on the weight's CubeCL device"),
+        );
+        let out = self.empty([t, self.rows]);
+        let [rows, cols, words, groups, group, planes] = self.dims();
+        let grid_x = rows.min(GRID_X);
+        let count = CubeCount::Static(grid_x, rows.div_ceil(grid_x), 1);
+        // SAFETY: every buffer's declared length is its real length, and the kernel bounds each
+        // index by the dimensions passed (codes: planes·rows·words, scales: planes·rows·groups,
+        // x: t·cols, out: t·rows).
+        unsafe {
+            ternary_matvec::launch_unchecked(
+                &self.anchor.client,
+                count,
+                CubeDim::new_1d(CUBE),
+                BufferArg::from_raw_parts(x.handle.clone(), t * self.cols),
+                BufferArg::from_raw_parts(self.codes.clone(), self.planes * self.rows * self.words),
+                BufferArg::from_raw_parts(
+                    self.scales.clone(),
+                    self.planes * self.rows * self.groups,
+                ),
+                BufferArg::from_raw_parts(out.handle.clone(), t * self.rows),
+                rows,
+                cols,
+                words,
+                groups,
+                group,
+                planes,
+                t as u32,
+                CUBE,
+                act8,
+            );
+        }
+        Tensor::from_primitive::<CubeBackend>(out)
+    }
+
+    /// The dense `[rows, cols]` matrix (all planes summed), computed on the device.
+    pub fn unpack(&self) -> Tensor<2> {
+        let out = self.empty([self.rows, self.cols]);
+        let [rows, cols, words, groups, group, planes] = self.dims();
+        let units = self.rows * self.words;
+        let dim = CubeDim::new_1d(256);
+        let count = cubecl::calculate_cube_count_elemwise(&self.anchor.client, units, dim);
+        // SAFETY: as in `matvec`; the kernel returns for positions past rows·words.
+        unsafe {
+            ternary_unpack::launch_unchecked(
+                &self.anchor.client,
+                count,
+                dim,
+                BufferArg::from_raw_parts(self.codes.clone(), self.planes * self.rows * self.words),
+                BufferArg::from_raw_parts(
+                    self.scales.clone(),
+                    self.planes * self.rows * self.groups,
+                ),
+                BufferArg::from_raw_parts(out.handle.clone(), self.rows * self.cols),
+                rows,
+                cols,
+                words,
+                groups,
+                group,
+                planes,
+            );
+        }
+        Tensor::from_primitive::<CubeBackend>(out)
+    }
+
+    fn empty(&self, shape: [usize; 2]) -> CubeTensor {
+        empty_device_contiguous_dtype(
+            self.anchor.client.clone(),
+            self.anchor.device.clone(),
+            burn::tensor::Shape::new(shape),
+            burn::tensor::DType::F32,
+        )
+    }
+}
