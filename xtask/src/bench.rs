@@ -1,8 +1,10 @@
-//! `cargo xtask bench [--quick]`: the benchmark table. Runs `smolbit bench --json` on each model
-//! variant that exists under `models/` (the pipeline's default model and its schemes, and the
-//! random SmolLM3-3B-shaped checkpoints from `cargo xtask random-model`), at 1 and 2 threads, in
-//! one run on one machine; measures memory copy bandwidth for the bandwidth bound; writes
-//! `reports/bench/bench.md` and `bench.jsonl`.
+//! `cargo xtask bench [--quick] [--llama-bench PATH --gguf FILE ...]`: the benchmark table. Runs
+//! `smolbit bench --json` on each model variant that exists under `models/` (the pipeline's
+//! default model and its schemes, and the random SmolLM3-3B-shaped checkpoints from
+//! `cargo xtask random-model`), at 1 and 2 threads, then llama.cpp's `llama-bench` (same prompt
+//! and generation lengths, peak RSS through `/usr/bin/time`) on each `--gguf`, all in one run on
+//! one machine; measures memory copy bandwidth for the bandwidth bound; writes
+//! `reports/bench/bench.md` and `bench.jsonl`. llama.cpp is built outside this repository.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,10 +47,85 @@ fn weight_bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The median of a llama-bench JSON line's `samples_ts`.
+fn median_ts(v: &serde_json::Value) -> f64 {
+    let mut s: Vec<f64> = v["samples_ts"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+        .unwrap_or_default();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+/// One llama.cpp case: `llama-bench -p 128 -n <new> -t <threads> -r <repeats> -o jsonl` under
+/// `/usr/bin/time` for its peak RSS. Returns (prefill tok/s, decode tok/s, peak RSS MB).
+fn llama_bench(
+    exe: &Path,
+    gguf: &Path,
+    threads: usize,
+    new_tokens: usize,
+    repeats: &str,
+) -> Result<(f64, f64, f64)> {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "maxrss_kb=%M"])
+        .arg(exe)
+        .arg("-m")
+        .arg(gguf)
+        .args(["-p", "128", "-n", &new_tokens.to_string()])
+        .args(["-t", &threads.to_string(), "-r", repeats, "-o", "jsonl"])
+        .output()
+        .with_context(|| format!("cannot run {} under /usr/bin/time", exe.display()))?;
+    if !out.status.success() {
+        bail!(
+            "llama-bench {}: {}",
+            gguf.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let (mut prefill, mut decode) = (f64::NAN, f64::NAN);
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).context("llama-bench output")?;
+        if v["n_gen"].as_u64() == Some(0) {
+            prefill = median_ts(&v);
+        } else {
+            decode = median_ts(&v);
+        }
+    }
+    let rss_kb = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| l.strip_prefix("maxrss_kb="))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .next_back()
+        .unwrap_or(f64::NAN);
+    Ok((prefill, decode, rss_kb / 1024.0))
+}
+
 pub fn run(args: &[String]) -> Result<()> {
-    let quick = args.iter().any(|a| a == "--quick");
-    if let Some(a) = args.iter().find(|a| *a != "--quick") {
-        bail!("bench: unknown argument '{a}'");
+    let (mut quick, mut llama, mut ggufs) = (false, None, Vec::new());
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--llama-bench" => {
+                llama = Some(PathBuf::from(
+                    it.next().context("--llama-bench needs a path")?,
+                ))
+            }
+            "--gguf" => ggufs.push(PathBuf::from(it.next().context("--gguf needs a file")?)),
+            other => bail!("bench: unknown argument '{other}'"),
+        }
+    }
+    if !ggufs.is_empty() && llama.is_none() {
+        bail!("bench: --gguf needs --llama-bench <path to llama.cpp's llama-bench>");
+    }
+    for g in &ggufs {
+        if !g.is_file() {
+            bail!("{}: no such GGUF file", g.display());
+        }
     }
     let root = project_root();
     let bin = crate::pipeline::build_smolbit()?;
@@ -163,6 +240,52 @@ pub fn run(args: &[String]) -> Result<()> {
             num("peak_rss_mb"),
             100.0 * decode / bound
         ));
+    }
+    if let Some(exe) = &llama {
+        for g in &ggufs {
+            let name = format!(
+                "llama.cpp {}",
+                g.file_name().unwrap_or_default().to_string_lossy()
+            );
+            let wb = std::fs::metadata(g).map_or(0, |m| m.len());
+            let big = wb > 4_000_000_000;
+            for threads in [1, 2] {
+                if big && threads == 1 {
+                    continue;
+                }
+                eprintln!("[bench] {name}, {threads} thread(s)");
+                let new_tokens = if big {
+                    4
+                } else if quick {
+                    16
+                } else {
+                    64
+                };
+                let repeats = if big {
+                    "1"
+                } else if quick {
+                    "2"
+                } else {
+                    "3"
+                };
+                let (p, d, rss) = llama_bench(exe, g, threads, new_tokens, repeats)?;
+                let v = serde_json::json!({
+                    "model": g.display().to_string(), "engine": "llama.cpp",
+                    "prefill_tok_s": p, "decode_tok_s": d, "ttft_ms": 128.0 / p * 1e3,
+                    "peak_rss_mb": rss, "weight_bytes": wb, "threads": threads,
+                    "prompt_tokens": 128, "new_tokens": new_tokens,
+                });
+                writeln!(jsonl, "{v}")?;
+                let bw = if threads == 1 { bw1 } else { bw2 };
+                rows.push(format!(
+                    "| {name} | {threads} | {:.0} | {:.0} | {p:.1} | {d:.1} | {:.0} | {rss:.0} | {:.0} % |",
+                    wb as f64 / 1e6,
+                    wb as f64 / 1e6,
+                    128.0 / p * 1e3,
+                    100.0 * d / (bw / wb.max(1) as f64)
+                ));
+            }
+        }
     }
     let mut md = String::new();
     md.push_str("| model | threads | file (MB) | read per token (MB) | prefill tok/s (128) | decode tok/s | TTFT ms (128-token prompt) | peak RSS (MB) | decode vs bandwidth bound |\n");

@@ -5,32 +5,14 @@
 //! (observed: about 1e-6), so 1e-4 leaves room for other CPU kernels without hiding real bugs
 //! (a wrong RoPE, mask or permutation moves logits by 1e-2 or more at these weight scales).
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
 
 use smolbit_model::{Model, ModelError, device, tensor_to_vec};
 
 const TOL: f32 = 1e-4;
-
-fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
-
-struct Golden {
-    tokens: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-}
-
-fn golden(file: &str) -> Golden {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(testdata(file)).expect("read golden"))
-            .expect("json");
-    Golden {
-        tokens: serde_json::from_value(v["tokens"].clone()).expect("tokens"),
-        logits: serde_json::from_value(v["logits"].clone()).expect("logits"),
-    }
-}
 
 /// Load a model from a HF directory, or from a GGUF converted into a temporary directory.
 fn load(input: &str) -> (Model, Option<tempfile::TempDir>) {

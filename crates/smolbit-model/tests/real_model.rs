@@ -4,7 +4,10 @@
 //! Needs the model in the cache (`cargo xtask fetch-model`). Without it these tests say so and
 //! pass, unless `SMOLBIT_REQUIRE_MODEL=1` (set by `.ci/run`), where a missing model fails them.
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::testdata;
+
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use smolbit_model::{Model, device, tensor_to_vec};
@@ -13,12 +16,6 @@ use smolbit_model::{Model, device, tensor_to_vec};
 /// dequantize the same Q4_1/Q8_0 blocks exactly and run float32, so observed differences are
 /// about 4e-5 (summation order over 30 layers).
 const TOL: f32 = 2e-3;
-
-fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
 
 struct Real {
     _tmp: tempfile::TempDir,

@@ -9,7 +9,8 @@
 //! Shapes are few and small: each new shape costs a shader compilation on lavapipe.
 #![cfg(feature = "wgpu")]
 
-use std::path::{Path, PathBuf};
+mod common;
+use common::*;
 
 use burn::prelude::*;
 use smolbit_model::gpu::GpuTernary;
@@ -21,12 +22,6 @@ use smolbit_ternary::{Granularity, TernaryMatrix};
 /// The GPU sums in another order (per unit, then a tree), which moves these ~1-magnitude logits
 /// by about 1e-6; a wrong RoPE, mask or layout moves them by 1e-2 or more.
 const TOL: f32 = 1e-4;
-
-fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata")
-        .join(name)
-}
 
 /// The wgpu device, or `None` (the test then passes with a note) when this machine has no
 /// Vulkan/Metal/DX12 adapter; `SMOLBIT_REQUIRE_WGPU=1` (set by `.ci/run`, which installs Mesa's
@@ -134,21 +129,6 @@ fn ternary_kernels_equal_the_cpu_reference_exactly() {
             p.dequantize(),
             "unpack {rows}x{cols}, {planes} planes, {g:?}"
         );
-    }
-}
-
-struct Golden {
-    tokens: Vec<u32>,
-    logits: Vec<Vec<f32>>,
-}
-
-fn golden(file: &str) -> Golden {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(testdata(file)).expect("read golden"))
-            .expect("json");
-    Golden {
-        tokens: serde_json::from_value(v["tokens"].clone()).expect("tokens"),
-        logits: serde_json::from_value(v["logits"].clone()).expect("logits"),
     }
 }
 
