@@ -198,6 +198,16 @@ pub struct GpuTernary {
 impl GpuTernary {
     /// Upload `w` to the CubeCL device `device` (an error for other devices).
     pub fn upload(w: &PackedTernary, device: &Device) -> Result<Self, String> {
+        // Kernel indices are u32: every column index of every plane must fit.
+        if (w.planes * w.rows)
+            .checked_mul(w.padded)
+            .is_none_or(|n| n > u32::MAX as usize)
+        {
+            return Err(format!(
+                "{}x{} ternary matrix ({} planes) is too large for 32-bit indices",
+                w.rows, w.cols, w.planes
+            ));
+        }
         let anchor = Tensor::<1>::zeros([1], device)
             .try_into_primitive::<CubeBackend>()
             .map_err(|e| format!("not a CubeCL device: {e:?}"))?;
