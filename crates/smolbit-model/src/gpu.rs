@@ -124,7 +124,7 @@ mod kernels {
             while half > 0 {
                 if unit < half {
                     let other = partial[(unit + half) as usize];
-                    partial[unit as usize] = partial[unit as usize] + other;
+                    partial[unit as usize] += other;
                 }
                 sync_cube();
                 half /= 2;
