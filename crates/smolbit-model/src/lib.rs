@@ -9,9 +9,10 @@
 //!
 //! Ternary checkpoints (`smolbit quantize`) keep their linears packed at 2 bits on the CPU and run
 //! them through `smolbit_ternary::kernels` ([`Linear::Ternary`]: int8 per-token activations for
-//! `:a8` schemes, float otherwise); everything else stays in burn. On other devices, or with
-//! [`LoadOptions::reference_linears`], trits are unpacked to f32 at load and `:a8` inputs are
-//! fake-quantized to int8 (the reference path the kernels are tested against).
+//! `:a8` schemes, float otherwise), and on wgpu through the CubeCL kernels of the `gpu` module
+//! (`Linear::Gpu`); everything else stays in burn. With [`LoadOptions::reference_linears`] (or a
+//! group size the packed layout does not take), trits are unpacked to f32 at load and `:a8`
+//! inputs are fake-quantized to int8 (the reference path the kernels are tested against).
 //! [`Model::calibrate`] records each linear's input statistics for calibrated schemes.
 
 #[cfg(feature = "wgpu")]
