@@ -143,8 +143,9 @@ impl Model {
                 device,
             ))
         };
-        // Linear weights: dense; or ternary, kept packed for the CPU kernels, or unpacked to
-        // f32 (the reference path: other devices, `SMOLBIT_REFERENCE=1`, unsupported groups).
+        // Linear weights: dense; or ternary, kept packed for the CPU kernels or the wgpu
+        // kernels, or unpacked to f32 (the reference path: `SMOLBIT_REFERENCE=1`,
+        // `reference_linears`, unsupported groups).
         let act8 = md.quant.as_ref().is_some_and(QuantConfig::int8_activations);
         let reference = opts.reference_linears || std::env::var_os("SMOLBIT_REFERENCE").is_some();
         let kernels = *device == Device::flex() && !reference;
@@ -177,20 +178,21 @@ impl Model {
         };
         let norm = get1("model.norm.weight", c.hidden_size)?;
         let load_linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
-            if kernels
-                && let Some(m) = md.linear_ternary(name, rows, cols)?
-                && let Ok(w) = smolbit_ternary::kernels::PackedTernary::from_matrix(&m)
-            {
-                return Ok(Linear::Ternary { w, act8 });
-            }
-            #[cfg(feature = "wgpu")]
-            if !reference
-                && *device != Device::flex()
-                && let Some(m) = md.linear_ternary(name, rows, cols)?
-                && let Ok(p) = smolbit_ternary::kernels::PackedTernary::from_matrix(&m)
-                && let Ok(w) = gpu::GpuTernary::upload(&p, device)
-            {
-                return Ok(Linear::Gpu { w, act8 });
+            // Packed once, then run by the CPU kernels or uploaded to a CubeCL device.
+            let packed = match md.linear_ternary(name, rows, cols)? {
+                Some(m) if !reference => {
+                    smolbit_ternary::kernels::PackedTernary::from_matrix(&m).ok()
+                }
+                _ => None,
+            };
+            if let Some(w) = packed {
+                if kernels {
+                    return Ok(Linear::Ternary { w, act8 });
+                }
+                #[cfg(feature = "wgpu")]
+                if let Ok(w) = gpu::GpuTernary::upload(&w, device) {
+                    return Ok(Linear::Gpu { w, act8 });
+                }
             }
             Ok(Linear::Dense {
                 w: Model::upload_linear(&md, name, rows, cols, device)?.transpose(),
