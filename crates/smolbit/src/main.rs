@@ -287,6 +287,14 @@ fn run(cli: Cli) -> Result<()> {
         .num_threads(threads)
         .build_global()
         .context("cannot start the thread pool")?;
+    // Run the command on one of the pool's threads: parallel work started from a pool thread
+    // runs partly on that thread and joins by work stealing, instead of the caller parking on a
+    // futex and a pool thread waking for every product (measured: a quarter of decode time in
+    // futex and yield system calls on two cores).
+    rayon::scope(|_| dispatch(cli))
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Convert {
             input,
