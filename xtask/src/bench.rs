@@ -129,7 +129,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let root = project_root();
     let bin = crate::pipeline::build_smolbit()?;
-    let mut cases: Vec<(String, PathBuf, usize, usize)> = Vec::new();
+    let mut cases: Vec<(String, PathBuf, usize, usize, &str)> = Vec::new();
     let models = root.join("models");
     for entry in std::fs::read_dir(&models)
         .with_context(|| format!("{}: run the pipeline first", models.display()))?
@@ -161,11 +161,24 @@ pub fn run(args: &[String]) -> Result<()> {
             } else {
                 64
             };
-            for threads in [1, 2] {
-                if dense_big && threads == 1 {
-                    continue;
+            // Ternary 3B checkpoints also with the 4-bit head and embedding (`--head q4`).
+            let heads: &[&str] = if big && !dense_big {
+                &["auto", "q4"]
+            } else {
+                &["auto"]
+            };
+            for &head in heads {
+                for threads in [1, 2] {
+                    if dense_big && threads == 1 {
+                        continue;
+                    }
+                    let label = if head == "auto" {
+                        name.clone()
+                    } else {
+                        format!("{name} ({head} head)")
+                    };
+                    cases.push((label, d.clone(), threads, new_tokens, head));
                 }
-                cases.push((name.clone(), d.clone(), threads, new_tokens));
             }
         }
     }
@@ -180,7 +193,7 @@ pub fn run(args: &[String]) -> Result<()> {
     );
     let mut jsonl = std::fs::File::create(out_dir.join("bench.jsonl"))?;
     let mut rows = Vec::new();
-    for (name, dir, threads, new_tokens) in cases {
+    for (name, dir, threads, new_tokens, head) in cases {
         eprintln!("[bench] {name}, {threads} thread(s)");
         let repeats = if new_tokens <= 4 {
             "1"
@@ -198,6 +211,8 @@ pub fn run(args: &[String]) -> Result<()> {
                 "--json",
                 "--repeats",
                 repeats,
+                "--head",
+                head,
             ])
             .args([
                 "--prompt-tokens",

@@ -8,7 +8,10 @@ use smolbit_weights::mapping::{LayerRole, Role, hf_name};
 
 use crate::ModelError;
 
-/// Per-layer cached keys and values, `[K, S, D]` each.
+/// Per-layer cached keys and values: buffers `[K, capacity, D]` each, of which the first `len`
+/// positions are filled. New positions are written in place (burn's CPU backend assigns into a
+/// uniquely owned tensor without copying); the capacity doubles when it runs out, so a decoded
+/// token copies only its own keys and values, not the whole cache.
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<3>, Tensor<3>)>>,
@@ -129,6 +132,75 @@ impl Linear {
             Linear::Ternary { w, .. } => w.bytes(),
             #[cfg(feature = "wgpu")]
             Linear::Gpu { w, .. } => w.bytes(),
+        }
+    }
+}
+
+/// Linears applied to the same input (q, k, v; gate, up). Packed ternary ones of one shape run
+/// as one stacked product (one activation quantization, one parallel pass: fewer per-call costs
+/// in decode); anything else runs one by one. Outputs are identical either way.
+// As for `Linear`: two per layer, built once, never moved on the hot path.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Fused {
+    /// One product over the stacked rows, split into outputs of these widths.
+    Stacked(Linear, Vec<usize>),
+    /// Separate products.
+    Separate(Vec<Linear>),
+}
+
+impl Fused {
+    pub(crate) fn new(parts: Vec<Linear>) -> Self {
+        let packed: Option<Vec<(&smolbit_ternary::kernels::PackedTernary, bool)>> = parts
+            .iter()
+            .map(|l| match l {
+                Linear::Ternary { w, act8 } => Some((w, *act8)),
+                _ => None,
+            })
+            .collect();
+        if let Some(packed) = packed
+            && packed.iter().all(|&(_, a)| a == packed[0].1)
+        {
+            let ws: Vec<_> = packed.iter().map(|&(w, _)| w).collect();
+            if let Some(w) = smolbit_ternary::kernels::PackedTernary::concat_rows(&ws) {
+                let outs = ws.iter().map(|w| w.rows).collect();
+                return Fused::Stacked(
+                    Linear::Ternary {
+                        w,
+                        act8: packed[0].1,
+                    },
+                    outs,
+                );
+            }
+        }
+        Fused::Separate(parts)
+    }
+
+    /// `x: [T, in]` -> one `[T, out_i]` per part (`N` parts, fixed when the block was built).
+    pub(crate) fn forward<const N: usize>(&self, x: Tensor<2>) -> [Tensor<2>; N] {
+        let parts: Vec<Tensor<2>> = match self {
+            Fused::Stacked(l, outs) => {
+                let y = l.forward(x);
+                let mut start = 0;
+                outs.iter()
+                    .map(|&n| {
+                        let part = y.clone().narrow(1, start, n);
+                        start += n;
+                        part
+                    })
+                    .collect()
+            }
+            Fused::Separate(parts) => parts.iter().map(|l| l.forward(x.clone())).collect(),
+        };
+        parts
+            .try_into()
+            .unwrap_or_else(|p: Vec<_>| panic!("{} projections, not {N}", p.len()))
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Fused::Stacked(l, _) => l.bytes(),
+            Fused::Separate(parts) => parts.iter().map(Linear::bytes).sum(),
         }
     }
 }
@@ -260,13 +332,12 @@ impl Rope {
 #[derive(Debug)]
 pub struct Block {
     attn_norm: Tensor<1>,
-    wq: Linear,
-    wk: Linear,
-    wv: Linear,
+    /// q, k, v.
+    qkv: Fused,
     wo: Linear,
     mlp_norm: Tensor<1>,
-    gate: Linear,
-    up: Linear,
+    /// gate, up.
+    gate_up: Fused,
     down: Linear,
     use_rope: bool,
     n_heads: usize,
@@ -288,13 +359,14 @@ impl Block {
         let lin = |r: LayerRole, out: usize, inp: usize| lin(&name(r), out, inp);
         Ok(Block {
             attn_norm: get1(&name(LayerRole::AttnNorm), h)?,
-            wq: lin(LayerRole::Q, q, h)?,
-            wk: lin(LayerRole::K, kv, h)?,
-            wv: lin(LayerRole::V, kv, h)?,
+            qkv: Fused::new(vec![
+                lin(LayerRole::Q, q, h)?,
+                lin(LayerRole::K, kv, h)?,
+                lin(LayerRole::V, kv, h)?,
+            ]),
             wo: lin(LayerRole::O, h, q)?,
             mlp_norm: get1(&name(LayerRole::MlpNorm), h)?,
-            gate: lin(LayerRole::Gate, f, h)?,
-            up: lin(LayerRole::Up, f, h)?,
+            gate_up: Fused::new(vec![lin(LayerRole::Gate, f, h)?, lin(LayerRole::Up, f, h)?]),
             down: lin(LayerRole::Down, h, f)?,
             use_rope: c.rope_layers[i],
             n_heads: c.num_heads,
@@ -306,12 +378,7 @@ impl Block {
 
     /// Bytes of linear weights held.
     pub fn linear_bytes(&self) -> usize {
-        [
-            &self.wq, &self.wk, &self.wv, &self.wo, &self.gate, &self.up, &self.down,
-        ]
-        .iter()
-        .map(|l| l.bytes())
-        .sum()
+        self.qkv.bytes() + self.wo.bytes() + self.gate_up.bytes() + self.down.bytes()
     }
 
     /// `x: [T, hidden]` -> `[T, hidden]`.
@@ -332,7 +399,8 @@ impl Block {
         if let Some(r) = rec.as_deref_mut() {
             r.record(2, &h);
         }
-        let inner = silu(self.gate.forward(h.clone())).mul(self.up.forward(h));
+        let [gate, up] = self.gate_up.forward(h);
+        let inner = silu(gate).mul(up);
         if let Some(r) = rec {
             r.record(3, &inner);
         }
@@ -352,19 +420,38 @@ impl Block {
         let group = nh / nkv;
         // [T, H*D] -> [H, T, D]
         let heads = |y: Tensor<2>, n: usize| y.reshape([t, n, d]).swap_dims(0, 1);
-        let mut q = heads(self.wq.forward(x.clone()), nh);
-        let mut k = heads(self.wk.forward(x.clone()), nkv);
-        let v = heads(self.wv.forward(x), nkv);
+        let [q, k, v] = self.qkv.forward(x);
+        let mut q = heads(q, nh);
+        let mut k = heads(k, nkv);
+        let v = heads(v, nkv);
         if self.use_rope {
             q = rope.apply(q);
             k = rope.apply(k);
         }
-        let (k, v) = match cache.take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 1), Tensor::cat(vec![pv, v], 1)),
-            None => (k, v),
-        };
-        *cache = Some((k.clone(), v.clone()));
         let s = past + t;
+        let (kb, vb) = match cache.take() {
+            Some((kb, vb)) if kb.dims()[1] >= s => (kb, vb),
+            old => {
+                // Room for at least twice what is needed now, keeping what was cached.
+                let cap = s.next_power_of_two().max(64);
+                let device = k.device();
+                let (mut kb, mut vb) = (
+                    Tensor::<3>::zeros([nkv, cap, d], &device),
+                    Tensor::<3>::zeros([nkv, cap, d], &device),
+                );
+                if let Some((pk, pv)) = old
+                    && past > 0
+                {
+                    kb = kb.slice_assign([0..nkv, 0..past, 0..d], pk.narrow(1, 0, past));
+                    vb = vb.slice_assign([0..nkv, 0..past, 0..d], pv.narrow(1, 0, past));
+                }
+                (kb, vb)
+            }
+        };
+        let kb = kb.slice_assign([0..nkv, past..s, 0..d], k);
+        let vb = vb.slice_assign([0..nkv, past..s, 0..d], v);
+        let (k, v) = (kb.clone().narrow(1, 0, s), vb.clone().narrow(1, 0, s));
+        *cache = Some((kb, vb));
         // Query head h uses key/value head h / group (transformers' repeat_kv), so the `group`
         // query heads of one KV head become `group * T` rows against that head's keys.
         let q = q.reshape([nkv, group * t, d]);

@@ -116,6 +116,26 @@ pub enum HeadPolicy {
     F32,
     /// 8-bit, per-row absmax scales (`smolbit_ternary::kernels::Q8Matrix`), int8 activations.
     Q8,
+    /// 4-bit, a step per 32 columns (`smolbit_ternary::kernels::Q4Matrix`, as llama.cpp's
+    /// Q4_0), int8 activations: 5 bits a weight, for memory-bound decoding of large vocabularies.
+    Q4,
+}
+
+impl std::str::FromStr for HeadPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "auto" => HeadPolicy::Auto,
+            "f32" => HeadPolicy::F32,
+            "q8" => HeadPolicy::Q8,
+            "q4" => HeadPolicy::Q4,
+            other => {
+                return Err(format!(
+                    "unknown head storage '{other}' (auto, f32, q8, q4)"
+                ));
+            }
+        })
+    }
 }
 
 /// The embedding table or the output head.
@@ -125,6 +145,44 @@ enum Table {
     Dense(Box<Tensor<2>>),
     /// 8-bit `[vocab, hidden]`, shared by a tied embedding and head.
     Q8(std::sync::Arc<smolbit_ternary::kernels::Q8Matrix>),
+    /// 4-bit `[vocab, hidden]`, shared likewise.
+    Q4(std::sync::Arc<smolbit_ternary::kernels::Q4Matrix>),
+}
+
+impl Table {
+    /// Rows `ids` as f32 `[ids.len(), hidden]` on `device` (quantized tables only).
+    fn lookup(&self, ids: &[u32], device: &Device) -> Option<Tensor<2>> {
+        let (rows, cols): (Vec<f32>, usize) = match self {
+            Table::Dense(_) => return None,
+            Table::Q8(m) => (
+                ids.iter().flat_map(|&t| m.row(t as usize)).collect(),
+                m.cols,
+            ),
+            Table::Q4(m) => (
+                ids.iter().flat_map(|&t| m.row(t as usize)).collect(),
+                m.cols,
+            ),
+        };
+        Some(upload2(rows, ids.len(), cols, device))
+    }
+
+    /// `x: [tokens, hidden]` (host) times the quantized table's transpose (quantized tables
+    /// only).
+    fn product(&self, x: &[f32], tokens: usize) -> Option<Vec<f32>> {
+        match self {
+            Table::Dense(_) => None,
+            Table::Q8(m) => Some(m.matmul(x, tokens)),
+            Table::Q4(m) => Some(m.matmul(x, tokens)),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        match self {
+            Table::Dense(w) => w.dims()[1],
+            Table::Q8(m) => m.rows,
+            Table::Q4(m) => m.rows,
+        }
+    }
 }
 
 impl Model {
@@ -149,19 +207,46 @@ impl Model {
         let act8 = md.quant.as_ref().is_some_and(QuantConfig::int8_activations);
         let reference = opts.reference_linears || std::env::var_os("SMOLBIT_REFERENCE").is_some();
         let kernels = *device == Device::flex() && !reference;
-        let q8 = match opts.head {
-            HeadPolicy::Auto => kernels && md.quant.is_some(),
-            HeadPolicy::F32 => false,
-            HeadPolicy::Q8 => *device == Device::flex(),
+        let cpu = *device == Device::flex();
+        let head_policy = match opts.head {
+            HeadPolicy::Auto if kernels && md.quant.is_some() => HeadPolicy::Q8,
+            HeadPolicy::Auto => HeadPolicy::F32,
+            // The quantized tables run on the CPU kernels only.
+            HeadPolicy::Q8 | HeadPolicy::Q4 if !cpu => HeadPolicy::F32,
+            p => p,
         };
         // The embedding and head may be ternary too (quantize --quantize-embeddings); they are
-        // read as f32 and, by policy, stored in 8 bits.
+        // read as f32 and, by policy, stored in 8 or 4 bits.
         let (v, h) = (c.vocab_size, c.hidden_size);
         let table = |name: &str| -> Result<Table, ModelError> {
-            let t = if q8 {
-                Table::Q8(std::sync::Arc::new(q8_table(&md, name, v, h)?))
-            } else {
-                Table::Dense(Box::new(upload2(md.linear_f32(name, v, h)?, v, h, device)))
+            use smolbit_ternary::kernels::{Q4Matrix, Q8Matrix};
+            use std::sync::Arc;
+            let t = match head_policy {
+                HeadPolicy::Q8 => Table::Q8(Arc::new(quantized_table(
+                    &md,
+                    name,
+                    v,
+                    h,
+                    Q8Matrix::from_f32,
+                    |a: &mut Q8Matrix, b: Q8Matrix| {
+                        a.rows += b.rows;
+                        a.data.extend_from_slice(&b.data);
+                        a.scales.extend_from_slice(&b.scales);
+                    },
+                )?)),
+                HeadPolicy::Q4 => Table::Q4(Arc::new(quantized_table(
+                    &md,
+                    name,
+                    v,
+                    h,
+                    Q4Matrix::from_f32,
+                    |a: &mut Q4Matrix, b: Q4Matrix| {
+                        a.rows += b.rows;
+                        a.data.extend_from_slice(&b.data);
+                        a.scales.extend_from_slice(&b.scales);
+                    },
+                )?)),
+                _ => Table::Dense(Box::new(upload2(md.linear_f32(name, v, h)?, v, h, device))),
             };
             md.weights.release();
             Ok(t)
@@ -170,6 +255,7 @@ impl Model {
         let as_head = |t: &Table| match t {
             Table::Dense(w) => Table::Dense(Box::new((**w).clone().transpose())),
             Table::Q8(m) => Table::Q8(m.clone()),
+            Table::Q4(m) => Table::Q4(m.clone()),
         };
         let head = if c.tie_word_embeddings {
             as_head(&embed)
@@ -239,12 +325,22 @@ impl Model {
         self.layers.iter().map(Block::linear_bytes).sum()
     }
 
+    /// How the output head is stored: "f32", "q8" or "q4".
+    pub fn head_storage(&self) -> &'static str {
+        match &self.head {
+            Table::Dense(_) => "f32",
+            Table::Q8(_) => "q8",
+            Table::Q4(_) => "q4",
+        }
+    }
+
     /// Weight bytes one decoded token reads: the blocks' linears and the output head (the
     /// embedding contributes one row).
     pub fn decode_bytes(&self) -> usize {
         let head = match &self.head {
             Table::Dense(w) => w.dims().iter().product::<usize>() * 4,
             Table::Q8(m) => m.bytes(),
+            Table::Q4(m) => m.bytes(),
         };
         self.linear_bytes() + head
     }
@@ -353,10 +449,9 @@ impl Model {
                     Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
                 (**e).clone().select(0, ids)
             }
-            Table::Q8(m) => {
-                let rows: Vec<f32> = tokens.iter().flat_map(|&t| m.row(t as usize)).collect();
-                upload2(rows, tokens.len(), m.cols, &self.device)
-            }
+            quantized => quantized
+                .lookup(tokens, &self.device)
+                .expect("a quantized table"),
         };
         let past = cache.len();
         let rope = layers::Rope::new(&self.config, past, tokens.len(), &self.device);
@@ -378,10 +473,12 @@ impl Model {
     fn logits(&self, h: Tensor<2>) -> Tensor<2> {
         match &self.head {
             Table::Dense(w) => h.matmul((**w).clone()),
-            Table::Q8(m) => {
+            quantized => {
                 let t = h.dims()[0];
-                let y = m.matmul(&tensor_to_vec(h), t);
-                upload2(y, t, m.rows, &self.device)
+                let y = quantized
+                    .product(&tensor_to_vec(h), t)
+                    .expect("a quantized table");
+                upload2(y, t, quantized.rows(), &self.device)
             }
         }
     }
@@ -397,7 +494,9 @@ impl Model {
         let last = h.narrow(0, t - 1, 1);
         Ok(match &self.head {
             Table::Dense(w) => tensor_to_vec(last.matmul((**w).clone())),
-            Table::Q8(m) => m.matmul(&tensor_to_vec(last), 1),
+            quantized => quantized
+                .product(&tensor_to_vec(last), 1)
+                .expect("a quantized table"),
         })
     }
 
@@ -419,29 +518,26 @@ impl Model {
     }
 }
 
-/// An 8-bit table read in pieces of 4,096 rows, so that the f32 copy of a large embedding
-/// (1 GB at SmolLM3-3B's 128,256 × 2,048) never exists whole; quantized (ternary) tables are
-/// dequantized whole.
-fn q8_table(
+/// A quantized (8- or 4-bit) table read in pieces of 4,096 rows, so that the f32 copy of a
+/// large embedding (1 GB at SmolLM3-3B's 128,256 × 2,048) never exists whole; quantized
+/// (ternary) tables are dequantized whole.
+fn quantized_table<M>(
     md: &ModelDir,
     name: &str,
     rows: usize,
     cols: usize,
-) -> Result<smolbit_ternary::kernels::Q8Matrix, ModelError> {
-    use smolbit_ternary::kernels::Q8Matrix;
+    quantize: impl Fn(&[f32], usize, usize) -> M,
+    append: impl Fn(&mut M, M),
+) -> Result<M, ModelError> {
     if !md.weights.contains(name) {
-        return Ok(Q8Matrix::from_f32(
-            &md.linear_f32(name, rows, cols)?,
-            rows,
-            cols,
-        ));
+        return Ok(quantize(&md.linear_f32(name, rows, cols)?, rows, cols));
     }
     md.check_shape(name, &[rows, cols])?;
     const PIECE: usize = 4096;
-    let mut out: Option<Q8Matrix> = None;
+    let mut out: Option<M> = None;
     for start in (0..rows).step_by(PIECE) {
         let n = PIECE.min(rows - start);
-        let piece = Q8Matrix::from_f32(
+        let piece = quantize(
             &md.weights
                 .rows_f32(name, cols, start, n)
                 .map_err(LoadError::from)?,
@@ -451,14 +547,10 @@ fn q8_table(
         md.weights.release();
         match &mut out {
             None => out = Some(piece),
-            Some(m) => {
-                m.rows += piece.rows;
-                m.data.extend_from_slice(&piece.data);
-                m.scales.extend_from_slice(&piece.scales);
-            }
+            Some(m) => append(m, piece),
         }
     }
-    Ok(out.unwrap_or_else(|| Q8Matrix::from_f32(&[], 0, cols)))
+    Ok(out.unwrap_or_else(|| quantize(&[], 0, cols)))
 }
 
 /// Read a float tensor back as a flat `Vec<f32>`.

@@ -298,6 +298,23 @@ fn packed_kernels_match_the_reference_path() {
             "{scheme} q8 head: max |diff| {worst} of {scale}"
         );
         eprintln!("{scheme}: q8 head max |diff| {worst} (largest logit {scale})");
+        // The 4-bit head and embedding: a step of max|w|/7 per 32 columns, about 18 times the
+        // 8-bit step of max|w|/127 per row, so about 18 times the q8 error above: tolerance 40 %
+        // of the largest logit magnitude (observed up to 28 %). This catches a broken kernel or
+        // layout (errors of the logits' own size); accuracy on a real model is checked in
+        // tests/real_model.rs.
+        let q4 = load(false, smolbit_model::HeadPolicy::Q4);
+        let c = tensor_to_vec(q4.forward(&tokens, &mut q4.new_cache()).expect("forward"));
+        let worst = c
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 0.4 * scale,
+            "{scheme} q4 head: max |diff| {worst} of {scale}"
+        );
+        eprintln!("{scheme}: q4 head max |diff| {worst} (largest logit {scale})");
     }
 }
 

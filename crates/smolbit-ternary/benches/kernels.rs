@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use smolbit_ternary::kernels::{Isa, PackedTernary};
+use smolbit_ternary::kernels::{Isa, PackedTernary, Q4Matrix, Q8Matrix};
 use smolbit_ternary::{Granularity, TernaryMatrix};
 
 fn matrix(rows: usize, cols: usize, planes: usize, gran: Granularity) -> TernaryMatrix {
@@ -156,4 +156,32 @@ fn stream() {
         bytes as f64 / read / 1e9,
         read / t
     );
+    // The 3B-shaped output head (128256 x 2048), 8- and 4-bit.
+    let (rows, cols) = (128_256, 2048);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 7919) % 2003) as f32 / 1001.0 - 1.0)
+        .collect();
+    let x = &xs[0];
+    let q8 = Q8Matrix::from_f32(&w, rows, cols);
+    let q4 = Q4Matrix::from_f32(&w, rows, cols);
+    drop(w);
+    for (name, bytes, t) in [
+        (
+            "q8",
+            q8.bytes(),
+            median_secs(|| drop(std::hint::black_box(q8.matmul(x, 1))), 9),
+        ),
+        (
+            "q4",
+            q4.bytes(),
+            median_secs(|| drop(std::hint::black_box(q4.matmul(x, 1))), 9),
+        ),
+    ] {
+        println!(
+            "stream: 3B head {name} T=1 ({:.0} MB): {:.2} ms, {:.2} GB/s",
+            bytes as f64 / 1e6,
+            t * 1e3,
+            bytes as f64 / t / 1e9
+        );
+    }
 }

@@ -15,6 +15,7 @@ pub struct BenchArgs<'a> {
     pub new_tokens: usize,
     pub repeats: usize,
     pub device: &'a str,
+    pub head: smolbit_model::HeadPolicy,
     pub json: bool,
 }
 
@@ -35,7 +36,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn bench(a: &BenchArgs) -> Result<()> {
     let dev = smolbit_model::device(a.device)?;
     let start = Instant::now();
-    let model = smolbit_model::Model::load(a.model, &dev)?;
+    let opts = smolbit_model::LoadOptions {
+        head: a.head,
+        ..Default::default()
+    };
+    let model = smolbit_model::Model::load_with(a.model, &dev, opts)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let vocab = model.config().vocab_size;
     let prompt: Vec<u32> = (0..a.prompt_tokens.max(1))
@@ -96,6 +101,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             "threads": threads,
             "isa": isa,
             "device": a.device,
+            "head": model.head_storage(),
         })
     );
     Ok(())

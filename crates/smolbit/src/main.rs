@@ -131,6 +131,10 @@ enum Command {
         /// Device: cpu or, in builds with the wgpu feature, wgpu.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Storage of the embedding and output head: auto (8-bit for ternary checkpoints on the
+        /// CPU), f32, q8 or q4 (4-bit, a step per 32 columns; CPU only).
+        #[arg(long, default_value = "auto")]
+        head: smolbit_model::HeadPolicy,
         /// Print one JSON object as the last line only.
         #[arg(long)]
         json: bool,
@@ -354,6 +358,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             new_tokens,
             repeats,
             device,
+            head,
             json,
         } => bench::bench(&bench::BenchArgs {
             model: &model,
@@ -361,6 +366,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             new_tokens,
             repeats,
             device: &device,
+            head,
             json,
         }),
         Command::Report {
