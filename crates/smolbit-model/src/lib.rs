@@ -271,14 +271,15 @@ impl Model {
                 }
                 _ => None,
             };
-            if let Some(w) = packed {
-                if kernels {
-                    return Ok(Linear::Ternary { w, act8 });
-                }
+            match packed {
+                Some(w) if kernels => return Ok(Linear::Ternary { w, act8 }),
                 #[cfg(feature = "wgpu")]
-                if let Ok(w) = gpu::GpuTernary::upload(&w, device) {
-                    return Ok(Linear::Gpu { w, act8 });
+                Some(w) => {
+                    if let Ok(w) = gpu::GpuTernary::upload(&w, device) {
+                        return Ok(Linear::Gpu { w, act8 });
+                    }
                 }
+                _ => {}
             }
             Ok(Linear::Dense {
                 w: Model::upload_linear(&md, name, rows, cols, device)?.transpose(),
