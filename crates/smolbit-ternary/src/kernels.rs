@@ -433,12 +433,22 @@ fn par_row_chunks(
     if tokens == 1 {
         return by_row;
     }
+    // Transpose to [tokens, rows] 32 tokens at a time (the 32 output lines being written stay
+    // in L1), token tiles in parallel: a plain loop with its stride-`rows` writes took a sixth
+    // of 135M prefill time.
+    const T: usize = 32;
     let mut y = vec![0f32; tokens * rows];
-    for r in 0..rows {
-        for t in 0..tokens {
-            y[t * rows + r] = by_row[r * tokens + t];
-        }
-    }
+    y.par_chunks_mut(T * rows)
+        .enumerate()
+        .for_each(|(tb, ys)| {
+            let (t0, nt) = (tb * T, ys.len() / rows);
+            for r in 0..rows {
+                let src = &by_row[r * tokens + t0..][..nt];
+                for (t, &v) in src.iter().enumerate() {
+                    ys[t * rows + r] = v;
+                }
+            }
+        });
     y
 }
 
