@@ -284,33 +284,43 @@ impl PackedTernary {
                 }
             });
         }
-        self.par_rows(tokens, |r, out| {
-            // Tiles of up to TILE tokens share each unpacked block of codes.
-            for (tile, outs) in out.chunks_mut(TILE).enumerate() {
-                let t0 = tile * TILE;
-                let n = outs.len();
-                let mut xs: [&[i8]; TILE] = [&[]; TILE];
-                let mut sums: [&[i32]; TILE] = [&[]; TILE];
-                for i in 0..n {
-                    xs[i] = &q.values[(t0 + i) * self.padded..][..self.padded];
-                    sums[i] = &q.group_sums[(t0 + i) * groups..][..groups];
-                }
-                let mut acc = [0f32; TILE];
-                for k in 0..self.planes {
-                    let y = row_dot_i8(
-                        isa,
-                        self.row_codes(k, r),
-                        self.row_scales(k, r),
-                        &xs[..n],
-                        &sums[..n],
-                        self.group,
-                    );
+        // Prefill: rows in bands of BAND; for each tile of up to TILE tokens, every row of the
+        // band in turn, so the tile's activations stay in L1 across the band (instead of
+        // streaming all tokens from L2 for every row) and each unpacked block of codes serves
+        // the whole tile.
+        par_row_chunks(self.rows, tokens, 1, |r0, out| {
+            let n_rows = out.len() / tokens;
+            for b0 in (0..n_rows).step_by(BAND) {
+                let band = b0..(b0 + BAND).min(n_rows);
+                for t0 in (0..tokens).step_by(TILE) {
+                    let n = TILE.min(tokens - t0);
+                    let mut xs: [&[i8]; TILE] = [&[]; TILE];
+                    let mut sums: [&[i32]; TILE] = [&[]; TILE];
                     for i in 0..n {
-                        acc[i] += y[i];
+                        xs[i] = &q.values[(t0 + i) * self.padded..][..self.padded];
+                        sums[i] = &q.group_sums[(t0 + i) * groups..][..groups];
                     }
-                }
-                for i in 0..n {
-                    outs[i] = acc[i] / q.scales[t0 + i];
+                    for ri in band.clone() {
+                        let r = r0 + ri;
+                        let mut acc = [0f32; TILE];
+                        for k in 0..self.planes {
+                            let y = row_dot_i8(
+                                isa,
+                                self.row_codes(k, r),
+                                self.row_scales(k, r),
+                                &xs[..n],
+                                &sums[..n],
+                                self.group,
+                            );
+                            for i in 0..n {
+                                acc[i] += y[i];
+                            }
+                        }
+                        let outs = &mut out[ri * tokens + t0..][..n];
+                        for i in 0..n {
+                            outs[i] = acc[i] / q.scales[t0 + i];
+                        }
+                    }
                 }
             }
         })
@@ -438,19 +448,20 @@ fn par_row_chunks(
     // of 135M prefill time.
     const T: usize = 32;
     let mut y = vec![0f32; tokens * rows];
-    y.par_chunks_mut(T * rows)
-        .enumerate()
-        .for_each(|(tb, ys)| {
-            let (t0, nt) = (tb * T, ys.len() / rows);
-            for r in 0..rows {
-                let src = &by_row[r * tokens + t0..][..nt];
-                for (t, &v) in src.iter().enumerate() {
-                    ys[t * rows + r] = v;
-                }
+    y.par_chunks_mut(T * rows).enumerate().for_each(|(tb, ys)| {
+        let (t0, nt) = (tb * T, ys.len() / rows);
+        for r in 0..rows {
+            let src = &by_row[r * tokens + t0..][..nt];
+            for (t, &v) in src.iter().enumerate() {
+                ys[t * rows + r] = v;
             }
-        });
+        }
+    });
     y
 }
+
+/// Rows that share one tile of prefill activations.
+const BAND: usize = 16;
 
 /// Rows per call of the one-token multi-row kernel.
 const ROWS: usize = 4;
