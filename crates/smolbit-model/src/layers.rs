@@ -101,12 +101,7 @@ impl Linear {
             Linear::Ternary { w, act8 } => {
                 let [t, _] = x.dims();
                 let device = x.device();
-                let host = crate::tensor_to_vec(x);
-                let y = if *act8 {
-                    w.matmul_i8(&host, t)
-                } else {
-                    w.matmul_f32(&host, t)
-                };
+                let y = host_product(w, *act8, x, None);
                 Tensor::from_data(TensorData::new(y, [t, w.rows]), &device)
             }
             #[cfg(feature = "wgpu")]
@@ -133,6 +128,37 @@ impl Linear {
             #[cfg(feature = "wgpu")]
             Linear::Gpu { w, .. } => w.bytes(),
         }
+    }
+}
+
+/// The packed CPU kernels on `x: [T, in]` (RMS-normalized first on the host when `norm` is
+/// given), on the host: `[T, out]` row-major.
+fn host_product(
+    w: &smolbit_ternary::kernels::PackedTernary,
+    act8: bool,
+    x: Tensor<2>,
+    norm: Option<&Norm>,
+) -> Vec<f32> {
+    let t = x.dims()[0];
+    let mut host = crate::tensor_to_vec(x);
+    if let Some(n) = norm {
+        n.apply_host(&mut host);
+    }
+    if act8 {
+        w.matmul_i8(&host, t)
+    } else {
+        w.matmul_f32(&host, t)
+    }
+}
+
+/// burn's CPU `sigmoid` (the same branches, so the same f32 results).
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
     }
 }
 
@@ -176,11 +202,39 @@ impl Fused {
         Fused::Separate(parts)
     }
 
-    /// `x: [T, in]` -> one `[T, out_i]` per part (`N` parts, fixed when the block was built).
-    pub(crate) fn forward<const N: usize>(&self, x: Tensor<2>) -> [Tensor<2>; N] {
-        let parts: Vec<Tensor<2>> = match self {
-            Fused::Stacked(l, outs) => {
-                let y = l.forward(x);
+    /// The stacked packed weights when this runs on the host kernels for `tokens` tokens.
+    fn host(&self, tokens: usize) -> Option<(&smolbit_ternary::kernels::PackedTernary, bool)> {
+        match self {
+            Fused::Stacked(Linear::Ternary { w, act8 }, _) if *act8 || tokens < DENSE_PREFILL => {
+                Some((w, *act8))
+            }
+            _ => None,
+        }
+    }
+
+    /// `x: [T, in]` -> one `[T, out_i]` per part (`N` parts, fixed when the block was built),
+    /// after `norm` when given (on the host, with the product, on the host path).
+    pub(crate) fn forward<const N: usize>(
+        &self,
+        x: Tensor<2>,
+        norm: Option<&Norm>,
+    ) -> [Tensor<2>; N] {
+        let t = x.dims()[0];
+        let parts: Vec<Tensor<2>> = match (self, self.host(t)) {
+            (Fused::Stacked(_, outs), host) => {
+                let y = match host {
+                    Some((w, act8)) => {
+                        let device = x.device();
+                        let y = host_product(w, act8, x, norm);
+                        Tensor::from_data(TensorData::new(y, [t, w.rows]), &device)
+                    }
+                    None => {
+                        let Fused::Stacked(l, _) = self else {
+                            unreachable!()
+                        };
+                        l.forward(Norm::maybe(norm, x))
+                    }
+                };
                 let mut start = 0;
                 outs.iter()
                     .map(|&n| {
@@ -190,11 +244,44 @@ impl Fused {
                     })
                     .collect()
             }
-            Fused::Separate(parts) => parts.iter().map(|l| l.forward(x.clone())).collect(),
+            (Fused::Separate(parts), _) => {
+                let x = Norm::maybe(norm, x);
+                parts.iter().map(|l| l.forward(x.clone())).collect()
+            }
         };
         parts
             .try_into()
             .unwrap_or_else(|p: Vec<_>| panic!("{} projections, not {N}", p.len()))
+    }
+
+    /// SwiGLU, `silu(gate(x)) * up(x)`, for a gate/up pair, after `norm` when given. Stacked
+    /// packed weights on the CPU compute it on the host as the product comes back (one upload
+    /// of `[T, F]` instead of two narrows, a sigmoid and two multiplies), in the same f32
+    /// operations as burn's `silu(g).mul(u)` on the CPU; otherwise with burn's ops.
+    pub(crate) fn swiglu(&self, x: Tensor<2>, norm: Option<&Norm>) -> Tensor<2> {
+        let t = x.dims()[0];
+        if let (Some((w, act8)), Fused::Stacked(_, outs)) = (self.host(t), self)
+            && outs.len() == 2
+            && outs[0] == outs[1]
+        {
+            use rayon::prelude::*;
+            let f = outs[0];
+            let device = x.device();
+            let y = host_product(w, act8, x, norm);
+            let mut inner = vec![0f32; t * f];
+            inner
+                .par_chunks_mut(f)
+                .zip(y.par_chunks(2 * f))
+                .for_each(|(out, gu)| {
+                    let (g, u) = gu.split_at(f);
+                    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                        *o = g * sigmoid(g) * u;
+                    }
+                });
+            return Tensor::from_data(TensorData::new(inner, [t, f]), &device);
+        }
+        let [gate, up] = self.forward(x, norm);
+        silu(gate).mul(up)
     }
 
     fn bytes(&self) -> usize {
@@ -285,6 +372,46 @@ pub(crate) fn rms_norm(x: Tensor<2>, w: &Tensor<1>, eps: f64) -> Tensor<2> {
     x.mul(inv).mul(w.clone().unsqueeze::<2>())
 }
 
+/// An RMSNorm weight, on the device and on the host (for the host kernels' path).
+#[derive(Debug)]
+pub(crate) struct Norm {
+    w: Tensor<1>,
+    host: Vec<f32>,
+    eps: f64,
+}
+
+impl Norm {
+    pub(crate) fn new(w: Tensor<1>, eps: f64) -> Self {
+        let host = crate::tensor_to_vec(w.clone());
+        Norm { w, host, eps }
+    }
+
+    /// [`rms_norm`] with burn's ops.
+    pub(crate) fn apply(&self, x: Tensor<2>) -> Tensor<2> {
+        rms_norm(x, &self.w, self.eps)
+    }
+
+    fn maybe(norm: Option<&Norm>, x: Tensor<2>) -> Tensor<2> {
+        match norm {
+            Some(n) => n.apply(x),
+            None => x,
+        }
+    }
+
+    /// [`rms_norm`] in place on host rows `[T, hidden]`: the same formula in f32 (the mean's
+    /// summation order may differ from burn's: results agree to f32 rounding).
+    fn apply_host(&self, x: &mut [f32]) {
+        let eps = self.eps as f32;
+        for row in x.chunks_exact_mut(self.host.len()) {
+            let var = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+            let inv = (var + eps).sqrt().recip();
+            for (v, &w) in row.iter_mut().zip(&self.host) {
+                *v = *v * inv * w;
+            }
+        }
+    }
+}
+
 /// Rotary tables for positions `past .. past + T`: `cos`, `sin` as `[1, T, D]`.
 pub(crate) struct Rope {
     cos: Tensor<3>,
@@ -331,11 +458,11 @@ impl Rope {
 /// One decoder block.
 #[derive(Debug)]
 pub struct Block {
-    attn_norm: Tensor<1>,
+    attn_norm: Norm,
     /// q, k, v.
     qkv: Fused,
     wo: Linear,
-    mlp_norm: Tensor<1>,
+    mlp_norm: Norm,
     /// gate, up.
     gate_up: Fused,
     down: Linear,
@@ -343,7 +470,6 @@ pub struct Block {
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
-    eps: f64,
 }
 
 impl Block {
@@ -358,21 +484,20 @@ impl Block {
         let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let lin = |r: LayerRole, out: usize, inp: usize| lin(&name(r), out, inp);
         Ok(Block {
-            attn_norm: get1(&name(LayerRole::AttnNorm), h)?,
+            attn_norm: Norm::new(get1(&name(LayerRole::AttnNorm), h)?, c.rms_norm_eps),
             qkv: Fused::new(vec![
                 lin(LayerRole::Q, q, h)?,
                 lin(LayerRole::K, kv, h)?,
                 lin(LayerRole::V, kv, h)?,
             ]),
             wo: lin(LayerRole::O, h, q)?,
-            mlp_norm: get1(&name(LayerRole::MlpNorm), h)?,
+            mlp_norm: Norm::new(get1(&name(LayerRole::MlpNorm), h)?, c.rms_norm_eps),
             gate_up: Fused::new(vec![lin(LayerRole::Gate, f, h)?, lin(LayerRole::Up, f, h)?]),
             down: lin(LayerRole::Down, h, f)?,
             use_rope: c.rope_layers[i],
             n_heads: c.num_heads,
             n_kv: c.num_kv_heads,
             head_dim: c.head_dim,
-            eps: c.rms_norm_eps,
         })
     }
 
@@ -390,26 +515,40 @@ impl Block {
         past: usize,
         mut rec: Option<&mut InputRecorder>,
     ) -> Tensor<2> {
-        let h = rms_norm(x.clone(), &self.attn_norm, self.eps);
-        if let Some(r) = rec.as_deref_mut() {
-            r.record(0, &h);
-        }
-        let x = x.add(self.attention(h, rope, cache, past, rec.as_deref_mut()));
-        let h = rms_norm(x.clone(), &self.mlp_norm, self.eps);
-        if let Some(r) = rec.as_deref_mut() {
-            r.record(2, &h);
-        }
-        let [gate, up] = self.gate_up.forward(h);
-        let inner = silu(gate).mul(up);
+        // Recording calibration inputs needs the normed tensors; otherwise the norms go with
+        // the products (on the host for the CPU kernels).
+        let recording = rec.is_some();
+        let (h, norm) = if recording {
+            let h = self.attn_norm.apply(x.clone());
+            if let Some(r) = rec.as_deref_mut() {
+                r.record(0, &h);
+            }
+            (h, None)
+        } else {
+            (x.clone(), Some(&self.attn_norm))
+        };
+        let x = x.add(self.attention(h, norm, rope, cache, past, rec.as_deref_mut()));
+        let (h, norm) = if recording {
+            let h = self.mlp_norm.apply(x.clone());
+            if let Some(r) = rec.as_deref_mut() {
+                r.record(2, &h);
+            }
+            (h, None)
+        } else {
+            (x.clone(), Some(&self.mlp_norm))
+        };
+        let inner = self.gate_up.swiglu(h, norm);
         if let Some(r) = rec {
             r.record(3, &inner);
         }
         x.add(self.down.forward(inner))
     }
 
+    /// Self-attention of `x` (after `norm` when given).
     fn attention(
         &self,
         x: Tensor<2>,
+        norm: Option<&Norm>,
         rope: &Rope,
         cache: &mut Option<(Tensor<3>, Tensor<3>)>,
         past: usize,
@@ -420,7 +559,7 @@ impl Block {
         let group = nh / nkv;
         // [T, H*D] -> [H, T, D]
         let heads = |y: Tensor<2>, n: usize| y.reshape([t, n, d]).swap_dims(0, 1);
-        let [q, k, v] = self.qkv.forward(x);
+        let [q, k, v] = self.qkv.forward(x, norm);
         let mut q = heads(q, nh);
         let mut k = heads(k, nkv);
         let v = heads(v, nkv);
