@@ -15,7 +15,14 @@
 //!
 //! Implementations: a scalar reference, AVX2 (`maddubs`), and AVX-512 VNNI (`vpdpbusd` on
 //! 256-bit vectors), chosen at run time; the integer paths equal the scalar one exactly. Rows are
-//! split across rayon's persistent thread pool.
+//! split across rayon's persistent thread pool. Decode (one token) runs four rows per call, one
+//! activation load and one horizontal sum serving all four, and prefetches the next four rows'
+//! codes as it goes (decode is bound by memory latency without it); prefill runs tiles of eight
+//! tokens over bands of 16 rows, so each unpacked block of codes serves the tile and the tile's
+//! activations stay in L1 across the band. No NEON path yet: aarch64 runs the scalar reference.
+//!
+//! Head and embedding: [`Q8Matrix`] (int8, per-row scale) and [`Q4Matrix`] (4-bit, a step per 32
+//! columns), both against int8 activations.
 
 use rayon::prelude::*;
 
