@@ -517,26 +517,24 @@ impl Block {
     ) -> Tensor<2> {
         // Recording calibration inputs needs the normed tensors; otherwise the norms go with
         // the products (on the host for the CPU kernels).
-        let recording = rec.is_some();
-        let (h, norm) = if recording {
-            let h = self.attn_norm.apply(x.clone());
-            if let Some(r) = rec.as_deref_mut() {
-                r.record(0, &h);
+        fn normed<'a>(
+            x: &Tensor<2>,
+            norm: &'a Norm,
+            site: usize,
+            rec: Option<&mut InputRecorder>,
+        ) -> (Tensor<2>, Option<&'a Norm>) {
+            match rec {
+                Some(r) => {
+                    let h = norm.apply(x.clone());
+                    r.record(site, &h);
+                    (h, None)
+                }
+                None => (x.clone(), Some(norm)),
             }
-            (h, None)
-        } else {
-            (x.clone(), Some(&self.attn_norm))
-        };
+        }
+        let (h, norm) = normed(&x, &self.attn_norm, 0, rec.as_deref_mut());
         let x = x.add(self.attention(h, norm, rope, cache, past, rec.as_deref_mut()));
-        let (h, norm) = if recording {
-            let h = self.mlp_norm.apply(x.clone());
-            if let Some(r) = rec.as_deref_mut() {
-                r.record(2, &h);
-            }
-            (h, None)
-        } else {
-            (x.clone(), Some(&self.mlp_norm))
-        };
+        let (h, norm) = normed(&x, &self.mlp_norm, 2, rec.as_deref_mut());
         let inner = self.gate_up.swiglu(h, norm);
         if let Some(r) = rec {
             r.record(3, &inner);

@@ -20,8 +20,10 @@ pub mod gpu;
 mod layers;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::prelude::*;
+use smolbit_ternary::kernels::{Q4Matrix, Q8Matrix, QuantizedTable};
 use smolbit_weights::{LoadError, ModelConfig, ModelDir};
 
 pub use burn::prelude::Device;
@@ -143,45 +145,18 @@ impl std::str::FromStr for HeadPolicy {
 enum Table {
     /// f32: the embedding `[vocab, hidden]`, or the head `[hidden, vocab]`.
     Dense(Box<Tensor<2>>),
-    /// 8-bit `[vocab, hidden]`, shared by a tied embedding and head.
-    Q8(std::sync::Arc<smolbit_ternary::kernels::Q8Matrix>),
-    /// 4-bit `[vocab, hidden]`, shared likewise.
-    Q4(std::sync::Arc<smolbit_ternary::kernels::Q4Matrix>),
+    /// 8- or 4-bit `[vocab, hidden]` (named "q8" or "q4"), shared by a tied embedding and head.
+    Quantized(Arc<dyn QuantizedTable>, &'static str),
 }
 
 impl Table {
     /// Rows `ids` as f32 `[ids.len(), hidden]` on `device` (quantized tables only).
-    fn lookup(&self, ids: &[u32], device: &Device) -> Option<Tensor<2>> {
-        let (rows, cols): (Vec<f32>, usize) = match self {
-            Table::Dense(_) => return None,
-            Table::Q8(m) => (
-                ids.iter().flat_map(|&t| m.row(t as usize)).collect(),
-                m.cols,
-            ),
-            Table::Q4(m) => (
-                ids.iter().flat_map(|&t| m.row(t as usize)).collect(),
-                m.cols,
-            ),
+    fn lookup(&self, ids: &[u32], cols: usize, device: &Device) -> Option<Tensor<2>> {
+        let Table::Quantized(m, _) = self else {
+            return None;
         };
+        let rows: Vec<f32> = ids.iter().flat_map(|&t| m.row(t as usize)).collect();
         Some(upload2(rows, ids.len(), cols, device))
-    }
-
-    /// `x: [tokens, hidden]` (host) times the quantized table's transpose (quantized tables
-    /// only).
-    fn product(&self, x: &[f32], tokens: usize) -> Option<Vec<f32>> {
-        match self {
-            Table::Dense(_) => None,
-            Table::Q8(m) => Some(m.matmul(x, tokens)),
-            Table::Q4(m) => Some(m.matmul(x, tokens)),
-        }
-    }
-
-    fn rows(&self) -> usize {
-        match self {
-            Table::Dense(w) => w.dims()[1],
-            Table::Q8(m) => m.rows,
-            Table::Q4(m) => m.rows,
-        }
     }
 }
 
@@ -219,33 +194,15 @@ impl Model {
         // read as f32 and, by policy, stored in 8 or 4 bits.
         let (v, h) = (c.vocab_size, c.hidden_size);
         let table = |name: &str| -> Result<Table, ModelError> {
-            use smolbit_ternary::kernels::{Q4Matrix, Q8Matrix};
-            use std::sync::Arc;
             let t = match head_policy {
-                HeadPolicy::Q8 => Table::Q8(Arc::new(quantized_table(
-                    &md,
-                    name,
-                    v,
-                    h,
-                    Q8Matrix::from_f32,
-                    |a: &mut Q8Matrix, b: Q8Matrix| {
-                        a.rows += b.rows;
-                        a.data.extend_from_slice(&b.data);
-                        a.scales.extend_from_slice(&b.scales);
-                    },
-                )?)),
-                HeadPolicy::Q4 => Table::Q4(Arc::new(quantized_table(
-                    &md,
-                    name,
-                    v,
-                    h,
-                    Q4Matrix::from_f32,
-                    |a: &mut Q4Matrix, b: Q4Matrix| {
-                        a.rows += b.rows;
-                        a.data.extend_from_slice(&b.data);
-                        a.scales.extend_from_slice(&b.scales);
-                    },
-                )?)),
+                HeadPolicy::Q8 => Table::Quantized(
+                    Arc::new(quantized_table::<Q8Matrix>(&md, name, v, h)?),
+                    "q8",
+                ),
+                HeadPolicy::Q4 => Table::Quantized(
+                    Arc::new(quantized_table::<Q4Matrix>(&md, name, v, h)?),
+                    "q4",
+                ),
                 _ => Table::Dense(Box::new(upload2(md.linear_f32(name, v, h)?, v, h, device))),
             };
             md.weights.release();
@@ -254,8 +211,7 @@ impl Model {
         let embed = table("model.embed_tokens.weight")?;
         let as_head = |t: &Table| match t {
             Table::Dense(w) => Table::Dense(Box::new((**w).clone().transpose())),
-            Table::Q8(m) => Table::Q8(m.clone()),
-            Table::Q4(m) => Table::Q4(m.clone()),
+            Table::Quantized(m, kind) => Table::Quantized(m.clone(), kind),
         };
         let head = if c.tie_word_embeddings {
             as_head(&embed)
@@ -330,8 +286,7 @@ impl Model {
     pub fn head_storage(&self) -> &'static str {
         match &self.head {
             Table::Dense(_) => "f32",
-            Table::Q8(_) => "q8",
-            Table::Q4(_) => "q4",
+            Table::Quantized(_, kind) => kind,
         }
     }
 
@@ -340,8 +295,7 @@ impl Model {
     pub fn decode_bytes(&self) -> usize {
         let head = match &self.head {
             Table::Dense(w) => w.dims().iter().product::<usize>() * 4,
-            Table::Q8(m) => m.bytes(),
-            Table::Q4(m) => m.bytes(),
+            Table::Quantized(m, _) => m.bytes(),
         };
         self.linear_bytes() + head
     }
@@ -451,7 +405,7 @@ impl Model {
                 (**e).clone().select(0, ids)
             }
             quantized => quantized
-                .lookup(tokens, &self.device)
+                .lookup(tokens, self.config.hidden_size, &self.device)
                 .expect("a quantized table"),
         };
         let past = cache.len();
@@ -474,12 +428,10 @@ impl Model {
     fn logits(&self, h: Tensor<2>) -> Tensor<2> {
         match &self.head {
             Table::Dense(w) => h.matmul((**w).clone()),
-            quantized => {
+            Table::Quantized(m, _) => {
                 let t = h.dims()[0];
-                let y = quantized
-                    .product(&tensor_to_vec(h), t)
-                    .expect("a quantized table");
-                upload2(y, t, quantized.rows(), &self.device)
+                let y = m.matmul(&tensor_to_vec(h), t);
+                upload2(y, t, m.rows(), &self.device)
             }
         }
     }
@@ -495,9 +447,7 @@ impl Model {
         let last = h.narrow(0, t - 1, 1);
         Ok(match &self.head {
             Table::Dense(w) => tensor_to_vec(last.matmul((**w).clone())),
-            quantized => quantized
-                .product(&tensor_to_vec(last), 1)
-                .expect("a quantized table"),
+            Table::Quantized(m, _) => m.matmul(&tensor_to_vec(last), 1),
         })
     }
 
@@ -522,23 +472,21 @@ impl Model {
 /// A quantized (8- or 4-bit) table read in pieces of 4,096 rows, so that the f32 copy of a
 /// large embedding (1 GB at SmolLM3-3B's 128,256 × 2,048) never exists whole; quantized
 /// (ternary) tables are dequantized whole.
-fn quantized_table<M>(
+fn quantized_table<M: QuantizedTable>(
     md: &ModelDir,
     name: &str,
     rows: usize,
     cols: usize,
-    quantize: impl Fn(&[f32], usize, usize) -> M,
-    append: impl Fn(&mut M, M),
 ) -> Result<M, ModelError> {
     if !md.weights.contains(name) {
-        return Ok(quantize(&md.linear_f32(name, rows, cols)?, rows, cols));
+        return Ok(M::quantize(&md.linear_f32(name, rows, cols)?, rows, cols));
     }
     md.check_shape(name, &[rows, cols])?;
     const PIECE: usize = 4096;
     let mut out: Option<M> = None;
     for start in (0..rows).step_by(PIECE) {
         let n = PIECE.min(rows - start);
-        let piece = quantize(
+        let piece = M::quantize(
             &md.weights
                 .rows_f32(name, cols, start, n)
                 .map_err(LoadError::from)?,
@@ -548,10 +496,10 @@ fn quantized_table<M>(
         md.weights.release();
         match &mut out {
             None => out = Some(piece),
-            Some(m) => append(m, piece),
+            Some(m) => m.append(piece),
         }
     }
-    Ok(out.unwrap_or_else(|| quantize(&[], 0, cols)))
+    Ok(out.unwrap_or_else(|| M::quantize(&[], 0, cols)))
 }
 
 /// Read a float tensor back as a flat `Vec<f32>`.

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use smolbit_ternary::kernels::{Isa, PackedTernary, Q4Matrix, Q8Matrix};
+use smolbit_ternary::kernels::{Isa, PackedTernary, Q4Matrix, Q8Matrix, QuantizedTable};
 use smolbit_ternary::{Granularity, TernaryMatrix};
 
 fn matrix(rows: usize, cols: usize, planes: usize, gran: Granularity) -> TernaryMatrix {

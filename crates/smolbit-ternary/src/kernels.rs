@@ -663,6 +663,31 @@ pub fn row_dot_f32_scalar(
     y
 }
 
+/// A quantized `[rows, cols]` table (output head, embedding) multiplied against int8
+/// activations: [`Q8Matrix`], [`Q4Matrix`].
+pub trait QuantizedTable: std::fmt::Debug + Send + Sync {
+    /// Quantize a row-major `[rows, cols]` f32 matrix.
+    fn quantize(w: &[f32], rows: usize, cols: usize) -> Self
+    where
+        Self: Sized;
+    /// Rows.
+    fn rows(&self) -> usize;
+    /// Row `r` dequantized (an embedding lookup).
+    fn row(&self, r: usize) -> Vec<f32>;
+    /// Bytes held.
+    fn bytes(&self) -> usize;
+    /// Append the rows of `other` (the same columns), for tables read in pieces.
+    fn append(&mut self, other: Self)
+    where
+        Self: Sized;
+    /// `y = x Wᵀ` for `x: [tokens, cols]` with a chosen implementation; returns `[tokens, rows]`.
+    fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32>;
+    /// `y = x Wᵀ` with the best implementation this CPU supports.
+    fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        self.matmul_with(Isa::detect(), x, tokens)
+    }
+}
+
 /// An 8-bit matrix for the output head and the embedding: per-row absmax scales
 /// (`w ≈ q / scale`, `q` in -127..=127), columns padded to a multiple of 32.
 #[derive(Debug, Clone)]
@@ -703,9 +728,29 @@ impl Q8Matrix {
             scales,
         }
     }
+}
+
+impl QuantizedTable for Q8Matrix {
+    fn quantize(w: &[f32], rows: usize, cols: usize) -> Self {
+        Q8Matrix::from_f32(w, rows, cols)
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn append(&mut self, other: Self) {
+        assert_eq!(
+            other.padded, self.padded,
+            "appended rows must have the same columns"
+        );
+        self.rows += other.rows;
+        self.data.extend_from_slice(&other.data);
+        self.scales.extend_from_slice(&other.scales);
+    }
 
     /// Row `r` dequantized (an embedding lookup).
-    pub fn row(&self, r: usize) -> Vec<f32> {
+    fn row(&self, r: usize) -> Vec<f32> {
         let s = self.scales[r];
         self.data[r * self.padded..][..self.cols]
             .iter()
@@ -714,18 +759,12 @@ impl Q8Matrix {
     }
 
     /// Bytes held.
-    pub fn bytes(&self) -> usize {
+    fn bytes(&self) -> usize {
         self.data.len() + self.scales.len() * 4
     }
 
-    /// `y = x Wᵀ` for `x: [tokens, cols]`, activations quantized to int8 per token; returns
-    /// `[tokens, rows]`.
-    pub fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
-        self.matmul_with(Isa::detect(), x, tokens)
-    }
-
     /// [`Q8Matrix::matmul`] with a chosen implementation.
-    pub fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
+    fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
         let mut xq = vec![0i8; tokens * self.padded];
         let mut xs = Vec::with_capacity(tokens);
@@ -812,9 +851,29 @@ impl Q4Matrix {
         let byte = self.data[r * self.padded / 2 + g * Q4_GROUP / 2 + j % 16];
         (byte >> (4 * (j / 16))) & 0xF
     }
+}
+
+impl QuantizedTable for Q4Matrix {
+    fn quantize(w: &[f32], rows: usize, cols: usize) -> Self {
+        Q4Matrix::from_f32(w, rows, cols)
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn append(&mut self, other: Self) {
+        assert_eq!(
+            other.padded, self.padded,
+            "appended rows must have the same columns"
+        );
+        self.rows += other.rows;
+        self.data.extend_from_slice(&other.data);
+        self.scales.extend_from_slice(&other.scales);
+    }
 
     /// Row `r` dequantized (an embedding lookup).
-    pub fn row(&self, r: usize) -> Vec<f32> {
+    fn row(&self, r: usize) -> Vec<f32> {
         let groups = self.padded / Q4_GROUP;
         (0..self.cols)
             .map(|c| {
@@ -825,21 +884,15 @@ impl Q4Matrix {
     }
 
     /// Bytes held.
-    pub fn bytes(&self) -> usize {
+    fn bytes(&self) -> usize {
         self.data.len() + self.scales.len() * 4
     }
 
-    /// `y = x Wᵀ` for `x: [tokens, cols]`, activations quantized to int8 per token; returns
-    /// `[tokens, rows]`.
-    pub fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
-        self.matmul_with(Isa::detect(), x, tokens)
-    }
-
-    /// [`Q4Matrix::matmul`] with a chosen implementation: per group the exact integer
+    /// Per group the exact integer
     /// `Σ q·x`; group `g` times its step is added to partial sum `g mod 8` (a multiply, then
     /// an add), and the eight partial sums are added in order at the end, in every
     /// implementation alike, so all give identical results.
-    pub fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
+    fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
         let q = QuantizedInput::new(x, tokens, self.cols, self.padded, Q4_GROUP);
         let groups = self.padded / Q4_GROUP;
