@@ -220,20 +220,15 @@ impl Fused {
         norm: Option<&Norm>,
     ) -> [Tensor<2>; N] {
         let t = x.dims()[0];
-        let parts: Vec<Tensor<2>> = match (self, self.host(t)) {
-            (Fused::Stacked(_, outs), host) => {
-                let y = match host {
+        let parts: Vec<Tensor<2>> = match self {
+            Fused::Stacked(l, outs) => {
+                let y = match self.host(t) {
                     Some((w, act8)) => {
                         let device = x.device();
                         let y = host_product(w, act8, x, norm);
                         Tensor::from_data(TensorData::new(y, [t, w.rows]), &device)
                     }
-                    None => {
-                        let Fused::Stacked(l, _) = self else {
-                            unreachable!()
-                        };
-                        l.forward(Norm::maybe(norm, x))
-                    }
+                    None => l.forward(Norm::maybe(norm, x)),
                 };
                 let mut start = 0;
                 outs.iter()
@@ -244,7 +239,7 @@ impl Fused {
                     })
                     .collect()
             }
-            (Fused::Separate(parts), _) => {
+            Fused::Separate(parts) => {
                 let x = Norm::maybe(norm, x);
                 parts.iter().map(|l| l.forward(x.clone())).collect()
             }
