@@ -81,14 +81,33 @@ pub enum Linear {
 }
 
 impl Linear {
+    /// The packed weights and activation mode when `tokens` tokens run through the host
+    /// kernels: packed CPU weights, except float activations from [`DENSE_PREFILL`] tokens on,
+    /// which take burn's GEMM on a transient dense copy.
+    fn host_kernels(
+        &self,
+        tokens: usize,
+    ) -> Option<(&smolbit_ternary::kernels::PackedTernary, bool)> {
+        match self {
+            Linear::Ternary { w, act8 } if *act8 || tokens < DENSE_PREFILL => Some((w, *act8)),
+            _ => None,
+        }
+    }
+
     /// `x: [T, in]` -> `[T, out]`.
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let t = x.dims()[0];
+        if let Some((w, act8)) = self.host_kernels(t) {
+            let device = x.device();
+            let y = host_product(w, act8, x, None);
+            return Tensor::from_data(TensorData::new(y, [t, w.rows]), &device);
+        }
         match self {
             Linear::Dense { w, act8 } => {
                 let x = if *act8 { act_quant(x) } else { x };
                 x.matmul(w.clone())
             }
-            Linear::Ternary { w, act8: false } if x.dims()[0] >= DENSE_PREFILL => {
+            Linear::Ternary { w, .. } => {
                 // Many tokens with float activations: expand the packed weight for this call
                 // only and use burn's GEMM (the packed copy stays the only resident one).
                 let device = x.device();
@@ -97,12 +116,6 @@ impl Linear {
                     &device,
                 );
                 x.matmul(dense.transpose())
-            }
-            Linear::Ternary { w, act8 } => {
-                let [t, _] = x.dims();
-                let device = x.device();
-                let y = host_product(w, *act8, x, None);
-                Tensor::from_data(TensorData::new(y, [t, w.rows]), &device)
             }
             #[cfg(feature = "wgpu")]
             Linear::Gpu { w, act8 } => {
@@ -205,10 +218,8 @@ impl Fused {
     /// The stacked packed weights when this runs on the host kernels for `tokens` tokens.
     fn host(&self, tokens: usize) -> Option<(&smolbit_ternary::kernels::PackedTernary, bool)> {
         match self {
-            Fused::Stacked(Linear::Ternary { w, act8 }, _) if *act8 || tokens < DENSE_PREFILL => {
-                Some((w, *act8))
-            }
-            _ => None,
+            Fused::Stacked(l, _) => l.host_kernels(tokens),
+            Fused::Separate(_) => None,
         }
     }
 
@@ -564,7 +575,8 @@ impl Block {
         let (kb, vb) = match cache.take() {
             Some((kb, vb)) if kb.dims()[1] >= s => (kb, vb),
             old => {
-                // Room for at least twice what is needed now, keeping what was cached.
+                // The next power of two (at least double the old capacity), keeping what was
+                // cached.
                 let cap = s.next_power_of_two().max(64);
                 let device = k.device();
                 let (mut kb, mut vb) = (

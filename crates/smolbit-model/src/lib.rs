@@ -149,17 +149,6 @@ enum Table {
     Quantized(Arc<dyn QuantizedTable>, &'static str),
 }
 
-impl Table {
-    /// Rows `ids` as f32 `[ids.len(), hidden]` on `device` (quantized tables only).
-    fn lookup(&self, ids: &[u32], cols: usize, device: &Device) -> Option<Tensor<2>> {
-        let Table::Quantized(m, _) = self else {
-            return None;
-        };
-        let rows: Vec<f32> = ids.iter().flat_map(|&t| m.row(t as usize)).collect();
-        Some(upload2(rows, ids.len(), cols, device))
-    }
-}
-
 impl Model {
     /// Load a Hugging Face style directory (as `smolbit convert` writes) onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
@@ -404,9 +393,10 @@ impl Model {
                     Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
                 (**e).clone().select(0, ids)
             }
-            quantized => quantized
-                .lookup(tokens, self.config.hidden_size, &self.device)
-                .expect("a quantized table"),
+            Table::Quantized(m, _) => {
+                let rows: Vec<f32> = tokens.iter().flat_map(|&t| m.row(t as usize)).collect();
+                upload2(rows, tokens.len(), self.config.hidden_size, &self.device)
+            }
         };
         let past = cache.len();
         let rope = layers::Rope::new(&self.config, past, tokens.len(), &self.device);
