@@ -888,10 +888,9 @@ impl QuantizedTable for Q4Matrix {
         self.data.len() + self.scales.len() * 4
     }
 
-    /// Per group the exact integer
-    /// `Σ q·x`; group `g` times its step is added to partial sum `g mod 8` (a multiply, then
-    /// an add), and the eight partial sums are added in order at the end, in every
-    /// implementation alike, so all give identical results.
+    /// Per group the exact integer `Σ q·x`; group `g` times its step is added to partial sum
+    /// `g mod 8` (a multiply, then an add), and the eight partial sums are added in order at the
+    /// end, in every implementation alike, so all give identical results.
     fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
         let q = QuantizedInput::new(x, tokens, self.cols, self.padded, Q4_GROUP);
