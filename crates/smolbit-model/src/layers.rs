@@ -12,9 +12,13 @@ use crate::ModelError;
 /// positions are filled. New positions are written in place (burn's CPU backend assigns into a
 /// uniquely owned tensor without copying); the capacity doubles when it runs out, so a decoded
 /// token copies only its own keys and values, not the whole cache.
+///
+/// The host path (`Block::forward_host`) keeps its own per-layer keys and values in host memory
+/// instead, `[positions, K * D]` each, appended to; a cache serves one path only.
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<3>, Tensor<3>)>>,
+    host: Vec<(Vec<f32>, Vec<f32>)>,
     len: usize,
 }
 
@@ -22,8 +26,13 @@ impl KvCache {
     pub(crate) fn new(n_layers: usize) -> Self {
         KvCache {
             layers: (0..n_layers).map(|_| None).collect(),
+            host: (0..n_layers).map(|_| Default::default()).collect(),
             len: 0,
         }
+    }
+
+    pub(crate) fn host_mut(&mut self, i: usize) -> &mut (Vec<f32>, Vec<f32>) {
+        &mut self.host[i]
     }
 
     /// Positions held.
@@ -131,6 +140,20 @@ impl Linear {
                 }
             }
         }
+    }
+
+    /// [`Linear::forward`] on host rows `x: [T, in]`: the packed kernels directly, anything
+    /// else through a tensor on `device`.
+    pub(crate) fn forward_host(&self, x: Vec<f32>, t: usize, device: &Device) -> Vec<f32> {
+        if let Some((w, act8)) = self.host_kernels(t) {
+            return if act8 {
+                w.matmul_i8(&x, t)
+            } else {
+                w.matmul_f32(&x, t)
+            };
+        }
+        let cols = x.len() / t.max(1);
+        crate::tensor_to_vec(self.forward(crate::upload2(x, t, cols, device)))
     }
 
     /// Bytes of weight data held.
@@ -290,6 +313,61 @@ impl Fused {
         silu(gate).mul(up)
     }
 
+    /// The parts' outputs side by side, `[T, Σ out_i]`, for host rows `x: [T, in]` after
+    /// `norm` (the host path).
+    pub(crate) fn forward_host(
+        &self,
+        x: &[f32],
+        t: usize,
+        norm: &Norm,
+        device: &Device,
+    ) -> Vec<f32> {
+        let mut h = x.to_vec();
+        norm.apply_host(&mut h);
+        match self {
+            Fused::Stacked(l, _) => l.forward_host(h, t, device),
+            Fused::Separate(parts) => {
+                let ys: Vec<Vec<f32>> = parts
+                    .iter()
+                    .map(|l| l.forward_host(h.clone(), t, device))
+                    .collect();
+                let widths: Vec<usize> = ys.iter().map(|y| y.len() / t.max(1)).collect();
+                let mut out = Vec::with_capacity(ys.iter().map(Vec::len).sum());
+                for ti in 0..t {
+                    for (y, &w) in ys.iter().zip(&widths) {
+                        out.extend_from_slice(&y[ti * w..][..w]);
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// [`Fused::swiglu`] on host rows (gate and up side by side, then `silu(g) * u` as burn's
+    /// CPU ops compute it).
+    pub(crate) fn swiglu_host(
+        &self,
+        x: &[f32],
+        t: usize,
+        norm: &Norm,
+        device: &Device,
+    ) -> Vec<f32> {
+        use rayon::prelude::*;
+        let y = self.forward_host(x, t, norm, device);
+        let f = y.len() / t.max(1) / 2;
+        let mut inner = vec![0f32; t * f];
+        inner
+            .par_chunks_mut(f)
+            .zip(y.par_chunks(2 * f))
+            .for_each(|(out, gu)| {
+                let (g, u) = gu.split_at(f);
+                for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                    *o = g * sigmoid(g) * u;
+                }
+            });
+        inner
+    }
+
     fn bytes(&self) -> usize {
         match self {
             Fused::Stacked(l, _) => l.bytes(),
@@ -406,7 +484,7 @@ impl Norm {
 
     /// [`rms_norm`] in place on host rows `[T, hidden]`: the same formula in f32 (the mean's
     /// summation order may differ from burn's: results agree to f32 rounding).
-    fn apply_host(&self, x: &mut [f32]) {
+    pub(crate) fn apply_host(&self, x: &mut [f32]) {
         let eps = self.eps as f32;
         for row in x.chunks_exact_mut(self.host.len()) {
             let var = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
@@ -429,22 +507,7 @@ impl Rope {
     /// `pos * inv_freq` in f32, then `emb = cat(freqs, freqs)`.
     pub(crate) fn new(c: &ModelConfig, past: usize, t: usize, device: &Device) -> Self {
         let d = c.head_dim;
-        let half = d / 2;
-        let theta = c.rope_theta as f32;
-        let inv_freq: Vec<f32> = (0..half)
-            .map(|i| 1.0 / theta.powf((2 * i) as f32 / d as f32))
-            .collect();
-        let mut cos = Vec::with_capacity(t * d);
-        let mut sin = Vec::with_capacity(t * d);
-        for p in past..past + t {
-            for _ in 0..2 {
-                for &f in &inv_freq {
-                    let a = (p as f32 * f) as f64;
-                    cos.push(a.cos() as f32);
-                    sin.push(a.sin() as f32);
-                }
-            }
-        }
+        let (cos, sin) = crate::host::rope_tables(c, past, t);
         Rope {
             cos: Tensor::from_data(TensorData::new(cos, [1, t, d]), device),
             sin: Tensor::from_data(TensorData::new(sin, [1, t, d]), device),
@@ -546,6 +609,54 @@ impl Block {
             r.record(3, &inner);
         }
         x.add(self.down.forward(inner))
+    }
+
+    /// [`Block::forward`] on the host: `x: [T, hidden]` host rows updated in place, keys and
+    /// values appended to the layer's host cache. The linears run as in `forward`
+    /// (the packed kernels directly, anything else through burn on `device`); norms, RoPE,
+    /// attention, SwiGLU and the residual adds run on the host, so a decoded token costs no
+    /// tensor operations at all on a packed model.
+    pub(crate) fn forward_host(
+        &self,
+        x: &mut [f32],
+        t: usize,
+        past: usize,
+        rope: &(Vec<f32>, Vec<f32>),
+        cache: &mut (Vec<f32>, Vec<f32>),
+        device: &Device,
+    ) {
+        let (nh, nkv, d) = (self.n_heads, self.n_kv, self.head_dim);
+        let (qw, kw) = (nh * d, nkv * d);
+        let qkv = self.qkv.forward_host(x, t, &self.attn_norm, device);
+        let mut q = Vec::with_capacity(t * qw);
+        let mut k = Vec::with_capacity(t * kw);
+        let (keys, values) = cache;
+        assert_eq!(keys.len(), past * kw, "host KV cache out of step");
+        for row in qkv.chunks_exact(qw + 2 * kw) {
+            q.extend_from_slice(&row[..qw]);
+            k.extend_from_slice(&row[qw..qw + kw]);
+            values.extend_from_slice(&row[qw + kw..]);
+        }
+        if self.use_rope {
+            crate::host::apply_rope(&mut q, nh, d, &rope.0, &rope.1);
+            crate::host::apply_rope(&mut k, nkv, d, &rope.0, &rope.1);
+        }
+        keys.extend_from_slice(&k);
+        let heads = smolbit_ternary::attention::Heads {
+            n_heads: nh,
+            n_kv: nkv,
+            d,
+        };
+        let attn = smolbit_ternary::attention::attention(&q, keys, values, t, past, heads);
+        let o = self.wo.forward_host(attn, t, device);
+        for (xv, ov) in x.iter_mut().zip(&o) {
+            *xv += ov;
+        }
+        let inner = self.gate_up.swiglu_host(x, t, &self.mlp_norm, device);
+        let y = self.down.forward_host(inner, t, device);
+        for (xv, yv) in x.iter_mut().zip(&y) {
+            *xv += yv;
+        }
     }
 
     /// Self-attention of `x` (after `norm` when given).

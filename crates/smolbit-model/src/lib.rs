@@ -17,6 +17,7 @@
 
 #[cfg(feature = "wgpu")]
 pub mod gpu;
+mod host;
 mod layers;
 
 use std::path::Path;
@@ -86,11 +87,13 @@ pub struct Model {
     /// `[vocab, hidden]`
     embed: Table,
     layers: Vec<Block>,
-    /// `[hidden]`
-    norm: Tensor<1>,
+    /// The final RMSNorm.
+    norm: layers::Norm,
     /// `[hidden, vocab]` (a transposed view of the embedding when tied), or 8-bit.
     head: Table,
     quant: Option<QuantConfig>,
+    /// Run the blocks on the host (CPU device, unless `LoadOptions::burn_ops`).
+    host: bool,
 }
 
 /// Upload a row-major f32 matrix `[rows, cols]`.
@@ -106,6 +109,11 @@ pub struct LoadOptions {
     pub reference_linears: bool,
     /// Storage of the embedding and output head.
     pub head: HeadPolicy,
+    /// On the CPU, run every step of the blocks with burn's tensor ops, as on other devices,
+    /// instead of the host path (norms, RoPE, attention and SwiGLU on host memory next to the
+    /// packed kernels, the default there). Also set by `SMOLBIT_BURN_OPS=1`. The two paths
+    /// are tested against each other.
+    pub burn_ops: bool,
 }
 
 /// How the embedding and output head are stored.
@@ -207,7 +215,8 @@ impl Model {
         } else {
             as_head(&table("lm_head.weight")?)
         };
-        let norm = get1("model.norm.weight", c.hidden_size)?;
+        let norm = layers::Norm::new(get1("model.norm.weight", c.hidden_size)?, c.rms_norm_eps);
+        let host = cpu && !opts.burn_ops && std::env::var_os("SMOLBIT_BURN_OPS").is_none();
         let load_linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
             // Packed once, then run by the CPU kernels or uploaded to a CubeCL device.
             let packed = match md.linear_ternary(name, rows, cols)? {
@@ -247,6 +256,7 @@ impl Model {
             norm,
             head,
             quant: md.quant.clone(),
+            host,
         })
     }
 
@@ -373,8 +383,40 @@ impl Model {
     /// Run `tokens` after what `cache` holds and return the final hidden states `[T, hidden]`
     /// (after the last RMSNorm), appending the new keys and values to `cache`.
     pub fn hidden(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Tensor<2>, ModelError> {
+        if self.host {
+            let x = self.hidden_host(tokens, cache)?;
+            return Ok(upload2(
+                x,
+                tokens.len(),
+                self.config.hidden_size,
+                &self.device,
+            ));
+        }
         let x = self.run_blocks(tokens, cache, None)?;
-        Ok(layers::rms_norm(x, &self.norm, self.config.rms_norm_eps))
+        Ok(self.norm.apply(x))
+    }
+
+    /// [`Model::hidden`] on the host path: embedding rows, blocks and final norm on host
+    /// memory; `[T, hidden]` row-major.
+    fn hidden_host(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
+        self.check_tokens(tokens, cache)?;
+        let t = tokens.len();
+        let mut x: Vec<f32> = match &self.embed {
+            Table::Dense(e) => {
+                let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+                let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [t]), &self.device);
+                tensor_to_vec((**e).clone().select(0, ids))
+            }
+            Table::Quantized(m, _) => tokens.iter().flat_map(|&t| m.row(t as usize)).collect(),
+        };
+        let past = cache.len();
+        let rope = host::rope_tables(&self.config, past, t);
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.forward_host(&mut x, t, past, &rope, cache.host_mut(i), &self.device);
+        }
+        cache.advance(t);
+        self.norm.apply_host(&mut x);
+        Ok(x)
     }
 
     /// Embedding and decoder blocks (no final norm), optionally recording each block's linear
@@ -432,8 +474,19 @@ impl Model {
         tokens: &[u32],
         cache: &mut KvCache,
     ) -> Result<Vec<f32>, ModelError> {
-        let h = self.hidden(tokens, cache)?;
         let t = tokens.len();
+        if self.host {
+            let h = self.hidden_host(tokens, cache)?;
+            let n = self.config.hidden_size;
+            let last = h[(t - 1) * n..].to_vec();
+            return Ok(match &self.head {
+                Table::Dense(w) => {
+                    tensor_to_vec(upload2(last, 1, n, &self.device).matmul((**w).clone()))
+                }
+                Table::Quantized(m, _) => m.matmul(&last, 1),
+            });
+        }
+        let h = self.hidden(tokens, cache)?;
         let last = h.narrow(0, t - 1, 1);
         Ok(match &self.head {
             Table::Dense(w) => tensor_to_vec(last.matmul((**w).clone())),

@@ -193,6 +193,7 @@ fn tiny_llama_b158_matches_transformers_bitlinear() {
     let opts = smolbit_model::LoadOptions {
         reference_linears: false,
         head: smolbit_model::HeadPolicy::F32,
+        ..Default::default()
     };
     let model = Model::load_with(&q, &device("cpu").expect("cpu"), opts).expect("load");
     assert!(model.quant_config().is_some_and(|qc| qc.int8_activations()));
@@ -242,6 +243,7 @@ fn packed_kernels_match_the_reference_path() {
             let opts = smolbit_model::LoadOptions {
                 reference_linears,
                 head,
+                ..Default::default()
             };
             Model::load_with(&q, &cpu, opts).expect("load")
         };
@@ -336,4 +338,54 @@ fn quantized_embeddings_load_and_run() {
         smolbit_model::argmax(&last),
         smolbit_model::argmax(g.logits.last().expect("row"))
     );
+}
+
+/// The CPU host path (norms, RoPE, attention, SwiGLU on host memory next to the kernels; the
+/// default) gives the logits of burn's tensor ops (`burn_ops`, the path every other device
+/// runs), for a float model with no-RoPE layers and a packed int8-activation model, over a
+/// prompt and three KV-cache steps. Tolerance 1e-4 absolute (logits ~1): the paths differ only
+/// in f32 summation order (attention sums, softmax normalization order).
+#[test]
+fn host_path_matches_burn_ops() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let b158 = tmp.path().join("b158");
+    let qopts = smolbit_weights::quantize::QuantizeOptions {
+        scheme: "b158".parse().expect("scheme"),
+        packing: smolbit_ternary::pack::Packing::TwoBit,
+        calibration: None,
+        overwrite: false,
+        iters: 2,
+        quantize_embeddings: false,
+    };
+    smolbit_weights::quantize::quantize_model(&tiny_llama_f32(tmp.path()), &b158, &qopts)
+        .expect("quantize");
+    let cpu = device("cpu").expect("cpu");
+    // b158 on 8 tokens (see packed_kernels_match_the_reference_path on int8 rounding flips).
+    for (dir, n) in [(testdata("tiny-smollm3"), 20), (b158, 8)] {
+        let load = |burn_ops| {
+            let opts = smolbit_model::LoadOptions {
+                burn_ops,
+                ..Default::default()
+            };
+            Model::load_with(&dir, &cpu, opts).expect("load")
+        };
+        let (host, burn) = (load(false), load(true));
+        let tokens: Vec<u32> = (0..n).map(|i| (i * 7 + 1) % 50).collect();
+        let (mut ca, mut cb) = (host.new_cache(), burn.new_cache());
+        let mut a = tensor_to_vec(host.forward(&tokens, &mut ca).expect("forward"));
+        let mut b = tensor_to_vec(burn.forward(&tokens, &mut cb).expect("forward"));
+        for next in [3, 9, 4] {
+            a.extend(host.forward_last(&[next], &mut ca).expect("step"));
+            b.extend(burn.forward_last(&[next], &mut cb).expect("step"));
+        }
+        assert_eq!((ca.len(), cb.len()), (n as usize + 3, n as usize + 3));
+        assert_eq!(a.len(), b.len());
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "{}: max |diff| {worst}", dir.display());
+        eprintln!("{}: max |diff| {worst:e}", dir.display());
+    }
 }

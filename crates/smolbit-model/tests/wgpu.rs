@@ -206,6 +206,7 @@ fn ternary_checkpoints_on_wgpu() {
         let opts = LoadOptions {
             reference_linears: false,
             head: HeadPolicy::F32,
+            ..Default::default()
         };
         let model = Model::load_with(&q, &dev, opts).expect("load on wgpu");
         // The GPU model really holds packed weights.
@@ -215,6 +216,7 @@ fn ternary_checkpoints_on_wgpu() {
             LoadOptions {
                 reference_linears: true,
                 head: HeadPolicy::F32,
+                ..Default::default()
             },
         )
         .expect("load reference");

@@ -13,15 +13,18 @@
 //!   of transformers' BitNet `pack_weights`.
 //! - [`metrics`]: relative reconstruction error of `W` and of `W·X`.
 //! - [`kernels`]: weights kept packed at 2 bits for inference: W1.58A8 and float-activation
-//!   products (scalar reference, AVX2, AVX-512 VNNI, NEON, picked at run time; rows over rayon's pool;
-//!   decode four rows a call with software prefetch, prefill in eight-token tiles over bands of
-//!   rows), row stacking for projections of one input, and the 8-bit and 4-bit head/embedding
-//!   matrices.
+//!   products (scalar reference, AVX2, AVX-512 VNNI, NEON, picked at run time; rows over
+//!   rayon's pool; decode four rows a call with software prefetch, prefill in eight-token tiles
+//!   over bands of rows), row stacking for projections of one input, and the 8-bit and 4-bit
+//!   head/embedding matrices.
+//! - [`attention`]: causal grouped-query attention over a host KV cache (AVX2 + FMA or
+//!   portable), for the CPU decoder path that runs whole blocks next to the kernels.
 //!
 //! Matrices are row-major `[rows, cols]` = `[out_features, in_features]`, as in PyTorch.
 
 pub mod absmean;
 pub mod act;
+pub mod attention;
 pub mod gptq;
 pub mod kernels;
 pub mod metrics;
