@@ -248,6 +248,7 @@ impl Model {
         let layers = (0..c.num_layers)
             .map(|i| Block::load(&c, i, &get1, &lin))
             .collect::<Result<Vec<_>, _>>()?;
+        release_free_heap();
         Ok(Model {
             config: c,
             device: device.clone(),
@@ -543,6 +544,23 @@ fn quantized_table<M: QuantizedTable>(
         }
     }
     Ok(out.unwrap_or_else(|| M::quantize(&[], 0, cols)))
+}
+
+/// Hand memory freed during loading back to the OS. Loading allocates and frees large transient
+/// buffers (unpacked trits, f32 pieces of tables) on rayon's threads; glibc keeps what those
+/// threads' arenas freed mapped, which showed as about 40 MB of the 3B-shaped model's peak RSS.
+fn release_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            /// glibc: release free memory from the heap and every arena.
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only returns free pages to the OS; it takes no pointers.
+        unsafe {
+            malloc_trim(0);
+        }
+    }
 }
 
 /// Read a float tensor back as a flat `Vec<f32>`.
