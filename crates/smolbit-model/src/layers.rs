@@ -187,17 +187,6 @@ fn host_product(
     }
 }
 
-/// burn's CPU `sigmoid` (the same branches, so the same f32 results).
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    if x >= 0.0 {
-        1.0 / (1.0 + (-x).exp())
-    } else {
-        let e = x.exp();
-        e / (1.0 + e)
-    }
-}
-
 /// Linears applied to the same input (q, k, v; gate, up). Packed ternary ones of one shape run
 /// as one stacked product (one activation quantization, one parallel pass: fewer per-call costs
 /// in decode); anything else runs one by one. Outputs are identical either way.
@@ -285,28 +274,19 @@ impl Fused {
 
     /// SwiGLU, `silu(gate(x)) * up(x)`, for a gate/up pair, after `norm` when given. Stacked
     /// packed weights on the CPU compute it on the host as the product comes back (one upload
-    /// of `[T, F]` instead of two narrows, a sigmoid and two multiplies), in the same f32
-    /// operations as burn's `silu(g).mul(u)` on the CPU; otherwise with burn's ops.
+    /// of `[T, F]` instead of two narrows, a sigmoid and two multiplies) with
+    /// `smolbit_ternary::ops::swiglu` (burn's `silu(g).mul(u)` formula, a vectorized `exp`);
+    /// otherwise with burn's ops.
     pub(crate) fn swiglu(&self, x: Tensor<2>, norm: Option<&Norm>) -> Tensor<2> {
         let t = x.dims()[0];
         if let (Some((w, act8)), Fused::Stacked(_, outs)) = (self.host(t), self)
             && outs.len() == 2
             && outs[0] == outs[1]
         {
-            use rayon::prelude::*;
             let f = outs[0];
             let device = x.device();
             let y = host_product(w, act8, x, norm);
-            let mut inner = vec![0f32; t * f];
-            inner
-                .par_chunks_mut(f)
-                .zip(y.par_chunks(2 * f))
-                .for_each(|(out, gu)| {
-                    let (g, u) = gu.split_at(f);
-                    for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-                        *o = g * sigmoid(g) * u;
-                    }
-                });
+            let inner = smolbit_ternary::ops::swiglu(&y, f);
             return Tensor::from_data(TensorData::new(inner, [t, f]), &device);
         }
         let [gate, up] = self.forward(x, norm);
@@ -343,8 +323,8 @@ impl Fused {
         }
     }
 
-    /// [`Fused::swiglu`] on host rows (gate and up side by side, then `silu(g) * u` as burn's
-    /// CPU ops compute it).
+    /// [`Fused::swiglu`] on host rows (gate and up side by side, then
+    /// `smolbit_ternary::ops::swiglu`).
     pub(crate) fn swiglu_host(
         &self,
         x: &[f32],
@@ -352,20 +332,8 @@ impl Fused {
         norm: &Norm,
         device: &Device,
     ) -> Vec<f32> {
-        use rayon::prelude::*;
         let y = self.forward_host(x, t, norm, device);
-        let f = y.len() / t.max(1) / 2;
-        let mut inner = vec![0f32; t * f];
-        inner
-            .par_chunks_mut(f)
-            .zip(y.par_chunks(2 * f))
-            .for_each(|(out, gu)| {
-                let (g, u) = gu.split_at(f);
-                for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
-                    *o = g * sigmoid(g) * u;
-                }
-            });
-        inner
+        smolbit_ternary::ops::swiglu(&y, y.len() / t.max(1) / 2)
     }
 
     fn bytes(&self) -> usize {

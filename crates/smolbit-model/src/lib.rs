@@ -14,6 +14,12 @@
 //! group size the packed layout does not take), trits are unpacked to f32 at load and `:a8`
 //! inputs are fake-quantized to int8 (the reference path the kernels are tested against).
 //! [`Model::calibrate`] records each linear's input statistics for calibrated schemes.
+//!
+//! On the CPU the blocks run on the host path by default: the residual stream stays in host
+//! memory, and norms, RoPE, attention (`smolbit_ternary::attention`, over a host KV cache) and
+//! SwiGLU run beside the kernels, so decoding makes no burn calls on a packed model.
+//! [`LoadOptions::burn_ops`] (or `SMOLBIT_BURN_OPS=1`) runs burn's ops instead, as every other
+//! device does; the two are tested against each other.
 
 #[cfg(feature = "wgpu")]
 pub mod gpu;

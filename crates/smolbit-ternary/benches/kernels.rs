@@ -41,8 +41,17 @@ fn median_secs(mut f: impl FnMut(), reps: usize) -> f64 {
 
 fn main() {
     println!("threads: {}", rayon::current_num_threads());
+    // SMOLBIT_BENCH_ONLY=<substring> keeps the matching figures (and skips the stream one);
+    // SMOLBIT_BENCH_REPS=<n> sets the repeats of every figure (for steadier medians, or fixed
+    // work under `perf stat`).
+    let only = std::env::var("SMOLBIT_BENCH_ONLY").unwrap_or_default();
+    let reps_env: Option<usize> = std::env::var("SMOLBIT_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     // `cargo bench -p smolbit-ternary -- stream`: only the decode streaming figure.
-    stream();
+    if only.is_empty() {
+        stream();
+    }
     if std::env::args().any(|a| a == "stream") {
         return;
     }
@@ -52,6 +61,10 @@ fn main() {
         ("3b ffn up 11008x2048", 11008, 2048),
         ("3b ffn down 2048x11008", 2048, 11008),
     ];
+    // A figure runs when its label, "<shape> <scheme> <a8|af> <isa> T=<tokens>", contains `only`.
+    let want = |name: &str, label: &str, act: &str, isa: Isa, tokens: usize| {
+        format!("{name} {label} {act} {} T={tokens}", isa.name()).contains(&only)
+    };
     for (name, rows, cols) in shapes {
         for (label, gran, planes) in [
             ("b158", Granularity::Tensor, 1),
@@ -62,8 +75,11 @@ fn main() {
                 let x: Vec<f32> = (0..tokens * cols)
                     .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
                     .collect();
-                let reps = if tokens == 1 { 50 } else { 5 };
+                let reps = reps_env.unwrap_or(if tokens == 1 { 50 } else { 5 });
                 for isa in Isa::available() {
+                    if !want(name, label, "a8", isa, tokens) {
+                        continue;
+                    }
                     let t = median_secs(
                         || {
                             std::hint::black_box(p.matmul_i8_with(isa, &x, tokens));
@@ -77,6 +93,9 @@ fn main() {
                         p.bytes() as f64 / t / 1e9,
                         (rows * cols * tokens * planes) as f64 / t / 1e9
                     );
+                }
+                if !want(name, label, "af", Isa::detect(), tokens) {
+                    continue;
                 }
                 let t = median_secs(
                     || {

@@ -121,6 +121,30 @@ fn exp_shifted(scores: &mut [f32], max: f32) -> f32 {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use crate::ops::x86::exp8;
+
+    /// `s ← exp(s − max)` for every score, eight at a time ([`exp8`]), the rest with `f32::exp`;
+    /// returns their sum.
+    #[target_feature(enable = "avx2,fma")]
+    fn exp_shifted(scores: &mut [f32], max: f32) -> f32 {
+        let m = _mm256_set1_ps(max);
+        let mut acc = _mm256_setzero_ps();
+        let mut chunks = scores.chunks_exact_mut(8);
+        for c in &mut chunks {
+            // SAFETY: c holds eight floats.
+            unsafe {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(c.as_ptr()), m));
+                _mm256_storeu_ps(c.as_mut_ptr(), e);
+                acc = _mm256_add_ps(acc, e);
+            }
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: eight floats into an array of eight.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        lanes.iter().sum::<f32>() + super::exp_shifted(chunks.into_remainder(), max)
+    }
+
+
     /// [`super::attend`] with AVX2 + FMA for `d` a multiple of 8: scores four positions at a
     /// time (four independent FMA chains), the weighted sum of values 64 columns at a time
     /// (eight accumulators held in registers across all positions).
@@ -181,7 +205,7 @@ mod x86 {
             *sc = hsum(acc) * scale;
             max = max.max(*sc);
         }
-        let inv = _mm256_set1_ps(1.0 / super::exp_shifted(scores, max));
+        let inv = _mm256_set1_ps(1.0 / exp_shifted(scores, max));
         // Values: 64 columns at a time in eight accumulators, then 8 at a time.
         let wide = d - d % 64;
         for c0 in (0..wide).step_by(64) {

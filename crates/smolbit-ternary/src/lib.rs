@@ -19,6 +19,7 @@
 //!   head/embedding matrices.
 //! - [`attention`]: causal grouped-query attention over a host KV cache (AVX2 + FMA or
 //!   portable), for the CPU decoder path that runs whole blocks next to the kernels.
+//! - [`ops`]: the elementwise steps of that path (SwiGLU, with an 8-lane `exp`).
 //!
 //! Matrices are row-major `[rows, cols]` = `[out_features, in_features]`, as in PyTorch.
 
@@ -28,6 +29,7 @@ pub mod attention;
 pub mod gptq;
 pub mod kernels;
 pub mod metrics;
+pub mod ops;
 pub mod pack;
 pub mod planes;
 pub mod scheme;
