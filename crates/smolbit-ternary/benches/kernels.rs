@@ -118,6 +118,26 @@ fn main() {
 /// Decode as the model runs it: one token through the seven projections of eight 3B-shaped
 /// layers (b158, ~180 MB packed, far beyond the last-level cache), so the weights stream from
 /// memory; against a plain parallel read of the same bytes in the same run.
+/// A plain read of `bytes` as fast as this machine reads: four interleaved streams (its four
+/// quarters, read in lockstep; a single sequential stream reaches about two thirds of this
+/// here), eight 64-bit sums each, vectorized by the compiler.
+fn read4(bytes: &[u8]) -> u64 {
+    let q = bytes.len() / 4 / 64 * 64;
+    let part = |k: usize| bytes[k * q..(k + 1) * q].chunks_exact(64);
+    let mut acc = [0u64; 8];
+    for (((a, b), c), d) in part(0).zip(part(1)).zip(part(2)).zip(part(3)) {
+        for i in 0..8 {
+            let w = |s: &[u8]| u64::from_le_bytes(s[8 * i..8 * i + 8].try_into().expect("8"));
+            acc[i] = acc[i]
+                .wrapping_add(w(a))
+                .wrapping_add(w(b))
+                .wrapping_add(w(c))
+                .wrapping_add(w(d));
+        }
+    }
+    acc.iter().fold(0, |a, &v| a.wrapping_add(v))
+}
+
 fn stream() {
     let shapes = [
         (2048, 2048),
@@ -156,12 +176,7 @@ fn stream() {
             use rayon::prelude::*;
             let s: u64 = mats
                 .par_iter()
-                .map(|m| {
-                    m.codes
-                        .chunks_exact(8)
-                        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                        .fold(0u64, u64::wrapping_add)
-                })
+                .map(|m| read4(&m.codes))
                 .reduce(|| 0, u64::wrapping_add);
             std::hint::black_box(s);
         },

@@ -144,7 +144,6 @@ mod x86 {
         lanes.iter().sum::<f32>() + super::exp_shifted(chunks.into_remainder(), max)
     }
 
-
     /// [`super::attend`] with AVX2 + FMA for `d` a multiple of 8: scores four positions at a
     /// time (four independent FMA chains), the weighted sum of values 64 columns at a time
     /// (eight accumulators held in registers across all positions).

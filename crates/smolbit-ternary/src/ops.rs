@@ -9,7 +9,10 @@ use rayon::prelude::*;
 /// `silu(g) · u = g · sigmoid(g) · u` for rows `[gate (f) | up (f)]` of `gu` (`[t, 2f]`);
 /// returns `[t, f]`. Rows in parallel when there are many.
 pub fn swiglu(gu: &[f32], f: usize) -> Vec<f32> {
-    assert!(f > 0 && gu.len().is_multiple_of(2 * f), "rows must be [gate | up]");
+    assert!(
+        f > 0 && gu.len().is_multiple_of(2 * f),
+        "rows must be [gate | up]"
+    );
     let t = gu.len() / (2 * f);
     let mut out = vec![0f32; t * f];
     let row = |(o, r): (&mut [f32], &[f32])| {
@@ -23,7 +26,9 @@ pub fn swiglu(gu: &[f32], f: usize) -> Vec<f32> {
         swiglu_row(g, u, o);
     };
     if t >= 4 {
-        out.par_chunks_mut(f).zip(gu.par_chunks(2 * f)).for_each(row);
+        out.par_chunks_mut(f)
+            .zip(gu.par_chunks(2 * f))
+            .for_each(row);
     } else {
         out.chunks_mut(f).zip(gu.chunks(2 * f)).for_each(row);
     }
@@ -92,7 +97,13 @@ pub(crate) mod x86 {
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
         let mut p = _mm256_set1_ps(1.987_569_1e-4);
-        for c in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        for c in [
+            1.398_199_9e-3,
+            8.333_452e-3,
+            4.166_579_6e-2,
+            0.166_666_65,
+            0.5,
+        ] {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
         let y = _mm256_add_ps(
