@@ -30,7 +30,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use burn::prelude::*;
-use smolbit_ternary::kernels::{Q4Matrix, Q8Matrix, QuantizedTable};
+use smolbit_ternary::kernels::{F16Matrix, Q4Matrix, Q8Matrix, QuantizedTable};
 use smolbit_weights::{LoadError, ModelConfig, ModelDir};
 
 pub use burn::prelude::Device;
@@ -130,6 +130,9 @@ pub enum HeadPolicy {
     Auto,
     /// f32 (as loaded).
     F32,
+    /// binary16 (`smolbit_ternary::kernels::F16Matrix`), float activations: half of f32's
+    /// bytes at f16 rounding.
+    F16,
     /// 8-bit, per-row absmax scales (`smolbit_ternary::kernels::Q8Matrix`), int8 activations.
     Q8,
     /// 4-bit, a step per 32 columns (`smolbit_ternary::kernels::Q4Matrix`, as llama.cpp's
@@ -143,11 +146,12 @@ impl std::str::FromStr for HeadPolicy {
         Ok(match s {
             "auto" => HeadPolicy::Auto,
             "f32" => HeadPolicy::F32,
+            "f16" => HeadPolicy::F16,
             "q8" => HeadPolicy::Q8,
             "q4" => HeadPolicy::Q4,
             other => {
                 return Err(format!(
-                    "unknown head storage '{other}' (auto, f32, q8, q4)"
+                    "unknown head storage '{other}' (auto, f32, f16, q8, q4)"
                 ));
             }
         })
@@ -190,7 +194,7 @@ impl Model {
             HeadPolicy::Auto if kernels && md.quant.is_some() => HeadPolicy::Q8,
             HeadPolicy::Auto => HeadPolicy::F32,
             // The quantized tables run on the CPU kernels only.
-            HeadPolicy::Q8 | HeadPolicy::Q4 if !cpu => HeadPolicy::F32,
+            HeadPolicy::F16 | HeadPolicy::Q8 | HeadPolicy::Q4 if !cpu => HeadPolicy::F32,
             p => p,
         };
         // The embedding and head may be ternary too (quantize --quantize-embeddings); they are
@@ -201,6 +205,10 @@ impl Model {
                 HeadPolicy::Q8 => Table::Quantized(
                     Arc::new(quantized_table::<Q8Matrix>(&md, name, v, h)?),
                     "q8",
+                ),
+                HeadPolicy::F16 => Table::Quantized(
+                    Arc::new(quantized_table::<F16Matrix>(&md, name, v, h)?),
+                    "f16",
                 ),
                 HeadPolicy::Q4 => Table::Quantized(
                     Arc::new(quantized_table::<Q4Matrix>(&md, name, v, h)?),

@@ -132,7 +132,7 @@ enum Command {
         #[arg(long, default_value = "cpu")]
         device: String,
         /// Storage of the embedding and output head: auto (8-bit for ternary checkpoints on the
-        /// CPU), f32, q8 or q4 (4-bit, a step per 32 columns; CPU only).
+        /// CPU), f32, f16, q8 or q4 (4-bit, a step per 32 columns); f16/q8/q4 on the CPU only.
         #[arg(long, default_value = "auto")]
         head: smolbit_model::HeadPolicy,
         /// Print one JSON object as the last line only.
