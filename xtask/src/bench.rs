@@ -233,80 +233,110 @@ pub fn run(args: &[String]) -> Result<()> {
         copy1 / 1e9,
         copy2 / 1e9
     );
-    let mut jsonl = std::fs::File::create(out_dir.join("bench.jsonl"))?;
-    let mut rows = Vec::new();
-    for (name, dir, threads, new_tokens, head) in cases {
-        eprintln!("[bench] {name}, {threads} thread(s)");
-        let repeats = if new_tokens <= 4 {
-            "1"
-        } else if quick {
-            "2"
-        } else {
-            "3"
-        };
-        let out = Command::new(&bin)
-            .current_dir(&root)
-            .args([
-                "--threads",
-                &threads.to_string(),
-                "bench",
-                "--json",
-                "--repeats",
-                repeats,
-                "--head",
-                head,
-            ])
-            .args([
-                "--prompt-tokens",
-                "128",
-                "--new-tokens",
-                &new_tokens.to_string(),
-                "--model",
-            ])
-            .arg(&dir)
-            .output()
-            .context("cannot run smolbit")?;
-        if !out.status.success() {
-            bail!(
-                "smolbit bench {}: {}",
-                dir.display(),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.lines().last().unwrap_or("{}");
-        let mut v: serde_json::Value = serde_json::from_str(line).context("bench output")?;
-        let wb = weight_bytes(&dir);
-        v["weight_bytes"] = serde_json::json!(wb);
-        // Bytes read per decoded token as loaded (packed linears and head); the files' size when
-        // the binary does not report it.
-        let per_token = v["decode_bytes"].as_u64().unwrap_or(wb);
-        writeln!(jsonl, "{v}")?;
-        let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-        let decode = num("decode_tok_s");
-        let bw = if threads == 1 { bw1 } else { bw2 };
-        // The bound: read bandwidth / bytes read per token.
-        let bound = bw / per_token.max(1) as f64;
-        rows.push(format!(
-            "| {name} | {threads} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} % |",
-            wb as f64 / 1e6,
-            per_token as f64 / 1e6,
-            num("prefill_tok_s"),
-            decode,
-            num("ttft_ms"),
-            num("peak_rss_mb"),
-            100.0 * decode / bound
-        ));
+    // One job per table row. They run grouped by model size, each size's smolbit rows then its
+    // llama.cpp rows, so the rows compared against each other are measured minutes apart rather
+    // than across the whole run (this machine's speed drifts within a run); the table keeps
+    // smolbit rows first.
+    enum Job<'a> {
+        Smolbit(String, PathBuf, usize, usize, &'a str),
+        Llama(PathBuf, usize),
     }
-    if let Some(exe) = &llama {
+    let mut jobs: Vec<(bool, Job)> = Vec::new();
+    for (name, dir, threads, new_tokens, head) in cases {
+        let big = name.contains("3b");
+        jobs.push((big, Job::Smolbit(name, dir, threads, new_tokens, head)));
+    }
+    if llama.is_some() {
         for g in &ggufs {
-            let name = format!(
-                "llama.cpp {}",
-                g.file_name().unwrap_or_default().to_string_lossy()
-            );
-            let wb = std::fs::metadata(g).map_or(0, |m| m.len());
-            let big = wb > 4_000_000_000;
+            let big = g
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().contains("3b"));
             for threads in [1, 2] {
+                jobs.push((big, Job::Llama(g.clone(), threads)));
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|&i| (jobs[i].0, matches!(jobs[i].1, Job::Llama(..))));
+    let mut jsonl = std::fs::File::create(out_dir.join("bench.jsonl"))?;
+    let mut rows: Vec<Option<String>> = vec![None; jobs.len()];
+    for i in order {
+        let row = match &jobs[i].1 {
+            Job::Smolbit(name, dir, threads, new_tokens, head) => {
+                let (name, dir, threads, new_tokens, head) =
+                    (name, dir, *threads, *new_tokens, *head);
+                eprintln!("[bench] {name}, {threads} thread(s)");
+                let repeats = if new_tokens <= 4 {
+                    "1"
+                } else if quick {
+                    "2"
+                } else {
+                    "3"
+                };
+                let out = Command::new(&bin)
+                    .current_dir(&root)
+                    .args([
+                        "--threads",
+                        &threads.to_string(),
+                        "bench",
+                        "--json",
+                        "--repeats",
+                        repeats,
+                        "--head",
+                        head,
+                    ])
+                    .args([
+                        "--prompt-tokens",
+                        "128",
+                        "--new-tokens",
+                        &new_tokens.to_string(),
+                        "--model",
+                    ])
+                    .arg(&dir)
+                    .output()
+                    .context("cannot run smolbit")?;
+                if !out.status.success() {
+                    bail!(
+                        "smolbit bench {}: {}",
+                        dir.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                let text = String::from_utf8_lossy(&out.stdout);
+                let line = text.lines().last().unwrap_or("{}");
+                let mut v: serde_json::Value =
+                    serde_json::from_str(line).context("bench output")?;
+                let wb = weight_bytes(&dir);
+                v["weight_bytes"] = serde_json::json!(wb);
+                // Bytes read per decoded token as loaded (packed linears and head); the files'
+                // size when the binary does not report it.
+                let per_token = v["decode_bytes"].as_u64().unwrap_or(wb);
+                writeln!(jsonl, "{v}")?;
+                let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+                let decode = num("decode_tok_s");
+                let bw = if threads == 1 { bw1 } else { bw2 };
+                // The bound: read bandwidth / bytes read per token.
+                let bound = bw / per_token.max(1) as f64;
+                format!(
+                    "| {name} | {threads} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} % |",
+                    wb as f64 / 1e6,
+                    per_token as f64 / 1e6,
+                    num("prefill_tok_s"),
+                    decode,
+                    num("ttft_ms"),
+                    num("peak_rss_mb"),
+                    100.0 * decode / bound
+                )
+            }
+            Job::Llama(g, threads) => {
+                let (g, threads) = (g, *threads);
+                let Some(exe) = &llama else { continue };
+                let name = format!(
+                    "llama.cpp {}",
+                    g.file_name().unwrap_or_default().to_string_lossy()
+                );
+                let wb = std::fs::metadata(g).map_or(0, |m| m.len());
+                let big = wb > 4_000_000_000;
                 if big && threads == 1 {
                     continue;
                 }
@@ -334,16 +364,18 @@ pub fn run(args: &[String]) -> Result<()> {
                 });
                 writeln!(jsonl, "{v}")?;
                 let bw = if threads == 1 { bw1 } else { bw2 };
-                rows.push(format!(
+                format!(
                     "| {name} | {threads} | {:.0} | {:.0} | {p:.1} | {d:.1} | {:.0} | {rss:.0} | {:.0} % |",
                     wb as f64 / 1e6,
                     wb as f64 / 1e6,
                     128.0 / p * 1e3,
                     100.0 * d / (bw / wb.max(1) as f64)
-                ));
+                )
             }
-        }
+        };
+        rows[i] = Some(row);
     }
+    let rows: Vec<String> = rows.into_iter().flatten().collect();
     let mut md = String::new();
     md.push_str("| model | threads | file (MB) | read per token (MB) | prefill tok/s (128) | decode tok/s | TTFT ms (128-token prompt) | peak RSS (MB) | decode vs bandwidth bound |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|\n");
