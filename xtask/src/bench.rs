@@ -225,6 +225,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let out_dir = root.join("reports").join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let (copy1, copy2) = (copy_bandwidth(1), copy_bandwidth(2));
+    // Read bandwidth before and after the rows; the bound uses the higher (what the machine
+    // reached), as its speed drifts within a run.
     let (bw1, bw2) = (read_bandwidth(1), read_bandwidth(2));
     eprintln!(
         "[bench] read bandwidth: {:.1} GB/s (1 thread), {:.1} GB/s (2 threads); copy: {:.1}, {:.1} GB/s",
@@ -259,7 +261,8 @@ pub fn run(args: &[String]) -> Result<()> {
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&i| (jobs[i].0, matches!(jobs[i].1, Job::Llama(..))));
     let mut jsonl = std::fs::File::create(out_dir.join("bench.jsonl"))?;
-    let mut rows: Vec<Option<String>> = vec![None; jobs.len()];
+    // Per row: the columns before the bound, decode tok/s, bytes read per token, threads.
+    let mut rows: Vec<Option<(String, f64, f64, usize)>> = vec![None; jobs.len()];
     for i in order {
         let row = match &jobs[i].1 {
             Job::Smolbit(name, dir, threads, new_tokens, head) => {
@@ -292,7 +295,7 @@ pub fn run(args: &[String]) -> Result<()> {
                         &new_tokens.to_string(),
                         "--model",
                     ])
-                    .arg(&dir)
+                    .arg(dir)
                     .output()
                     .context("cannot run smolbit")?;
                 if !out.status.success() {
@@ -306,7 +309,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 let line = text.lines().last().unwrap_or("{}");
                 let mut v: serde_json::Value =
                     serde_json::from_str(line).context("bench output")?;
-                let wb = weight_bytes(&dir);
+                let wb = weight_bytes(dir);
                 v["weight_bytes"] = serde_json::json!(wb);
                 // Bytes read per decoded token as loaded (packed linears and head); the files'
                 // size when the binary does not report it.
@@ -314,19 +317,16 @@ pub fn run(args: &[String]) -> Result<()> {
                 writeln!(jsonl, "{v}")?;
                 let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
                 let decode = num("decode_tok_s");
-                let bw = if threads == 1 { bw1 } else { bw2 };
-                // The bound: read bandwidth / bytes read per token.
-                let bound = bw / per_token.max(1) as f64;
-                format!(
-                    "| {name} | {threads} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} | {:.0} % |",
+                let cols = format!(
+                    "| {name} | {threads} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} |",
                     wb as f64 / 1e6,
                     per_token as f64 / 1e6,
                     num("prefill_tok_s"),
                     decode,
                     num("ttft_ms"),
                     num("peak_rss_mb"),
-                    100.0 * decode / bound
-                )
+                );
+                (cols, decode, per_token as f64, threads)
             }
             Job::Llama(g, threads) => {
                 let (g, threads) = (g, *threads);
@@ -363,19 +363,33 @@ pub fn run(args: &[String]) -> Result<()> {
                     "prompt_tokens": 128, "new_tokens": new_tokens,
                 });
                 writeln!(jsonl, "{v}")?;
-                let bw = if threads == 1 { bw1 } else { bw2 };
-                format!(
-                    "| {name} | {threads} | {:.0} | {:.0} | {p:.1} | {d:.1} | {:.0} | {rss:.0} | {:.0} % |",
+                let cols = format!(
+                    "| {name} | {threads} | {:.0} | {:.0} | {p:.1} | {d:.1} | {:.0} | {rss:.0} |",
                     wb as f64 / 1e6,
                     wb as f64 / 1e6,
                     128.0 / p * 1e3,
-                    100.0 * d / (bw / wb.max(1) as f64)
-                )
+                );
+                (cols, d, wb as f64, threads)
             }
         };
         rows[i] = Some(row);
     }
-    let rows: Vec<String> = rows.into_iter().flatten().collect();
+    let (after1, after2) = (read_bandwidth(1), read_bandwidth(2));
+    eprintln!(
+        "[bench] read bandwidth after: {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)",
+        after1 / 1e9,
+        after2 / 1e9
+    );
+    let (bw1, bw2) = (bw1.max(after1), bw2.max(after2));
+    // The bound: read bandwidth / bytes read per token.
+    let rows: Vec<String> = rows
+        .into_iter()
+        .flatten()
+        .map(|(cols, decode, bytes, threads)| {
+            let bw = if threads == 1 { bw1 } else { bw2 };
+            format!("{cols} {:.0} % |", 100.0 * decode * bytes / bw)
+        })
+        .collect();
     let mut md = String::new();
     md.push_str("| model | threads | file (MB) | read per token (MB) | prefill tok/s (128) | decode tok/s | TTFT ms (128-token prompt) | peak RSS (MB) | decode vs bandwidth bound |\n");
     md.push_str("|---|---|---|---|---|---|---|---|---|\n");
@@ -384,7 +398,7 @@ pub fn run(args: &[String]) -> Result<()> {
         md.push('\n');
     }
     md.push_str(&format!(
-        "\nMedians; read bandwidth {:.1} GB/s (1 thread), {:.1} GB/s (2 threads); copy bandwidth {:.1} / {:.1} GB/s (bytes copied per second); bound = read bandwidth / bytes read per token (packed linears and output head as loaded). Produced by `cargo xtask bench{}`.\n",
+        "\nMedians; read bandwidth {:.1} GB/s (1 thread), {:.1} GB/s (2 threads), the higher of before and after the rows; copy bandwidth {:.1} / {:.1} GB/s (bytes copied per second); bound = read bandwidth / bytes read per token (packed linears and output head as loaded). Produced by `cargo xtask bench{}`.\n",
         bw1 / 1e9,
         bw2 / 1e9,
         copy1 / 1e9,
