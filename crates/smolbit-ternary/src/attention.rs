@@ -90,7 +90,7 @@ fn attend(
     let key = |j: usize| &keys[j * stride + offset..][..d];
     let mut max = f32::NEG_INFINITY;
     for (j, sc) in scores.iter_mut().enumerate() {
-        *sc = dot(qh, key(j)) * scale;
+        *sc = crate::kernels::dot_f32_portable(qh, key(j)) * scale;
         max = max.max(*sc);
     }
     let sum = exp_shifted(scores, max);
@@ -239,25 +239,6 @@ mod x86 {
             unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(c), _mm256_mul_ps(acc, inv)) };
         }
     }
-}
-
-/// `Σ a·b` with eight partial sums (one vector register with AVX2).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -675,8 +675,10 @@ fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
     dot_f32_portable(a, b)
 }
 
+/// `Σ a·b` in f32 with eight partial sums, in portable code (plain multiply and add: without
+/// hardware FMA, `mul_add` is a library call).
 #[inline(always)]
-fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let tail: f32 = ca
@@ -687,7 +689,7 @@ fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
         .sum();
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
+            acc[i] += x[i] * y[i];
         }
     }
     acc.iter().sum::<f32>() + tail
