@@ -95,7 +95,7 @@ pub struct Model {
     layers: Vec<Block>,
     /// The final RMSNorm.
     norm: layers::Norm,
-    /// `[hidden, vocab]` (a transposed view of the embedding when tied), or 8-bit.
+    /// `[hidden, vocab]` (a transposed view of the embedding when tied), or f16, 8- or 4-bit.
     head: Table,
     quant: Option<QuantConfig>,
     /// Run the blocks on the host (CPU device, unless `LoadOptions::burn_ops`).
@@ -296,7 +296,7 @@ impl Model {
         self.layers.iter().map(Block::linear_bytes).sum()
     }
 
-    /// How the output head is stored: "f32", "q8" or "q4".
+    /// How the output head is stored: "f32", "f16", "q8" or "q4".
     pub fn head_storage(&self) -> &'static str {
         match &self.head {
             Table::Dense(_) => "f32",
@@ -527,7 +527,7 @@ impl Model {
     }
 }
 
-/// A quantized (8- or 4-bit) table read in pieces of 4,096 rows, so that the f32 copy of a
+/// A compact (f16, 8- or 4-bit) table read in pieces of 4,096 rows, so that the f32 copy of a
 /// large embedding (1 GB at SmolLM3-3B's 128,256 × 2,048) never exists whole; quantized
 /// (ternary) tables are dequantized whole.
 fn quantized_table<M: QuantizedTable>(
