@@ -315,6 +315,12 @@ impl PackedTernary {
                 }
             });
         }
+        // Quarters of the last block that hold real columns (0 to 4; the rest is padding).
+        let quarters = self
+            .cols
+            .saturating_sub(self.padded - BLOCK)
+            .div_ceil(32)
+            .min(4);
         // Prefill: rows in bands of BAND; for each tile of up to TILE tokens, every row of the
         // band in turn, so the tile's activations stay in L1 across the band (instead of
         // streaming all tokens from L2 for every row) and each unpacked block of codes serves
@@ -342,6 +348,7 @@ impl PackedTernary {
                                 &xs[..n],
                                 &sums[..n],
                                 self.group,
+                                quarters,
                             );
                             for i in 0..n {
                                 acc[i] += y[i];
@@ -558,6 +565,7 @@ impl QuantizedInput {
 /// the mask fill 13 of AVX2's 16 vector registers).
 const TILE: usize = 8;
 
+/// `quarters`: the 32-column quarters of the row's last block that hold real columns (0 to 4).
 fn row_dot_i8(
     isa: Isa,
     codes: &[u8],
@@ -565,6 +573,7 @@ fn row_dot_i8(
     xs: &[&[i8]],
     sums: &[&[i32]],
     group: usize,
+    quarters: usize,
 ) -> [f32; TILE] {
     let mut out = [0f32; TILE];
     #[cfg(target_arch = "x86_64")]
@@ -574,9 +583,9 @@ fn row_dot_i8(
         // SAFETY: Isa::Avx2/Avx512Vnni are only produced when the CPU has those features.
         return unsafe {
             if isa == Isa::Avx2 {
-                x86::row_dot_n_avx2::<TILE>(codes, scales, xt, st, group)
+                x86::row_dot_n_avx2::<TILE>(codes, scales, xt, st, group, quarters)
             } else {
-                x86::row_dot_n_vnni::<TILE>(codes, scales, xt, st, group)
+                x86::row_dot_n_vnni::<TILE>(codes, scales, xt, st, group, quarters)
             }
         };
     }
@@ -587,12 +596,14 @@ fn row_dot_i8(
         // SAFETY: Isa::Neon/NeonDot are only produced on aarch64, NeonDot only with dotprod.
         return unsafe {
             if isa == Isa::NeonDot {
-                arm::row_dot_n_dot::<TILE>(codes, scales, xt, st, group)
+                arm::row_dot_n_dot::<TILE>(codes, scales, xt, st, group, quarters)
             } else {
-                arm::row_dot_n_neon::<TILE>(codes, scales, xt, st, group)
+                arm::row_dot_n_neon::<TILE>(codes, scales, xt, st, group, quarters)
             }
         };
     }
+    // The scalar path computes the padding too (it adds nothing).
+    let _ = quarters;
     for (i, (x, s)) in xs.iter().zip(sums).enumerate() {
         out[i] = row_dot_one(isa, codes, scales, x, s, group);
     }
@@ -610,18 +621,18 @@ fn row_dot_one(
     match isa {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: Isa::Avx2/Avx512Vnni are only produced when the CPU has those features.
-        Isa::Avx2 => unsafe { x86::row_dot_n_avx2::<1>(codes, scales, [x], [sums], group)[0] },
+        Isa::Avx2 => unsafe { x86::row_dot_n_avx2::<1>(codes, scales, [x], [sums], group, 4)[0] },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Isa::Avx512Vnni => unsafe {
-            x86::row_dot_n_vnni::<1>(codes, scales, [x], [sums], group)[0]
+            x86::row_dot_n_vnni::<1>(codes, scales, [x], [sums], group, 4)[0]
         },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: Isa::Neon/NeonDot are only produced on aarch64, NeonDot only with dotprod.
-        Isa::Neon => unsafe { arm::row_dot_n_neon::<1>(codes, scales, [x], [sums], group)[0] },
+        Isa::Neon => unsafe { arm::row_dot_n_neon::<1>(codes, scales, [x], [sums], group, 4)[0] },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
-        Isa::NeonDot => unsafe { arm::row_dot_n_dot::<1>(codes, scales, [x], [sums], group)[0] },
+        Isa::NeonDot => unsafe { arm::row_dot_n_dot::<1>(codes, scales, [x], [sums], group, 4)[0] },
         _ => row_dot_scalar(codes, scales, x, sums, group),
     }
 }
@@ -1164,7 +1175,9 @@ mod x86 {
         ($name:ident, $features:literal, $prod:ident, $flush:ident) => {
             /// `N` tokens against one packed row: each block's codes are unpacked once and used
             /// for every token; per group, the exact integer sum minus the activation sum, times
-            /// the group's scale.
+            /// the group's scale. With groups of whole blocks, only the first `quarters` (0 to
+            /// 4) 32-column quarters of the last block are computed: the caller passes how many
+            /// hold real columns (the rest is padding, which adds nothing).
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name<const N: usize>(
                 codes: &[u8],
@@ -1172,6 +1185,7 @@ mod x86 {
                 xs: [&[i8]; N],
                 sums: [&[i32]; N],
                 group: usize,
+                quarters: usize,
             ) -> [f32; N] {
                 let blocks = codes.len() / BLOCK_BYTES;
                 for t in 0..N {
@@ -1206,6 +1220,26 @@ mod x86 {
                             let mut small = [_mm256_setzero_si256(); N];
                             while b < stop {
                                 let parts = unpack(b);
+                                if b + 1 == blocks && quarters < 4 {
+                                    // The last block's padding quarters (code 1, activation
+                                    // 0) add nothing: skipped.
+                                    for t in 0..N {
+                                        for (k, part) in parts.iter().enumerate().take(quarters) {
+                                            // SAFETY: as below.
+                                            small[t] = unsafe {
+                                                $prod(
+                                                    small[t],
+                                                    *part,
+                                                    _mm256_loadu_si256(
+                                                        xp[t].add(b * BLOCK + 32 * k).cast(),
+                                                    ),
+                                                )
+                                            };
+                                        }
+                                    }
+                                    b += 1;
+                                    continue;
+                                }
                                 for t in 0..N {
                                     // SAFETY: 128 activations of block b in bounds (asserted);
                                     // the helpers need only this function's features.
@@ -1663,7 +1697,8 @@ mod arm {
 
     macro_rules! kernels {
         ($row_dot_n:ident, $rows_dot:ident, $q4:ident, $dot_i8:ident, $features:literal, $prod:ident) => {
-            /// `N` tokens against one packed row (as the AVX2 kernel of the same name).
+            /// `N` tokens against one packed row (as the AVX2 kernel of the same name, the last
+            /// block's padding quarters skipped the same way).
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $row_dot_n<const N: usize>(
                 codes: &[u8],
@@ -1671,6 +1706,7 @@ mod arm {
                 xs: [&[i8]; N],
                 sums: [&[i32]; N],
                 group: usize,
+                quarters: usize,
             ) -> [f32; N] {
                 let blocks = codes.len() / BLOCK_BYTES;
                 for t in 0..N {
@@ -1687,9 +1723,10 @@ mod arm {
                             // in bounds (asserted).
                             unsafe {
                                 let parts = unpack(codes.as_ptr().add(b * BLOCK_BYTES));
+                                let q = if b + 1 == blocks { quarters } else { 4 };
                                 for t in 0..N {
                                     let xb = xs[t].as_ptr().add(b * BLOCK);
-                                    for (k, part) in parts.iter().enumerate() {
+                                    for (k, part) in parts.iter().enumerate().take(q) {
                                         acc[t] = $prod(acc[t], part[0], vld1q_s8(xb.add(32 * k)));
                                         acc[t] =
                                             $prod(acc[t], part[1], vld1q_s8(xb.add(32 * k + 16)));
