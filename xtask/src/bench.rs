@@ -24,23 +24,31 @@ fn copy_bandwidth(threads: usize) -> f64 {
     const N: usize = 256 << 20;
     let mut bufs: Vec<(Vec<u8>, Vec<u8>)> =
         (0..threads).map(|_| (vec![1u8; N], vec![0u8; N])).collect();
-    let mut times = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        std::thread::scope(|s| {
-            for (src, dst) in bufs.iter_mut() {
-                s.spawn(move || dst.copy_from_slice(src));
-            }
-        });
-        times.push(t.elapsed().as_secs_f64());
-    }
+    (N * threads) as f64
+        / median_of_5(|| {
+            std::thread::scope(|s| {
+                for (src, dst) in bufs.iter_mut() {
+                    s.spawn(move || dst.copy_from_slice(src));
+                }
+            })
+        })
+}
+
+/// Median wall time of five runs of `f`, in seconds.
+fn median_of_5(mut f: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
     times.sort_by(f64::total_cmp);
-    (N * threads) as f64 / times[2]
+    times[2]
 }
 
 /// Read bandwidth: `threads` threads each reading its own 256 MiB buffer as four interleaved
-/// streams (its quarters in lockstep; one sequential stream reaches about two thirds of this
-/// here), eight 64-bit sums, median of 5, in bytes read per second. Decode only reads its
+/// streams (its quarters in lockstep; one sequential stream reached 0.7-0.85 of this here), eight 64-bit sums, median of 5, in bytes read per second. Decode only reads its
 /// weights, so this is the rate the bound uses: a memory copy also writes, and llama.cpp's F16
 /// decode was seen reading its weights at 1.4 times the copy rate.
 fn read_bandwidth(threads: usize) -> f64 {
@@ -63,18 +71,14 @@ fn read_bandwidth(threads: usize) -> f64 {
         }
         acc.iter().fold(0u64, |a, &v| a.wrapping_add(v))
     };
-    let mut times = Vec::new();
-    for _ in 0..5 {
-        let t = Instant::now();
-        std::thread::scope(|s| {
-            for b in &bufs {
-                s.spawn(move || std::hint::black_box(read(b)));
-            }
-        });
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    (N * threads) as f64 / times[2]
+    (N * threads) as f64
+        / median_of_5(|| {
+            std::thread::scope(|s| {
+                for b in &bufs {
+                    s.spawn(move || std::hint::black_box(read(b)));
+                }
+            })
+        })
 }
 
 fn weight_bytes(dir: &Path) -> u64 {
@@ -336,19 +340,20 @@ pub fn run(args: &[String]) -> Result<()> {
                     g.file_name().unwrap_or_default().to_string_lossy()
                 );
                 let wb = std::fs::metadata(g).map_or(0, |m| m.len());
-                let big = wb > 4_000_000_000;
-                if big && threads == 1 {
+                // F16 3B files (over 4 GB): 2 threads and 4 tokens only, as the f16/f32 3B rows.
+                let huge = wb > 4_000_000_000;
+                if huge && threads == 1 {
                     continue;
                 }
                 eprintln!("[bench] {name}, {threads} thread(s)");
-                let new_tokens = if big {
+                let new_tokens = if huge {
                     4
                 } else if quick {
                     16
                 } else {
                     64
                 };
-                let repeats = if big {
+                let repeats = if huge {
                     "1"
                 } else if quick {
                     "2"

@@ -146,11 +146,7 @@ impl Linear {
     /// else through a tensor on `device`.
     pub(crate) fn forward_host(&self, x: Vec<f32>, t: usize, device: &Device) -> Vec<f32> {
         if let Some((w, act8)) = self.host_kernels(t) {
-            return if act8 {
-                w.matmul_i8(&x, t)
-            } else {
-                w.matmul_f32(&x, t)
-            };
+            return packed_product(w, act8, &x, t);
         }
         let cols = x.len() / t.max(1);
         crate::tensor_to_vec(self.forward(crate::upload2(x, t, cols, device)))
@@ -180,10 +176,20 @@ fn host_product(
     if let Some(n) = norm {
         n.apply_host(&mut host);
     }
+    packed_product(w, act8, &host, t)
+}
+
+/// The packed CPU kernels on host rows `x: [T, in]`: int8 or float activations.
+fn packed_product(
+    w: &smolbit_ternary::kernels::PackedTernary,
+    act8: bool,
+    x: &[f32],
+    t: usize,
+) -> Vec<f32> {
     if act8 {
-        w.matmul_i8(&host, t)
+        w.matmul_i8(x, t)
     } else {
-        w.matmul_f32(&host, t)
+        w.matmul_f32(x, t)
     }
 }
 

@@ -489,23 +489,17 @@ impl Model {
         tokens: &[u32],
         cache: &mut KvCache,
     ) -> Result<Vec<f32>, ModelError> {
-        let t = tokens.len();
-        if self.host {
-            let h = self.hidden_host(tokens, cache)?;
-            let n = self.config.hidden_size;
-            let last = h[(t - 1) * n..].to_vec();
-            return Ok(match &self.head {
-                Table::Dense(w) => {
-                    tensor_to_vec(upload2(last, 1, n, &self.device).matmul((**w).clone()))
-                }
-                Table::Quantized(m, _) => m.matmul(&last, 1),
-            });
-        }
-        let h = self.hidden(tokens, cache)?;
-        let last = h.narrow(0, t - 1, 1);
+        let (t, n) = (tokens.len(), self.config.hidden_size);
+        let last = if self.host {
+            self.hidden_host(tokens, cache)?[(t - 1) * n..].to_vec()
+        } else {
+            tensor_to_vec(self.hidden(tokens, cache)?.narrow(0, t - 1, 1))
+        };
         Ok(match &self.head {
-            Table::Dense(w) => tensor_to_vec(last.matmul((**w).clone())),
-            Table::Quantized(m, _) => m.matmul(&tensor_to_vec(last), 1),
+            Table::Dense(w) => {
+                tensor_to_vec(upload2(last, 1, n, &self.device).matmul((**w).clone()))
+            }
+            Table::Quantized(m, _) => m.matmul(&last, 1),
         })
     }
 
