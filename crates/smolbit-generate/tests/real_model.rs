@@ -15,17 +15,21 @@ fn testdata(name: &str) -> PathBuf {
 }
 
 fn generator() -> Option<&'static Generator> {
-    static GEN: OnceLock<Option<(tempfile::TempDir, Generator)>> = OnceLock::new();
+    static GEN: OnceLock<Option<Generator>> = OnceLock::new();
     GEN.get_or_init(|| {
         let gguf = smolbit_weights::cache::default_model_for_tests()?;
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("m");
-        smolbit_weights::convert(&gguf, &dir, &Default::default()).expect("convert");
+        // Under the target directory, replaced by every run: a static is never dropped, so a
+        // temporary directory held here would outlive the process (and fill /tmp run by run).
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-generate");
+        let options = smolbit_weights::ConvertOptions {
+            overwrite: true,
+            ..Default::default()
+        };
+        smolbit_weights::convert(&gguf, &dir, &options).expect("convert");
         let g = Generator::load(&dir, &smolbit_model::device("cpu").expect("cpu")).expect("load");
-        Some((tmp, g))
+        Some(g)
     })
     .as_ref()
-    .map(|(_, g)| g)
 }
 
 fn reference() -> serde_json::Value {

@@ -18,7 +18,6 @@ use smolbit_model::{Model, device, tensor_to_vec};
 const TOL: f32 = 2e-3;
 
 struct Real {
-    _tmp: tempfile::TempDir,
     dir: PathBuf,
     model: Model,
 }
@@ -27,15 +26,16 @@ fn real() -> Option<&'static Real> {
     static REAL: OnceLock<Option<Real>> = OnceLock::new();
     REAL.get_or_init(|| {
         let gguf = smolbit_weights::cache::default_model_for_tests()?;
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("smollm2");
-        smolbit_weights::convert(&gguf, &dir, &Default::default()).expect("convert default model");
+        // Under the target directory, replaced by every run: a static is never dropped, so a
+        // temporary directory held here would outlive the process (and fill /tmp run by run).
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-model");
+        let options = smolbit_weights::ConvertOptions {
+            overwrite: true,
+            ..Default::default()
+        };
+        smolbit_weights::convert(&gguf, &dir, &options).expect("convert default model");
         let model = Model::load(&dir, &device("cpu").expect("cpu")).expect("load");
-        Some(Real {
-            _tmp: tmp,
-            dir,
-            model,
-        })
+        Some(Real { dir, model })
     })
     .as_ref()
 }

@@ -158,27 +158,27 @@ fn errors_are_one_line() {
 /// The default model converted once for the CLI tests that need a tokenizer; `None` (skipped)
 /// when it is not cached, unless `SMOLBIT_REQUIRE_MODEL=1`.
 fn real_model() -> Option<&'static Path> {
-    static DIR: std::sync::OnceLock<Option<(tempfile::TempDir, PathBuf)>> =
-        std::sync::OnceLock::new();
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
         let gguf = smolbit_weights::cache::default_model_for_tests()?;
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("m");
+        // Under the target directory, replaced by every run: a static is never dropped, so a
+        // temporary directory held here would outlive the process (and fill /tmp run by run).
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-cli");
         let out = smolbit(&[
             "convert",
             gguf.to_str().expect("utf8"),
             "--out",
             dir.to_str().expect("utf8"),
+            "--force",
         ]);
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Some((tmp, dir))
+        Some(dir)
     })
-    .as_ref()
-    .map(|(_, d)| d.as_path())
+    .as_deref()
 }
 
 #[test]
