@@ -4,13 +4,20 @@
 
 /// Quantize one token's activations; returns the int8 values and the scale.
 pub fn quantize_token(x: &[f32]) -> (Vec<i8>, f32) {
+    let mut q = vec![0i8; x.len()];
+    let scale = quantize_token_into(x, &mut q);
+    (q, scale)
+}
+
+/// [`quantize_token`] into `out` (at least `x.len()` long; the rest is left as it is);
+/// returns the scale.
+pub fn quantize_token_into(x: &[f32], out: &mut [i8]) -> f32 {
     let max = x.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-5);
     let scale = 127.0 / max;
-    let q = x
-        .iter()
-        .map(|v| round_half_even(v * scale).clamp(-128.0, 127.0) as i8)
-        .collect();
-    (q, scale)
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = round_half_even(v * scale).clamp(-128.0, 127.0) as i8;
+    }
+    scale
 }
 
 /// `v.round_ties_even()` without a libm call (baseline x86-64 has no rounding instruction, and

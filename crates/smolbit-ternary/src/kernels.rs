@@ -271,12 +271,14 @@ impl PackedTernary {
             // Decode: one token. Groups of whole blocks (per-tensor, per-row, 128, 256, ...) go
             // ROWS rows at a time (one activation load and one horizontal sum serve them all);
             // 32- and 64-column groups row by row.
-            let (x, sums, scale) = (&q.values[..], &q.group_sums[..], q.scales[0]);
-            return par_row_chunks(self.rows, 1, ROWS, |r0, out| {
-                let mut r = r0;
-                let mut rest = &mut out[..];
-                while !rest.is_empty() {
-                    let n = if self.group >= BLOCK && rest.len() >= ROWS {
+            let (x, sums) = (&q.values[..], &q.group_sums[..]);
+            let inv = 1.0 / q.scales[0];
+            return par_row_chunks(self.rows, 1, ROWS, |chunk| {
+                let (first, n) = (chunk.first_row(), chunk.rows());
+                let mut ri = 0;
+                while ri < n {
+                    let r = first + ri;
+                    if self.group >= BLOCK && n - ri >= ROWS {
                         let mut acc = [0f32; ROWS];
                         for k in 0..self.planes {
                             let y = rows_dot_one(
@@ -291,10 +293,10 @@ impl PackedTernary {
                                 acc[i] += y[i];
                             }
                         }
-                        for i in 0..ROWS {
-                            rest[i] = acc[i] / scale;
+                        for (i, a) in acc.into_iter().enumerate() {
+                            chunk.set(ri + i, 0, a * inv);
                         }
-                        ROWS
+                        ri += ROWS;
                     } else {
                         let mut acc = 0f32;
                         for k in 0..self.planes {
@@ -307,11 +309,9 @@ impl PackedTernary {
                                 self.group,
                             );
                         }
-                        rest[0] = acc / scale;
-                        1
-                    };
-                    r += n;
-                    rest = &mut rest[n..];
+                        chunk.set(ri, 0, acc * inv);
+                        ri += 1;
+                    }
                 }
             });
         }
@@ -325,8 +325,10 @@ impl PackedTernary {
         // band in turn, so the tile's activations stay in L1 across the band (instead of
         // streaming all tokens from L2 for every row) and each unpacked block of codes serves
         // the whole tile.
-        par_row_chunks(self.rows, tokens, 1, |r0, out| {
-            let n_rows = out.len() / tokens;
+        // Dividing by the activation scale, as a multiply by its inverse.
+        let inv: Vec<f32> = q.scales.iter().map(|s| 1.0 / s).collect();
+        par_row_chunks(self.rows, tokens, 1, |chunk| {
+            let (first, n_rows) = (chunk.first_row(), chunk.rows());
             for b0 in (0..n_rows).step_by(BAND) {
                 let band = b0..(b0 + BAND).min(n_rows);
                 for t0 in (0..tokens).step_by(TILE) {
@@ -338,7 +340,7 @@ impl PackedTernary {
                         sums[i] = &q.group_sums[(t0 + i) * groups..][..groups];
                     }
                     for ri in band.clone() {
-                        let r = r0 + ri;
+                        let r = first + ri;
                         let mut acc = [0f32; TILE];
                         for k in 0..self.planes {
                             let y = row_dot_i8(
@@ -354,9 +356,8 @@ impl PackedTernary {
                                 acc[i] += y[i];
                             }
                         }
-                        let outs = &mut out[ri * tokens + t0..][..n];
                         for i in 0..n {
-                            outs[i] = acc[i] / q.scales[t0 + i];
+                            chunk.set(ri, t0 + i, acc[i] * inv[t0 + i]);
                         }
                     }
                 }
@@ -455,47 +456,82 @@ impl PackedTernary {
 /// Run `f(row, outputs for each token)` over `rows` in parallel on rayon's pool; returns
 /// `[tokens, rows]`.
 fn par_rows(rows: usize, tokens: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-    par_row_chunks(rows, tokens, 1, |r0, out| {
-        for (i, row_out) in out.chunks_mut(tokens).enumerate() {
-            f(r0 + i, row_out);
+    par_row_chunks(rows, tokens, 1, |chunk| {
+        let mut buf = vec![0f32; tokens];
+        for ri in 0..chunk.rows() {
+            f(chunk.first_row() + ri, &mut buf);
+            for (t, &v) in buf.iter().enumerate() {
+                chunk.set(ri, t, v);
+            }
         }
     })
 }
 
-/// Run `f(first row, outputs [rows of the chunk, tokens])` over chunks of rows (multiples of
-/// `align`) in parallel on rayon's pool; returns `[tokens, rows]`.
+/// Run `f` over chunks of rows (multiples of `align`) in parallel on rayon's pool; each chunk
+/// writes its rows' outputs straight into the `[tokens, rows]` result (before, chunks filled a
+/// `[rows, tokens]` buffer that was then transposed: the transpose and the zeroing of the extra
+/// buffer took about a seventh of 135M prefill time under perf).
 fn par_row_chunks(
     rows: usize,
     tokens: usize,
     align: usize,
-    f: impl Fn(usize, &mut [f32]) + Sync,
+    f: impl Fn(&mut RowChunk<'_>) + Sync,
 ) -> Vec<f32> {
-    let mut by_row = vec![0f32; rows * tokens];
+    let mut y = vec![0f32; rows * tokens];
     // Chunks big enough to amortize scheduling, small enough to balance two to 64 threads.
     let chunk = (rows / (rayon::current_num_threads() * 8)).clamp(8, 256);
     let chunk = chunk.div_ceil(align) * align;
-    by_row
-        .par_chunks_mut(chunk * tokens)
-        .enumerate()
-        .for_each(|(ci, out)| f(ci * chunk, out));
-    if tokens == 1 {
-        return by_row;
-    }
-    // Transpose to [tokens, rows] 32 tokens at a time (the 32 output lines being written stay
-    // in L1), token tiles in parallel: a plain loop with its stride-`rows` writes took a sixth
-    // of 135M prefill time.
-    const T: usize = 32;
-    let mut y = vec![0f32; tokens * rows];
-    y.par_chunks_mut(T * rows).enumerate().for_each(|(tb, ys)| {
-        let (t0, nt) = (tb * T, ys.len() / rows);
-        for r in 0..rows {
-            let src = &by_row[r * tokens + t0..][..nt];
-            for (t, &v) in src.iter().enumerate() {
-                ys[t * rows + r] = v;
-            }
-        }
+    let out = Output {
+        ptr: y.as_mut_ptr(),
+        rows,
+        tokens,
+    };
+    (0..rows.div_ceil(chunk)).into_par_iter().for_each(|ci| {
+        let first = ci * chunk;
+        f(&mut RowChunk {
+            out: &out,
+            first,
+            rows: chunk.min(rows - first),
+        });
     });
     y
+}
+
+/// A `[tokens, rows]` product output shared by the row chunks that fill it.
+struct Output {
+    ptr: *mut f32,
+    rows: usize,
+    tokens: usize,
+}
+
+// SAFETY: the chunks write through `ptr` only via `RowChunk::set`, each to its own rows.
+unsafe impl Sync for Output {}
+
+/// Rows `first..first + rows` of an [`Output`]: their only writer (chunks never overlap).
+struct RowChunk<'a> {
+    out: &'a Output,
+    first: usize,
+    rows: usize,
+}
+
+impl RowChunk<'_> {
+    fn first_row(&self) -> usize {
+        self.first
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Output of the chunk's row `ri` for token `t`.
+    #[inline]
+    fn set(&mut self, ri: usize, t: usize, v: f32) {
+        assert!(ri < self.rows && t < self.out.tokens);
+        // SAFETY: `first + rows <= out.rows` (par_row_chunks) and the bounds above keep the
+        // index inside the `tokens * rows` buffer, which outlives every chunk; row
+        // `first + ri` belongs to this chunk alone, so no other thread writes the element.
+        unsafe { *self.out.ptr.add(t * self.out.rows + self.first + ri) = v };
+    }
 }
 
 /// Rows that share one tile of prefill activations.
@@ -543,16 +579,31 @@ impl QuantizedInput {
     fn new(x: &[f32], tokens: usize, cols: usize, padded: usize, group: usize) -> Self {
         let groups = padded / group;
         let mut values = vec![0i8; tokens * padded];
-        let mut scales = Vec::with_capacity(tokens);
         let mut group_sums = vec![0i32; tokens * groups];
-        for t in 0..tokens {
-            let (q, s) = crate::act::quantize_token(&x[t * cols..][..cols]);
-            values[t * padded..][..cols].copy_from_slice(&q);
-            scales.push(s);
-            for (g, chunk) in values[t * padded..][..padded].chunks(group).enumerate() {
-                group_sums[t * groups + g] = chunk.iter().map(|&v| i32::from(v)).sum();
+        let one = |(t, (v, gs)): (usize, (&mut [i8], &mut [i32]))| {
+            let s = crate::act::quantize_token_into(&x[t * cols..][..cols], v);
+            for (g, chunk) in v.chunks(group).enumerate() {
+                gs[g] = chunk.iter().map(|&v| i32::from(v)).sum();
             }
-        }
+            s
+        };
+        // Tokens in parallel for prefill (a few per task); one token inline.
+        let scales = if tokens > 1 {
+            values
+                .par_chunks_mut(padded)
+                .zip(group_sums.par_chunks_mut(groups))
+                .enumerate()
+                .with_min_len(4)
+                .map(one)
+                .collect()
+        } else {
+            values
+                .chunks_mut(padded)
+                .zip(group_sums.chunks_mut(groups))
+                .enumerate()
+                .map(one)
+                .collect()
+        };
         QuantizedInput {
             values,
             scales,
@@ -830,12 +881,14 @@ impl QuantizedTable for Q8Matrix {
     fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
         let mut xq = vec![0i8; tokens * self.padded];
-        let mut xs = Vec::with_capacity(tokens);
-        for t in 0..tokens {
-            let (q, s) = crate::act::quantize_token(&x[t * self.cols..][..self.cols]);
-            xq[t * self.padded..][..self.cols].copy_from_slice(&q);
-            xs.push(s);
-        }
+        let xs: Vec<f32> = (0..tokens)
+            .map(|t| {
+                crate::act::quantize_token_into(
+                    &x[t * self.cols..][..self.cols],
+                    &mut xq[t * self.padded..],
+                )
+            })
+            .collect();
         par_rows(self.rows, tokens, |r, row_out| {
             let w = &self.data[r * self.padded..][..self.padded];
             for (t, o) in row_out.iter_mut().enumerate() {
