@@ -108,7 +108,8 @@ fn median_ts(v: &serde_json::Value) -> f64 {
 }
 
 /// One llama.cpp case: `llama-bench -p 128 -n <new> -t <threads> -r <repeats> -o jsonl` under
-/// `/usr/bin/time` for its peak RSS. Returns (prefill tok/s, decode tok/s, peak RSS MB).
+/// `/usr/bin/time` for its peak RSS. Returns (prefill tok/s, decode tok/s, peak RSS in MB of
+/// 10^6 bytes, as smolbit's).
 fn llama_bench(
     exe: &Path,
     gguf: &Path,
@@ -147,7 +148,7 @@ fn llama_bench(
         .filter_map(|v| v.trim().parse::<f64>().ok())
         .next_back()
         .unwrap_or(f64::NAN);
-    Ok((prefill, decode, rss_kb / 1024.0))
+    Ok((prefill, decode, smolbit_eval::run::kib_to_mb(rss_kb)))
 }
 
 pub fn run(args: &[String]) -> Result<()> {
