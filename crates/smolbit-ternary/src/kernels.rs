@@ -1537,6 +1537,7 @@ mod x86 {
     }
 
     rows_dot!(rows_dot_avx2, "avx2", prod_avx2, flush_avx2);
+
     rows_dot!(
         rows_dot_vnni,
         "avx2,avx512f,avx512vl,avx512vnni",
@@ -2070,6 +2071,42 @@ mod tests {
             }
         }
         eprintln!("implementations checked: {:?}", Isa::available());
+    }
+
+    #[test]
+    fn extreme_inputs_do_not_overflow_the_i16_sums() {
+        // The AVX2 kernels sum products in i16 for a bounded number of blocks before widening:
+        // every weight +1 (or -1) against activations all at the int8 extreme is the largest
+        // sum each can see. Rows of 4096 columns span many flushes; the f32 result is exact
+        // here (integers below 2^24 times one scale), so it is checked against the closed form
+        // as well as the scalar path.
+        let (rows, cols) = (8, 4096);
+        for (trit, sign) in [(1i8, 1f32), (-1, 1.0), (1, -1.0)] {
+            for gran in [Granularity::Tensor, Granularity::Group(128)] {
+                let m = TernaryMatrix {
+                    rows,
+                    cols,
+                    planes: 1,
+                    granularity: gran,
+                    trits: vec![trit; rows * cols],
+                    scales: vec![1.0; gran.scales_per_plane(rows, cols)],
+                };
+                let p = PackedTernary::from_matrix(&m).expect("packs");
+                for tokens in [1, 8] {
+                    let x = vec![sign; tokens * cols];
+                    let want = p.matmul_i8_with(Isa::Scalar, &x, tokens);
+                    for (i, v) in want.iter().enumerate() {
+                        assert_eq!(*v, f32::from(trit) * sign * cols as f32, "scalar {i}");
+                    }
+                    for isa in Isa::available() {
+                        assert!(
+                            p.matmul_i8_with(isa, &x, tokens) == want,
+                            "{isa:?} {gran:?} t={tokens} trit {trit} x {sign}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
