@@ -211,12 +211,7 @@ pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib_to_mb(kib))
-}
-
-/// KiB (what Linux and `/usr/bin/time` report) to MB of 10^6 bytes.
-pub fn kib_to_mb(kib: f64) -> f64 {
-    kib * 1024.0 / 1e6
+    Some(crate::results::kib_to_mb(kib))
 }
 
 /// Reset the peak RSS counter to the current RSS (Linux: `echo 5 > /proc/self/clear_refs`),
