@@ -339,26 +339,29 @@ impl PackedTernary {
                         xs[i] = &q.values[(t0 + i) * self.padded..][..self.padded];
                         sums[i] = &q.group_sums[(t0 + i) * groups..][..groups];
                     }
+                    let inv = &inv[t0..t0 + n];
                     for ri in band.clone() {
                         let r = first + ri;
-                        let mut acc = [0f32; TILE];
-                        for k in 0..self.planes {
-                            let y = row_dot_i8(
+                        let dot = |k: usize| {
+                            row_dot_i8(
                                 isa,
                                 self.row_codes(k, r),
                                 self.row_scales(k, r),
-                                &xs[..n],
-                                &sums[..n],
+                                &xs,
+                                &sums,
+                                n,
                                 self.group,
                                 quarters,
-                            );
+                            )
+                        };
+                        let mut acc = dot(0);
+                        for k in 1..self.planes {
+                            let y = dot(k);
                             for i in 0..n {
                                 acc[i] += y[i];
                             }
                         }
-                        for i in 0..n {
-                            chunk.set(ri, t0 + i, acc[i] * inv[t0 + i]);
-                        }
+                        chunk.set_tokens(ri, t0, &acc[..n], inv);
                     }
                 }
             }
@@ -523,6 +526,18 @@ impl RowChunk<'_> {
         self.rows
     }
 
+    /// Outputs of the chunk's row `ri` for tokens `t0..t0 + v.len()`: `v[i] · scale[i]`.
+    #[inline]
+    fn set_tokens(&mut self, ri: usize, t0: usize, v: &[f32], scale: &[f32]) {
+        assert!(ri < self.rows && t0 + v.len() <= self.out.tokens && scale.len() == v.len());
+        let p = self.out.ptr;
+        for (i, (v, s)) in v.iter().zip(scale).enumerate() {
+            // SAFETY: as in `set`: token t0 + i < tokens (asserted), row first + ri of this
+            // chunk alone.
+            unsafe { *p.add((t0 + i) * self.out.rows + self.first + ri) = v * s };
+        }
+    }
+
     /// Output of the chunk's row `ri` for token `t`.
     #[inline]
     fn set(&mut self, ri: usize, t: usize, v: f32) {
@@ -616,47 +631,46 @@ impl QuantizedInput {
 /// the mask fill 13 of AVX2's 16 vector registers).
 const TILE: usize = 8;
 
-/// `quarters`: the 32-column quarters of the row's last block that hold real columns (0 to 4).
+/// The first `n` tokens of a tile (`xs`, `sums`) against one packed row. `quarters`: the
+/// 32-column quarters of the row's last block that hold real columns (0 to 4).
+#[allow(clippy::too_many_arguments)]
 fn row_dot_i8(
     isa: Isa,
     codes: &[u8],
     scales: &[f32],
-    xs: &[&[i8]],
-    sums: &[&[i32]],
+    xs: &[&[i8]; TILE],
+    sums: &[&[i32]; TILE],
+    n: usize,
     group: usize,
     quarters: usize,
 ) -> [f32; TILE] {
     let mut out = [0f32; TILE];
     #[cfg(target_arch = "x86_64")]
-    if xs.len() == TILE && matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
-        let xt: [&[i8]; TILE] = std::array::from_fn(|i| xs[i]);
-        let st: [&[i32]; TILE] = std::array::from_fn(|i| sums[i]);
+    if n == TILE && matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
         // SAFETY: Isa::Avx2/Avx512Vnni are only produced when the CPU has those features.
         return unsafe {
             if isa == Isa::Avx2 {
-                x86::row_dot_n_avx2::<TILE>(codes, scales, xt, st, group, quarters)
+                x86::row_dot_n_avx2::<TILE>(codes, scales, *xs, *sums, group, quarters)
             } else {
-                x86::row_dot_n_vnni::<TILE>(codes, scales, xt, st, group, quarters)
+                x86::row_dot_n_vnni::<TILE>(codes, scales, *xs, *sums, group, quarters)
             }
         };
     }
     #[cfg(target_arch = "aarch64")]
-    if xs.len() == TILE && matches!(isa, Isa::Neon | Isa::NeonDot) {
-        let xt: [&[i8]; TILE] = std::array::from_fn(|i| xs[i]);
-        let st: [&[i32]; TILE] = std::array::from_fn(|i| sums[i]);
+    if n == TILE && matches!(isa, Isa::Neon | Isa::NeonDot) {
         // SAFETY: Isa::Neon/NeonDot are only produced on aarch64, NeonDot only with dotprod.
         return unsafe {
             if isa == Isa::NeonDot {
-                arm::row_dot_n_dot::<TILE>(codes, scales, xt, st, group, quarters)
+                arm::row_dot_n_dot::<TILE>(codes, scales, *xs, *sums, group, quarters)
             } else {
-                arm::row_dot_n_neon::<TILE>(codes, scales, xt, st, group, quarters)
+                arm::row_dot_n_neon::<TILE>(codes, scales, *xs, *sums, group, quarters)
             }
         };
     }
     // The scalar path computes the padding too (it adds nothing).
     let _ = quarters;
-    for (i, (x, s)) in xs.iter().zip(sums).enumerate() {
-        out[i] = row_dot_one(isa, codes, scales, x, s, group);
+    for i in 0..n {
+        out[i] = row_dot_one(isa, codes, scales, xs[i], sums[i], group);
     }
     out
 }
