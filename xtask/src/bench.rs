@@ -148,7 +148,7 @@ fn llama_bench(
         .filter_map(|v| v.trim().parse::<f64>().ok())
         .next_back()
         .unwrap_or(f64::NAN);
-    Ok((prefill, decode, smolbit_eval::results::kib_to_mb(rss_kb)))
+    Ok((prefill, decode, smolbit_eval::kib_to_mb(rss_kb)))
 }
 
 pub fn run(args: &[String]) -> Result<()> {

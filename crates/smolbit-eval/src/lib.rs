@@ -36,6 +36,13 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// KiB (what Linux and `/usr/bin/time` report) to MB of 10^6 bytes: the unit of the benchmark
+/// tables' `peak_rss_mb` (`smolbit bench`, `cargo xtask bench`), in which the issue states its
+/// targets. Results files keep MiB (schema `smolbit-eval/1`), which the report renders as such.
+pub fn kib_to_mb(kib: f64) -> f64 {
+    kib * 1024.0 / 1e6
+}
+
 /// The categories of the original comparison report.
 pub const CATEGORIES: [&str; 10] = [
     "function_generation",

@@ -462,12 +462,6 @@ impl Results {
     }
 }
 
-/// KiB (what Linux and `/usr/bin/time` report) to MB of 10^6 bytes, the unit of every
-/// `peak_rss_mb` (the targets are in decimal GB and MB).
-pub fn kib_to_mb(kib: f64) -> f64 {
-    kib * 1024.0 / 1e6
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

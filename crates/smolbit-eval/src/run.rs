@@ -205,13 +205,18 @@ enum Partial {
     },
 }
 
-/// Peak resident set size of this process since the last [`reset_peak_rss`], in MB of 10^6
-/// bytes (Linux; `VmHWM` counts KiB), the unit of the targets ("< 0.9 GB").
-pub fn peak_rss_mb() -> Option<f64> {
+/// Peak resident set size of this process since the last [`reset_peak_rss`], KiB (Linux:
+/// `VmHWM`).
+pub fn peak_rss_kib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(crate::results::kib_to_mb(kib))
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// [`peak_rss_kib`] in MiB, the unit of the results file's `peak_rss_mb` (schema
+/// `smolbit-eval/1`).
+pub fn peak_rss_mb() -> Option<f64> {
+    peak_rss_kib().map(|kib| kib / 1024.0)
 }
 
 /// Reset the peak RSS counter to the current RSS (Linux: `echo 5 > /proc/self/clear_refs`),

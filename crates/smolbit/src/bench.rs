@@ -72,7 +72,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let threads = rayon::current_num_threads();
     let isa = smolbit_ternary::kernels::Isa::detect().name();
     let (p, d, t) = (median(prefill), median(decode), median(ttft));
-    let rss = smolbit_eval::run::peak_rss_mb();
+    // MB of 10^6 bytes, the issue's unit (results files keep MiB).
+    let rss = smolbit_eval::run::peak_rss_kib().map(smolbit_eval::kib_to_mb);
     if !a.json {
         println!(
             "{}: prefill {p:.1} tok/s ({} tokens), decode {d:.1} tok/s ({} tokens), time to first \
