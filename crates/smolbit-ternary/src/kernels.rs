@@ -16,7 +16,8 @@
 //! Implementations: a scalar reference, AVX2 (`maddubs`), AVX-512 VNNI (`vpdpbusd` on 256-bit
 //! vectors), NEON (`smull` + `sadalp`) and NEON with the dot-product extension (`sdot`), chosen
 //! at run time; the integer paths equal the scalar one exactly. Rows are
-//! split across rayon's persistent thread pool. Decode (one token) runs four rows per call, one
+//! split across rayon's persistent thread pool, each chunk of rows writing its outputs straight
+//! into the `[tokens, rows]` result. Decode (one token) runs four rows per call, one
 //! activation load and one horizontal sum serving all four, and prefetches the next four rows'
 //! codes as it goes (decode is bound by memory latency without it); prefill runs tiles of eight
 //! tokens over bands of 16 rows, so each unpacked block of codes serves the tile and the tile's

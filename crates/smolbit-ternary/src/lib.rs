@@ -8,7 +8,8 @@
 //!   scales fitted by alternating least squares, optionally weighted by calibration statistics
 //!   (the mean square of each input channel), which is what keeps two planes usable.
 //! - [`gptq`]: GPTQ-style error feedback for planes, using the full calibration `XᵀX`.
-//! - [`act`]: int8 per-token absmax activation quantization (BitNet's W1.58A8).
+//! - [`act`]: int8 per-token absmax activation quantization (BitNet's W1.58A8; AVX2 or portable,
+//!   bit-identical).
 //! - [`pack`]: 2-bit (4 trits per byte) and base-3 (5 trits per byte) packings, plus the layout
 //!   of transformers' BitNet `pack_weights`.
 //! - [`metrics`]: relative reconstruction error of `W` and of `W·X`.
