@@ -895,20 +895,13 @@ impl QuantizedTable for Q8Matrix {
     /// [`Q8Matrix::matmul`] with a chosen implementation.
     fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
-        let mut xq = vec![0i8; tokens * self.padded];
-        let xs: Vec<f32> = (0..tokens)
-            .map(|t| {
-                crate::act::quantize_token_into(
-                    &x[t * self.cols..][..self.cols],
-                    &mut xq[t * self.padded..],
-                )
-            })
-            .collect();
+        // One group per token (its sum is not needed here).
+        let q = QuantizedInput::new(x, tokens, self.cols, self.padded, self.padded);
         par_rows(self.rows, tokens, |r, row_out| {
             let w = &self.data[r * self.padded..][..self.padded];
             for (t, o) in row_out.iter_mut().enumerate() {
-                let x = &xq[t * self.padded..][..self.padded];
-                *o = dot_i8(isa, w, x) as f32 / (xs[t] * self.scales[r]);
+                let x = &q.values[t * self.padded..][..self.padded];
+                *o = dot_i8(isa, w, x) as f32 / (q.scales[t] * self.scales[r]);
             }
         })
     }
