@@ -5,6 +5,12 @@
 //! and generation lengths, peak RSS through `/usr/bin/time`) on each `--gguf`, all in one run on
 //! one machine; measures memory copy bandwidth for the bandwidth bound; writes
 //! `reports/bench/bench.md` and `bench.jsonl`. llama.cpp is built outside this repository.
+//!
+//! `cargo xtask bench --long-context [--llama-bench PATH --gguf FILE ...]` instead measures a
+//! long prompt: 1,024 tokens, then 64 decoded from that depth, for every small model's `b158`
+//! variant with the f32 and the f16 KV cache, against `llama-bench -p 1024` and
+//! `-n 64 -d 1024` on the small GGUFs (names without "3b"); writes
+//! `reports/bench/long-context.md` and `.jsonl`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -153,10 +159,12 @@ fn llama_bench(
 
 pub fn run(args: &[String]) -> Result<()> {
     let (mut quick, mut llama, mut ggufs) = (false, None, Vec::new());
+    let mut long = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--long-context" => long = true,
             "--llama-bench" => {
                 llama = Some(PathBuf::from(
                     it.next().context("--llama-bench needs a path")?,
@@ -176,6 +184,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let root = project_root();
     let bin = crate::pipeline::build_smolbit()?;
+    if long {
+        return long_context(&bin, &root, llama.as_deref(), &ggufs);
+    }
     let mut cases: Vec<(String, PathBuf, usize, usize, &str)> = Vec::new();
     let models = root.join("models");
     for entry in std::fs::read_dir(&models)
@@ -412,6 +423,123 @@ pub fn run(args: &[String]) -> Result<()> {
         if quick { " --quick" } else { "" }
     ));
     std::fs::write(out_dir.join("bench.md"), &md)?;
+    print!("{md}");
+    Ok(())
+}
+
+/// Prompt tokens of the long-context benchmark, and the depth its decoding starts from.
+const LONG_PROMPT: usize = 1024;
+
+/// `cargo xtask bench --long-context` (module docs).
+fn long_context(bin: &Path, root: &Path, llama: Option<&Path>, ggufs: &[PathBuf]) -> Result<()> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let models = root.join("models");
+    for entry in std::fs::read_dir(&models)
+        .with_context(|| format!("{}: run the pipeline first", models.display()))?
+    {
+        let family = entry?.path();
+        let b158 = family.join("b158");
+        if !family.to_string_lossy().contains("3b") && b158.join("config.json").is_file() {
+            dirs.push(b158);
+        }
+    }
+    dirs.sort();
+    let out_dir = root.join("reports").join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    let mut jsonl = std::fs::File::create(out_dir.join("long-context.jsonl"))?;
+    let mut md = format!(
+        "| model | KV cache | threads | prefill tok/s ({LONG_PROMPT}) | decode tok/s (from depth {LONG_PROMPT}) | TTFT ms | peak RSS (MB) |\n|---|---|---|---|---|---|---|\n"
+    );
+    for dir in &dirs {
+        let family = dir
+            .parent()
+            .and_then(Path::file_name)
+            .unwrap_or_default()
+            .to_string_lossy();
+        for threads in [1, 2] {
+            for kv in ["f32", "f16"] {
+                eprintln!("[bench] {family}/b158, KV {kv}, {threads} thread(s)");
+                let out = Command::new(bin)
+                    .current_dir(root)
+                    .args(["--threads", &threads.to_string(), "bench", "--json"])
+                    .args(["--repeats", "2", "--kv-cache", kv, "--new-tokens", "64"])
+                    .args(["--prompt-tokens", &LONG_PROMPT.to_string(), "--model"])
+                    .arg(dir)
+                    .output()
+                    .context("cannot run smolbit")?;
+                if !out.status.success() {
+                    bail!(
+                        "smolbit bench {}: {}",
+                        dir.display(),
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    );
+                }
+                let text = String::from_utf8_lossy(&out.stdout);
+                let v: serde_json::Value =
+                    serde_json::from_str(text.lines().last().unwrap_or("{}"))
+                        .context("bench output")?;
+                writeln!(jsonl, "{v}")?;
+                let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+                md.push_str(&format!(
+                    "| {family}/b158 | {kv} | {threads} | {:.1} | {:.1} | {:.0} | {:.0} |\n",
+                    num("prefill_tok_s"),
+                    num("decode_tok_s"),
+                    num("ttft_ms"),
+                    num("peak_rss_mb")
+                ));
+            }
+        }
+    }
+    if let Some(exe) = llama {
+        for g in ggufs {
+            let name = g.file_name().unwrap_or_default().to_string_lossy();
+            if name.contains("3b") {
+                continue;
+            }
+            for threads in [1, 2] {
+                eprintln!("[bench] llama.cpp {name}, {threads} thread(s)");
+                let run = |extra: &[&str]| -> Result<f64> {
+                    let out = Command::new(exe)
+                        .arg("-m")
+                        .arg(g)
+                        .args(extra)
+                        .args(["-t", &threads.to_string(), "-r", "2", "-o", "jsonl"])
+                        .output()
+                        .with_context(|| format!("cannot run {}", exe.display()))?;
+                    if !out.status.success() {
+                        bail!(
+                            "llama-bench {}: {}",
+                            g.display(),
+                            String::from_utf8_lossy(&out.stderr).trim()
+                        );
+                    }
+                    let text = String::from_utf8_lossy(&out.stdout);
+                    let line = text.lines().next_back().unwrap_or("{}");
+                    let v: serde_json::Value =
+                        serde_json::from_str(line).context("llama-bench output")?;
+                    Ok(median_ts(&v))
+                };
+                let p = LONG_PROMPT.to_string();
+                let prefill = run(&["-p", &p, "-n", "0"])?;
+                let decode = run(&["-p", "0", "-n", "64", "-d", &p])?;
+                let v = serde_json::json!({
+                    "model": g.display().to_string(), "engine": "llama.cpp", "kv_cache": "f16",
+                    "prefill_tok_s": prefill, "decode_tok_s": decode,
+                    "ttft_ms": LONG_PROMPT as f64 / prefill * 1e3, "threads": threads,
+                    "prompt_tokens": LONG_PROMPT, "new_tokens": 64, "depth": LONG_PROMPT,
+                });
+                writeln!(jsonl, "{v}")?;
+                md.push_str(&format!(
+                    "| llama.cpp {name} | f16 | {threads} | {prefill:.1} | {decode:.1} | {:.0} | |\n",
+                    LONG_PROMPT as f64 / prefill * 1e3
+                ));
+            }
+        }
+    }
+    md.push_str(&format!(
+        "\nMedians of 2 runs (after a warm-up for smolbit). smolbit decodes 64 tokens after the {LONG_PROMPT}-token prompt; llama.cpp's `llama-bench -n 64 -d {LONG_PROMPT}` decodes 64 tokens after filling {LONG_PROMPT} positions (its cache is f16 by default), and `-p {LONG_PROMPT} -n 0` gives its prefill. Produced by `cargo xtask bench --long-context`.\n"
+    ));
+    std::fs::write(out_dir.join("long-context.md"), &md)?;
     print!("{md}");
     Ok(())
 }

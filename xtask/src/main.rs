@@ -19,7 +19,7 @@ mod random;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dataset F] [--quick] [--shard I/N] | report --results F --out-dir D | random-model --shape smollm3-3b --out DIR | bench [--quick] [--llama-bench PATH --gguf FILE ...]>";
+const USAGE: &str = "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dataset F] [--quick] [--shard I/N] | report --results F --out-dir D | random-model --shape smollm3-3b --out DIR | bench [--quick | --long-context] [--llama-bench PATH --gguf FILE ...]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -184,6 +184,15 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
 impl Generator {
     /// Load a model directory onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, GenerateError> {
+        Self::load_with(dir, device, Default::default())
+    }
+
+    /// [`Generator::load`] with the model's load options (head storage, KV cache storage, ...).
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        opts: smolbit_model::LoadOptions,
+    ) -> Result<Self, GenerateError> {
         let tok_path = dir.join("tokenizer.json");
         if !tok_path.is_file() {
             if !dir.is_dir() {
@@ -196,7 +205,7 @@ impl Generator {
             path: tok_path.clone(),
             what: e.to_string(),
         })?;
-        let model = Model::load(dir, device)?;
+        let model = Model::load_with(dir, device, opts)?;
         let tc_path = dir.join("tokenizer_config.json");
         let tc = read_json(&tc_path)?.unwrap_or_default();
         let template_src = match std::fs::read_to_string(dir.join("chat_template.jinja")) {

@@ -14,25 +14,49 @@ use crate::ModelError;
 /// token copies only its own keys and values, not the whole cache.
 ///
 /// The host path (`Block::forward_host`) keeps its own per-layer keys and values in host memory
-/// instead, `[positions, K * D]` each, appended to; a cache serves one path only.
+/// instead, `[positions, K * D]` each, appended to, in f32 or f16 ([`crate::KvStorage`]); a
+/// cache serves one path only.
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor<3>, Tensor<3>)>>,
-    host: Vec<(Vec<f32>, Vec<f32>)>,
+    host: Vec<HostKv>,
     len: usize,
 }
 
+/// One layer's keys and values on the host path.
+#[derive(Debug)]
+pub(crate) enum HostKv {
+    F32(Vec<f32>, Vec<f32>),
+    F16(Vec<half::f16>, Vec<half::f16>),
+}
+
 impl KvCache {
-    pub(crate) fn new(n_layers: usize) -> Self {
+    pub(crate) fn new(n_layers: usize, storage: crate::KvStorage) -> Self {
         KvCache {
             layers: (0..n_layers).map(|_| None).collect(),
-            host: (0..n_layers).map(|_| Default::default()).collect(),
+            host: (0..n_layers)
+                .map(|_| match storage {
+                    crate::KvStorage::F32 => HostKv::F32(Vec::new(), Vec::new()),
+                    crate::KvStorage::F16 => HostKv::F16(Vec::new(), Vec::new()),
+                })
+                .collect(),
             len: 0,
         }
     }
 
-    pub(crate) fn host_mut(&mut self, i: usize) -> &mut (Vec<f32>, Vec<f32>) {
+    pub(crate) fn host_mut(&mut self, i: usize) -> &mut HostKv {
         &mut self.host[i]
+    }
+
+    /// Bytes held by the host path's keys and values (the burn path's buffers are not counted).
+    pub fn host_bytes(&self) -> usize {
+        self.host
+            .iter()
+            .map(|kv| match kv {
+                HostKv::F32(k, v) => (k.len() + v.len()) * 4,
+                HostKv::F16(k, v) => (k.len() + v.len()) * 2,
+            })
+            .sum()
     }
 
     /// Positions held.
@@ -52,6 +76,29 @@ impl KvCache {
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
     }
+}
+
+/// Append a step's keys and values (`[t, K * D]`, after RoPE) to a layer's host cache, stored as
+/// `E`, then attend to everything cached.
+#[allow(clippy::too_many_arguments)]
+fn cache_and_attend<E: smolbit_ternary::attention::KvElement>(
+    keys: &mut Vec<E>,
+    values: &mut Vec<E>,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    t: usize,
+    past: usize,
+    heads: smolbit_ternary::attention::Heads,
+) -> Vec<f32> {
+    assert_eq!(
+        keys.len(),
+        past * heads.n_kv * heads.d,
+        "host KV cache out of step"
+    );
+    E::extend_from_f32(keys, k);
+    E::extend_from_f32(values, v);
+    smolbit_ternary::attention::attention(q, keys, values, t, past, heads)
 }
 
 /// Tokens from which float-activation ternary layers use a transient dense GEMM.
@@ -596,7 +643,7 @@ impl Block {
         t: usize,
         past: usize,
         rope: &(Vec<f32>, Vec<f32>),
-        cache: &mut (Vec<f32>, Vec<f32>),
+        cache: &mut HostKv,
         device: &Device,
     ) {
         let (nh, nkv, d) = (self.n_heads, self.n_kv, self.head_dim);
@@ -604,24 +651,25 @@ impl Block {
         let qkv = self.qkv.forward_host(x, t, &self.attn_norm, device);
         let mut q = Vec::with_capacity(t * qw);
         let mut k = Vec::with_capacity(t * kw);
-        let (keys, values) = cache;
-        assert_eq!(keys.len(), past * kw, "host KV cache out of step");
+        let mut v = Vec::with_capacity(t * kw);
         for row in qkv.chunks_exact(qw + 2 * kw) {
             q.extend_from_slice(&row[..qw]);
             k.extend_from_slice(&row[qw..qw + kw]);
-            values.extend_from_slice(&row[qw + kw..]);
+            v.extend_from_slice(&row[qw + kw..]);
         }
         if self.use_rope {
             crate::host::apply_rope(&mut q, nh, d, &rope.0, &rope.1);
             crate::host::apply_rope(&mut k, nkv, d, &rope.0, &rope.1);
         }
-        keys.extend_from_slice(&k);
         let heads = smolbit_ternary::attention::Heads {
             n_heads: nh,
             n_kv: nkv,
             d,
         };
-        let attn = smolbit_ternary::attention::attention(&q, keys, values, t, past, heads);
+        let attn = match cache {
+            HostKv::F32(keys, values) => cache_and_attend(keys, values, &q, &k, &v, t, past, heads),
+            HostKv::F16(keys, values) => cache_and_attend(keys, values, &q, &k, &v, t, past, heads),
+        };
         let o = self.wo.forward_host(attn, t, device);
         for (xv, ov) in x.iter_mut().zip(&o) {
             *xv += ov;

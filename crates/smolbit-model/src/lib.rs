@@ -16,8 +16,9 @@
 //! [`Model::calibrate`] records each linear's input statistics for calibrated schemes.
 //!
 //! On the CPU the blocks run on the host path by default: the residual stream stays in host
-//! memory, and norms, RoPE, attention (`smolbit_ternary::attention`, over a host KV cache) and
-//! SwiGLU run beside the kernels, so decoding makes no burn calls on a packed model.
+//! memory, and norms, RoPE, attention (`smolbit_ternary::attention`, over a host KV cache of f32
+//! or, with [`LoadOptions::kv_cache`], f16) and SwiGLU run beside the kernels, so decoding makes
+//! no burn calls on a packed model.
 //! [`LoadOptions::burn_ops`] (or `SMOLBIT_BURN_OPS=1`) runs burn's ops instead, as every other
 //! device does; the two are tested against each other.
 
@@ -100,6 +101,8 @@ pub struct Model {
     quant: Option<QuantConfig>,
     /// Run the blocks on the host (CPU device, unless `LoadOptions::burn_ops`).
     host: bool,
+    /// Element type of the host path's KV cache.
+    kv: KvStorage,
 }
 
 /// Upload a row-major f32 matrix `[rows, cols]`.
@@ -120,6 +123,40 @@ pub struct LoadOptions {
     /// packed kernels, the default there). Also set by `SMOLBIT_BURN_OPS=1`. The two paths
     /// are tested against each other.
     pub burn_ops: bool,
+    /// Element type of the KV cache on the host path (other paths keep f32).
+    pub kv_cache: KvStorage,
+}
+
+/// How the KV cache stores keys and values.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum KvStorage {
+    /// f32, as computed (the default: the golden-logit tests hold to 1e-4 with it).
+    #[default]
+    F32,
+    /// binary16, rounded once when cached and widened as attention reads them: half the
+    /// memory and half the bytes attention reads per token (llama.cpp's default cache type).
+    F16,
+}
+
+impl KvStorage {
+    /// Its name: "f32" or "f16".
+    pub fn name(self) -> &'static str {
+        match self {
+            KvStorage::F32 => "f32",
+            KvStorage::F16 => "f16",
+        }
+    }
+}
+
+impl std::str::FromStr for KvStorage {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(KvStorage::F32),
+            "f16" => Ok(KvStorage::F16),
+            other => Err(format!("unknown KV cache storage '{other}' (f32, f16)")),
+        }
+    }
 }
 
 /// How the embedding and output head are stored.
@@ -272,6 +309,7 @@ impl Model {
             head,
             quant: md.quant.clone(),
             host,
+            kv: if host { opts.kv_cache } else { KvStorage::F32 },
         })
     }
 
@@ -369,7 +407,13 @@ impl Model {
 
     /// An empty KV cache for this model.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_layers)
+        KvCache::new(self.config.num_layers, self.kv)
+    }
+
+    /// How the KV cache stores keys and values: `LoadOptions::kv_cache` on the host path,
+    /// f32 on every other.
+    pub fn kv_storage(&self) -> KvStorage {
+        self.kv
     }
 
     fn check_tokens(&self, tokens: &[u32], cache: &KvCache) -> Result<(), ModelError> {

@@ -392,3 +392,61 @@ fn host_path_matches_burn_ops() {
         eprintln!("{}: max |diff| {worst:e}", dir.display());
     }
 }
+
+/// The f16 KV cache (`LoadOptions::kv_cache`) on the tiny SmolLM3 against transformers' golden
+/// logits, prefill then one token at a time through the cache. Keys and values are rounded to
+/// binary16 (relative error up to 2^-11 = 4.9e-4 each) and that is the only difference from the
+/// f32 path, so the logits move by about that relative amount of their scale (observed 1.0e-3
+/// at logits up to 3.1 in magnitude): tolerance 5e-3, 1.6e-3 of the largest logit, while a
+/// misread cache (a wrong head, unconverted bits) moves them by 1e-1 or more. The top-1 token
+/// must not change at any position, and the cache holds half the bytes of the f32 one.
+#[test]
+fn f16_kv_cache_stays_close_to_transformers() {
+    let dev = device("cpu").expect("cpu");
+    let g = golden("tiny-smollm3/logits.json");
+    let load = |kv_cache| {
+        let opts = smolbit_model::LoadOptions {
+            kv_cache,
+            ..Default::default()
+        };
+        Model::load_with(&testdata("tiny-smollm3"), &dev, opts).expect("load")
+    };
+    let (half, full) = (
+        load(smolbit_model::KvStorage::F16),
+        load(smolbit_model::KvStorage::F32),
+    );
+    assert_eq!(half.kv_storage(), smolbit_model::KvStorage::F16);
+    let vocab = half.config().vocab_size;
+    let (mut ch, mut cf) = (half.new_cache(), full.new_cache());
+    let prefill = tensor_to_vec(half.forward(&g.tokens[..5], &mut ch).expect("prefill"));
+    full.forward(&g.tokens[..5], &mut cf).expect("prefill");
+    let mut rows = vec![(prefill[4 * vocab..].to_vec(), 4)];
+    for p in 5..g.tokens.len() {
+        let step = half
+            .forward_last(&g.tokens[p..p + 1], &mut ch)
+            .expect("decode");
+        full.forward_last(&g.tokens[p..p + 1], &mut cf)
+            .expect("decode");
+        rows.push((step, p));
+    }
+    let mut worst = 0f32;
+    for (row, p) in &rows {
+        let theirs = &g.logits[*p];
+        let d = row
+            .iter()
+            .zip(theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        worst = worst.max(d);
+        assert_eq!(
+            smolbit_model::argmax(row),
+            smolbit_model::argmax(theirs),
+            "top-1 at position {p}"
+        );
+    }
+    eprintln!("f16 KV cache: max |diff| {worst:e}");
+    assert!(worst > 0.0 && worst < 5e-3, "max |diff| {worst}");
+    assert_eq!(ch.len(), g.tokens.len());
+    assert_eq!(ch.host_bytes() * 2, cf.host_bytes());
+    assert!(ch.host_bytes() > 0);
+}

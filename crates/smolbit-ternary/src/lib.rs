@@ -18,8 +18,9 @@
 //!   rayon's pool; decode four rows a call with software prefetch, prefill in eight-token tiles
 //!   over bands of rows), row stacking for projections of one input, and the 8-bit and 4-bit
 //!   head/embedding matrices.
-//! - [`attention`]: causal grouped-query attention over a host KV cache (AVX2 + FMA or
-//!   portable), for the CPU decoder path that runs whole blocks next to the kernels.
+//! - [`attention`]: causal grouped-query attention over a host KV cache of f32 or f16 (AVX2 +
+//!   FMA + F16C, the query heads of a key/value head together, or portable), for the CPU
+//!   decoder path that runs whole blocks next to the kernels.
 //! - [`ops`]: the elementwise steps of that path (SwiGLU, with an 8-lane `exp`).
 //!
 //! Matrices are row-major `[rows, cols]` = `[out_features, in_features]`, as in PyTorch.

@@ -16,6 +16,7 @@ pub struct BenchArgs<'a> {
     pub repeats: usize,
     pub device: &'a str,
     pub head: smolbit_model::HeadPolicy,
+    pub kv_cache: smolbit_model::KvStorage,
     pub json: bool,
 }
 
@@ -38,6 +39,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let start = Instant::now();
     let opts = smolbit_model::LoadOptions {
         head: a.head,
+        kv_cache: a.kv_cache,
         ..Default::default()
     };
     let model = smolbit_model::Model::load_with(a.model, &dev, opts)?;
@@ -78,12 +80,14 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         println!(
             "{}: prefill {p:.1} tok/s ({} tokens), decode {d:.1} tok/s ({} tokens), time to first \
              token {t:.1} ms, peak RSS {}, load {load_ms:.0} ms; medians of {} runs, {threads} \
-             threads, kernels {isa}",
+             threads, kernels {isa}, head {}, KV cache {}",
             a.model.display(),
             prompt.len(),
             a.new_tokens,
             rss.map_or("n/a".into(), |m| format!("{m:.0} MB")),
             a.repeats.max(1),
+            model.head_storage(),
+            model.kv_storage().name(),
         );
     }
     println!(
@@ -103,6 +107,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             "isa": isa,
             "device": a.device,
             "head": model.head_storage(),
+            "kv_cache": model.kv_storage().name(),
         })
     );
     Ok(())

@@ -135,6 +135,10 @@ enum Command {
         /// CPU), f32, f16, q8 or q4 (4-bit, a step per 32 columns); f16/q8/q4 on the CPU only.
         #[arg(long, default_value = "auto")]
         head: smolbit_model::HeadPolicy,
+        /// KV cache storage on the CPU host path: f32 or f16 (half the memory and the bytes
+        /// attention reads; other paths keep f32).
+        #[arg(long, default_value = "f32")]
+        kv_cache: smolbit_model::KvStorage,
         /// Print one JSON object as the last line only.
         #[arg(long)]
         json: bool,
@@ -233,6 +237,10 @@ struct GenOpts {
     /// Device: cpu or, in builds with the wgpu feature, wgpu.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// KV cache storage on the CPU host path: f32 or f16 (half the memory and the bytes
+    /// attention reads, for long conversations; other paths keep f32).
+    #[arg(long, default_value = "f32")]
+    kv_cache: smolbit_model::KvStorage,
 }
 
 impl GenOpts {
@@ -359,6 +367,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             repeats,
             device,
             head,
+            kv_cache,
             json,
         } => bench::bench(&bench::BenchArgs {
             model: &model,
@@ -367,6 +376,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             repeats,
             device: &device,
             head,
+            kv_cache,
             json,
         }),
         Command::Report {
@@ -414,9 +424,15 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-fn load_generator(model: &Path, device: &str) -> Result<smolbit_generate::Generator> {
-    let device = smolbit_model::device(device)?;
-    Ok(smolbit_generate::Generator::load(model, &device)?)
+fn load_generator(model: &Path, opts: &GenOpts) -> Result<smolbit_generate::Generator> {
+    let device = smolbit_model::device(&opts.device)?;
+    let load = smolbit_model::LoadOptions {
+        kv_cache: opts.kv_cache,
+        ..Default::default()
+    };
+    Ok(smolbit_generate::Generator::load_with(
+        model, &device, load,
+    )?)
 }
 
 fn generate(
@@ -428,7 +444,7 @@ fn generate(
     json: bool,
 ) -> Result<()> {
     use std::io::Write;
-    let g = load_generator(model, &opts.device)?;
+    let g = load_generator(model, opts)?;
     let ids = if chat || system.is_some() {
         let mut messages = Vec::new();
         if let Some(s) = system {
@@ -481,7 +497,7 @@ fn generate(
 
 fn chat(model: &Path, system: Option<&str>, opts: &GenOpts) -> Result<()> {
     use std::io::{BufRead, Write};
-    let g = load_generator(model, &opts.device)?;
+    let g = load_generator(model, opts)?;
     let mut history: Vec<smolbit_generate::Message> = Vec::new();
     let reset = |h: &mut Vec<smolbit_generate::Message>| {
         h.clear();
