@@ -157,6 +157,36 @@ fn llama_bench(
     Ok((prefill, decode, smolbit_eval::kib_to_mb(rss_kb)))
 }
 
+/// `smolbit --threads <threads> bench --json <options...> <lengths...> --model <dir>`: its JSON
+/// line.
+fn smolbit_bench(
+    bin: &Path,
+    root: &Path,
+    threads: usize,
+    options: &[&str],
+    lengths: &[&str],
+    dir: &Path,
+) -> Result<serde_json::Value> {
+    let out = Command::new(bin)
+        .current_dir(root)
+        .args(["--threads", &threads.to_string(), "bench", "--json"])
+        .args(options)
+        .args(lengths)
+        .arg("--model")
+        .arg(dir)
+        .output()
+        .context("cannot run smolbit")?;
+    if !out.status.success() {
+        bail!(
+            "smolbit bench {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("{}")).context("bench output")
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let (mut quick, mut llama, mut ggufs) = (false, None, Vec::new());
     let mut long = false;
@@ -292,39 +322,15 @@ pub fn run(args: &[String]) -> Result<()> {
                 } else {
                     "3"
                 };
-                let out = Command::new(&bin)
-                    .current_dir(&root)
-                    .args([
-                        "--threads",
-                        &threads.to_string(),
-                        "bench",
-                        "--json",
-                        "--repeats",
-                        repeats,
-                        "--head",
-                        head,
-                    ])
-                    .args([
-                        "--prompt-tokens",
-                        "128",
-                        "--new-tokens",
-                        &new_tokens.to_string(),
-                        "--model",
-                    ])
-                    .arg(dir)
-                    .output()
-                    .context("cannot run smolbit")?;
-                if !out.status.success() {
-                    bail!(
-                        "smolbit bench {}: {}",
-                        dir.display(),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
-                let text = String::from_utf8_lossy(&out.stdout);
-                let line = text.lines().last().unwrap_or("{}");
-                let mut v: serde_json::Value =
-                    serde_json::from_str(line).context("bench output")?;
+                let new = new_tokens.to_string();
+                let mut v = smolbit_bench(
+                    &bin,
+                    &root,
+                    threads,
+                    &["--repeats", repeats, "--head", head],
+                    &["--prompt-tokens", "128", "--new-tokens", &new],
+                    dir,
+                )?;
                 let wb = weight_bytes(dir);
                 v["weight_bytes"] = serde_json::json!(wb);
                 // Bytes read per decoded token as loaded (packed linears and head); the files'
@@ -459,25 +465,15 @@ fn long_context(bin: &Path, root: &Path, llama: Option<&Path>, ggufs: &[PathBuf]
         for threads in [1, 2] {
             for kv in ["f32", "f16"] {
                 eprintln!("[bench] {family}/b158, KV {kv}, {threads} thread(s)");
-                let out = Command::new(bin)
-                    .current_dir(root)
-                    .args(["--threads", &threads.to_string(), "bench", "--json"])
-                    .args(["--repeats", "2", "--kv-cache", kv, "--new-tokens", "64"])
-                    .args(["--prompt-tokens", &LONG_PROMPT.to_string(), "--model"])
-                    .arg(dir)
-                    .output()
-                    .context("cannot run smolbit")?;
-                if !out.status.success() {
-                    bail!(
-                        "smolbit bench {}: {}",
-                        dir.display(),
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
-                let text = String::from_utf8_lossy(&out.stdout);
-                let v: serde_json::Value =
-                    serde_json::from_str(text.lines().last().unwrap_or("{}"))
-                        .context("bench output")?;
+                let prompt = LONG_PROMPT.to_string();
+                let v = smolbit_bench(
+                    bin,
+                    root,
+                    threads,
+                    &["--repeats", "2", "--kv-cache", kv],
+                    &["--prompt-tokens", &prompt, "--new-tokens", "64"],
+                    dir,
+                )?;
                 writeln!(jsonl, "{v}")?;
                 let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
                 md.push_str(&format!(

@@ -457,6 +457,15 @@ mod tests {
         out
     }
 
+    /// Largest absolute difference.
+    fn max_diff(got: &[f32], want: &[f64]) -> f64 {
+        assert_eq!(got.len(), want.len());
+        got.iter()
+            .zip(want)
+            .map(|(&a, &b)| (f64::from(a) - b).abs())
+            .fold(0f64, f64::max)
+    }
+
     fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed;
         (0..n)
@@ -484,11 +493,7 @@ mod tests {
                 let v = values(s * n_kv * d, 3);
                 let got = attention(&q, &k, &v, t, past, h);
                 let want = reference(&q, &k, &v, t, past, h);
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(&a, &b)| (f64::from(a) - b).abs())
-                    .fold(0f64, f64::max);
+                let worst = max_diff(&got, &want);
                 assert!(worst < 1e-5, "{h:?} t={t} past={past}: max |diff| {worst}");
             }
         }
@@ -552,18 +557,13 @@ mod tests {
                 );
                 let got = attention(&q, &kh, &vh, t, past, h);
                 let want = reference(&q, &kr, &vr, t, past, h);
-                let worst = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(&a, &b)| (f64::from(a) - b).abs())
-                    .fold(0f64, f64::max);
+                let worst = max_diff(&got, &want);
                 assert!(worst < 1e-5, "{h:?} t={t} past={past}: max |diff| {worst}");
-                let full = attention(&q, &k, &v, t, past, h);
-                let drift = got
-                    .iter()
-                    .zip(&full)
-                    .map(|(&a, &b)| (a - b).abs())
-                    .fold(0f32, f32::max);
+                let full: Vec<f64> = attention(&q, &k, &v, t, past, h)
+                    .into_iter()
+                    .map(f64::from)
+                    .collect();
+                let drift = max_diff(&got, &full);
                 assert!(
                     drift > 0.0 && drift < 1e-2,
                     "{h:?} t={t} past={past}: f16 vs f32 cache {drift}"
