@@ -20,8 +20,8 @@ pub trait KvElement: Copy + Send + Sync + 'static {
     const HALF: bool;
     /// The value as f32.
     fn to_f32(self) -> f32;
-    /// `v` stored as this type.
-    fn from_f32(v: f32) -> Self;
+    /// `Σ q·k` on the portable path (f32 rows directly, f16 rows widened in pieces on the stack).
+    fn dot(q: &[f32], k: &[Self]) -> f32;
     /// Append `src` converted to this type (binary16: eight at a time with `vcvtps2ph` where
     /// the CPU has F16C, through `half`'s slice conversion).
     fn extend_from_f32(dst: &mut Vec<Self>, src: &[f32]);
@@ -45,9 +45,8 @@ impl KvElement for f32 {
     fn to_f32(self) -> f32 {
         self
     }
-    #[inline]
-    fn from_f32(v: f32) -> Self {
-        v
+    fn dot(q: &[f32], k: &[f32]) -> f32 {
+        crate::kernels::dot_f32_portable(q, k)
     }
     fn extend_from_f32(dst: &mut Vec<f32>, src: &[f32]) {
         dst.extend_from_slice(src);
@@ -70,9 +69,17 @@ impl KvElement for f16 {
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
     }
-    #[inline]
-    fn from_f32(v: f32) -> Self {
-        f16::from_f32(v)
+    fn dot(q: &[f32], k: &[f16]) -> f32 {
+        use half::slice::HalfFloatSliceExt;
+        let mut buf = [0f32; 64];
+        q.chunks(64)
+            .zip(k.chunks(64))
+            .map(|(q, k)| {
+                let b = &mut buf[..k.len()];
+                k.convert_to_f32_slice(b);
+                crate::kernels::dot_f32_portable(q, b)
+            })
+            .sum()
     }
     fn extend_from_f32(dst: &mut Vec<f16>, src: &[f32]) {
         use half::slice::HalfFloatSliceExt;
@@ -234,14 +241,9 @@ fn attend<E: KvElement>(
     let (n, d) = (scores.len(), qh.len());
     assert!(out.len() == d && offset + d <= stride);
     assert!(keys.len() >= n * stride && values.len() >= n * stride);
-    // A key row widened to f32 (the same products as the f32 path).
-    let mut key = vec![0f32; d];
     let mut max = f32::NEG_INFINITY;
     for (j, sc) in scores.iter_mut().enumerate() {
-        for (k, &e) in key.iter_mut().zip(&keys[j * stride + offset..][..d]) {
-            *k = e.to_f32();
-        }
-        *sc = crate::kernels::dot_f32_portable(qh, &key) * scale;
+        *sc = E::dot(qh, &keys[j * stride + offset..][..d]) * scale;
         max = max.max(*sc);
     }
     let sum = exp_shifted(scores, max);
@@ -296,10 +298,7 @@ mod x86 {
         lanes.iter().sum::<f32>() + super::exp_shifted(chunks.into_remainder(), max)
     }
 
-    /// Eight cached elements at `p` as f32 (binary16 widened with `vcvtph2ps`). A function with
-    /// the caller's target features rather than a closure: a closure returning a vector went
-    /// through the stack on every load (a store and a reload, the hottest instructions under
-    /// perf).
+    /// Eight cached elements at `p` as f32 (binary16 widened with `vcvtph2ps`).
     ///
     /// Safety: AVX2 and F16C present; `p` points at eight elements in bounds.
     #[target_feature(enable = "avx2,f16c")]
