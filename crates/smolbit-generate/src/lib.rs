@@ -134,6 +134,10 @@ impl Default for GenerateParams {
     }
 }
 
+/// End-of-turn tokens of common chat templates (llama.cpp's `llama-vocab.cpp` treats these as
+/// end of generation).
+const END_OF_TURN: &[&str] = &["<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>"];
+
 /// A model with its tokenizer and chat template.
 #[derive(Debug)]
 pub struct Generator {
@@ -144,6 +148,8 @@ pub struct Generator {
     eos: Vec<u32>,
     bos_token: Option<String>,
     eos_token: Option<String>,
+    /// The id the tokenizer puts before plain text, if it adds one.
+    added_bos: Option<u32>,
 }
 
 fn read_json(path: &Path) -> Result<Option<serde_json::Value>, GenerateError> {
@@ -236,11 +242,31 @@ impl Generator {
         {
             eos.push(id);
         }
+        // The end-of-turn token the chat template closes turns with ends a generation too (as
+        // llama.cpp's end-of-generation set): 2B4T's config names only <|end_of_text|>.
+        for t in END_OF_TURN {
+            if let (Some(src), Some(id)) = (&template_src, tokenizer.token_to_id(t))
+                && src.contains(t)
+                && !eos.contains(&id)
+            {
+                eos.push(id);
+            }
+        }
+        let added_bos = match (tokenizer.encode("a", true), tokenizer.encode("a", false)) {
+            (Ok(with), Ok(without))
+                if with.get_ids().len() == without.get_ids().len() + 1
+                    && with.get_ids()[1..] == *without.get_ids() =>
+            {
+                Some(with.get_ids()[0])
+            }
+            _ => None,
+        };
         Ok(Generator {
             dir: dir.to_path_buf(),
             model,
             tokenizer,
             template,
+            added_bos,
             eos,
             bos_token: tc.get("bos_token").and_then(token_text),
             eos_token,
@@ -299,7 +325,16 @@ impl Generator {
             ..RenderOptions::default()
         };
         let text = self.render_chat(messages, &opts)?;
-        self.encode(&text, false)
+        let mut ids = self.encode(&text, false)?;
+        // The tokenizer's BOS when it adds one to plain text and the template did not put it
+        // there, as the model cards' `tokenizer(apply_chat_template(..., tokenize=False))` and
+        // llama.cpp (`add_bos_token`) both do: BitNet b1.58 2B4T's template has no BOS.
+        if let Some(bos) = self.added_bos
+            && ids.first() != Some(&bos)
+        {
+            ids.insert(0, bos);
+        }
+        Ok(ids)
     }
 
     /// Generate after `prompt`, passing each piece of text to `on_text` as soon as it is final.

@@ -2,8 +2,9 @@
 //! `S` = past + `T` cached positions, `H` query heads, `K` key/value heads, `D` head dim.
 
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::{relu, silu, softmax};
 use smolbit_weights::ModelConfig;
+use smolbit_weights::config::HiddenAct;
 use smolbit_weights::mapping::{LayerRole, Role, hf_name};
 
 use crate::ModelError;
@@ -134,6 +135,14 @@ pub enum Linear {
         /// int8 activations (W1.58A8) or float.
         act8: bool,
     },
+    /// A linear whose input first goes through its own RMSNorm (transformers' BitNet
+    /// `use_rms_norm`); never stacked with others, since each normalizes differently.
+    PreNormed {
+        /// The norm.
+        norm: Box<Norm>,
+        /// The linear.
+        inner: Box<Linear>,
+    },
 }
 
 impl Linear {
@@ -159,6 +168,7 @@ impl Linear {
             return Tensor::from_data(TensorData::new(y, [t, w.rows]), &device);
         }
         match self {
+            Linear::PreNormed { norm, inner } => inner.forward(norm.apply(x)),
             Linear::Dense { w, act8 } => {
                 let x = if *act8 { act_quant(x) } else { x };
                 x.matmul(w.clone())
@@ -192,6 +202,11 @@ impl Linear {
     /// [`Linear::forward`] on host rows `x: [T, in]`: the packed kernels directly, anything
     /// else through a tensor on `device`.
     pub(crate) fn forward_host(&self, x: Vec<f32>, t: usize, device: &Device) -> Vec<f32> {
+        if let Linear::PreNormed { norm, inner } = self {
+            let mut x = x;
+            norm.apply_host(&mut x);
+            return inner.forward_host(x, t, device);
+        }
         if let Some((w, act8)) = self.host_kernels(t) {
             return packed_product(w, act8, &x, t);
         }
@@ -206,6 +221,7 @@ impl Linear {
             Linear::Ternary { w, .. } => w.bytes(),
             #[cfg(feature = "wgpu")]
             Linear::Gpu { w, .. } => w.bytes(),
+            Linear::PreNormed { inner, .. } => inner.bytes(),
         }
     }
 }
@@ -330,7 +346,7 @@ impl Fused {
     /// of `[T, F]` instead of two narrows, a sigmoid and two multiplies) with
     /// `smolbit_ternary::ops::swiglu` (burn's `silu(g).mul(u)` formula, a vectorized `exp`);
     /// otherwise with burn's ops.
-    pub(crate) fn swiglu(&self, x: Tensor<2>, norm: Option<&Norm>) -> Tensor<2> {
+    pub(crate) fn swiglu(&self, x: Tensor<2>, norm: Option<&Norm>, act: HiddenAct) -> Tensor<2> {
         let t = x.dims()[0];
         if let (Some((w, act8)), Fused::Stacked(_, outs)) = (self.host(t), self)
             && outs.len() == 2
@@ -339,11 +355,17 @@ impl Fused {
             let f = outs[0];
             let device = x.device();
             let y = host_product(w, act8, x, norm);
-            let inner = smolbit_ternary::ops::swiglu(&y, f);
+            let inner = host_glu(&y, f, act);
             return Tensor::from_data(TensorData::new(inner, [t, f]), &device);
         }
         let [gate, up] = self.forward(x, norm);
-        silu(gate).mul(up)
+        match act {
+            HiddenAct::Silu => silu(gate).mul(up),
+            HiddenAct::Relu2 => {
+                let r = relu(gate);
+                r.clone().mul(r).mul(up)
+            }
+        }
     }
 
     /// The parts' outputs side by side, `[T, Σ out_i]`, for host rows `x: [T, in]` after
@@ -377,16 +399,17 @@ impl Fused {
     }
 
     /// [`Fused::swiglu`] on host rows (gate and up side by side, then
-    /// `smolbit_ternary::ops::swiglu`).
+    /// `smolbit_ternary::ops::swiglu` or `relu2_glu`).
     pub(crate) fn swiglu_host(
         &self,
         x: &[f32],
         t: usize,
         norm: &Norm,
         device: &Device,
+        act: HiddenAct,
     ) -> Vec<f32> {
         let y = self.forward_host(x, t, norm, device);
-        smolbit_ternary::ops::swiglu(&y, y.len() / t.max(1) / 2)
+        host_glu(&y, y.len() / t.max(1) / 2, act)
     }
 
     fn bytes(&self) -> usize {
@@ -394,6 +417,14 @@ impl Fused {
             Fused::Stacked(l, _) => l.bytes(),
             Fused::Separate(parts) => parts.iter().map(Linear::bytes).sum(),
         }
+    }
+}
+
+/// `act(gate) · up` on host rows `[gate | up]` (`[T, 2f]`) -> `[T, f]`.
+fn host_glu(gu: &[f32], f: usize, act: HiddenAct) -> Vec<f32> {
+    match act {
+        HiddenAct::Silu => smolbit_ternary::ops::swiglu(gu, f),
+        HiddenAct::Relu2 => smolbit_ternary::ops::relu2_glu(gu, f),
     }
 }
 
@@ -479,7 +510,7 @@ pub(crate) fn rms_norm(x: Tensor<2>, w: &Tensor<1>, eps: f64) -> Tensor<2> {
 
 /// An RMSNorm weight, on the device and on the host (for the host kernels' path).
 #[derive(Debug)]
-pub(crate) struct Norm {
+pub struct Norm {
     w: Tensor<1>,
     host: Vec<f32>,
     eps: f64,
@@ -556,6 +587,11 @@ pub struct Block {
     /// gate, up.
     gate_up: Fused,
     down: Linear,
+    /// BitNet: RMSNorm of the attention output before `wo`.
+    attn_sub_norm: Option<Norm>,
+    /// BitNet: RMSNorm of `act(gate) · up` before `down`.
+    ffn_sub_norm: Option<Norm>,
+    act: HiddenAct,
     use_rope: bool,
     n_heads: usize,
     n_kv: usize,
@@ -584,6 +620,19 @@ impl Block {
             mlp_norm: Norm::new(get1(&name(LayerRole::MlpNorm), h)?, c.rms_norm_eps),
             gate_up: Fused::new(vec![lin(LayerRole::Gate, f, h)?, lin(LayerRole::Up, f, h)?]),
             down: lin(LayerRole::Down, h, f)?,
+            attn_sub_norm: c
+                .arch
+                .has_sub_norms()
+                .then(|| get1(&name(LayerRole::AttnSubNorm), q))
+                .transpose()?
+                .map(|w| Norm::new(w, c.rms_norm_eps)),
+            ffn_sub_norm: c
+                .arch
+                .has_sub_norms()
+                .then(|| get1(&name(LayerRole::FfnSubNorm), f))
+                .transpose()?
+                .map(|w| Norm::new(w, c.rms_norm_eps)),
+            act: c.hidden_act,
             use_rope: c.rope_layers[i],
             n_heads: c.num_heads,
             n_kv: c.num_kv_heads,
@@ -625,7 +674,10 @@ impl Block {
         let (h, norm) = normed(&x, &self.attn_norm, 0, rec.as_deref_mut());
         let x = x.add(self.attention(h, norm, rope, cache, past, rec.as_deref_mut()));
         let (h, norm) = normed(&x, &self.mlp_norm, 2, rec.as_deref_mut());
-        let inner = self.gate_up.swiglu(h, norm);
+        let mut inner = self.gate_up.swiglu(h, norm, self.act);
+        if let Some(n) = &self.ffn_sub_norm {
+            inner = n.apply(inner);
+        }
         if let Some(r) = rec {
             r.record(3, &inner);
         }
@@ -670,11 +722,20 @@ impl Block {
             HostKv::F32(keys, values) => cache_and_attend(keys, values, &q, &k, &v, t, past, heads),
             HostKv::F16(keys, values) => cache_and_attend(keys, values, &q, &k, &v, t, past, heads),
         };
+        let mut attn = attn;
+        if let Some(n) = &self.attn_sub_norm {
+            n.apply_host(&mut attn);
+        }
         let o = self.wo.forward_host(attn, t, device);
         for (xv, ov) in x.iter_mut().zip(&o) {
             *xv += ov;
         }
-        let inner = self.gate_up.swiglu_host(x, t, &self.mlp_norm, device);
+        let mut inner = self
+            .gate_up
+            .swiglu_host(x, t, &self.mlp_norm, device, self.act);
+        if let Some(n) = &self.ffn_sub_norm {
+            n.apply_host(&mut inner);
+        }
         let y = self.down.forward_host(inner, t, device);
         for (xv, yv) in x.iter_mut().zip(&y) {
             *xv += yv;
@@ -753,6 +814,10 @@ impl Block {
             .reshape([nh, t, d])
             .swap_dims(0, 1)
             .reshape([t, nh * d]);
+        let out = match &self.attn_sub_norm {
+            Some(n) => n.apply(out),
+            None => out,
+        };
         if let Some(r) = rec {
             r.record(1, &out);
         }

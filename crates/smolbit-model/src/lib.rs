@@ -269,6 +269,9 @@ impl Model {
         let norm = layers::Norm::new(get1("model.norm.weight", c.hidden_size)?, c.rms_norm_eps);
         let host = cpu && !opts.burn_ops && std::env::var_os("SMOLBIT_BURN_OPS").is_none();
         let load_linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
+            // int8 activations for the ternary linears of an `:a8` checkpoint only (a linear
+            // left in floating point, as transformers' `modules_to_not_convert`, takes floats).
+            let act8 = act8 && md.is_ternary(name);
             // Packed once, then run by the CPU kernels or uploaded to a CubeCL device.
             let packed = match md.linear_ternary(name, rows, cols)? {
                 Some(m) if !reference => {
@@ -292,9 +295,18 @@ impl Model {
             })
         };
         let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
-            let l = load_linear(name, rows, cols);
+            let l = match md.linear_pre_norm(name, cols)? {
+                Some((w, eps)) => Linear::PreNormed {
+                    norm: Box::new(layers::Norm::new(
+                        Tensor::from_data(TensorData::new(w, [cols]), device),
+                        eps,
+                    )),
+                    inner: Box::new(load_linear(name, rows, cols)?),
+                },
+                None => load_linear(name, rows, cols)?,
+            };
             md.weights.release();
-            l
+            Ok(l)
         };
         let layers = (0..c.num_layers)
             .map(|i| Block::load(&c, i, &get1, &lin))
@@ -574,7 +586,7 @@ fn quantized_table<M: QuantizedTable>(
     rows: usize,
     cols: usize,
 ) -> Result<M, ModelError> {
-    if !md.weights.contains(name) {
+    if md.is_ternary(name) {
         return Ok(M::quantize(&md.linear_f32(name, rows, cols)?, rows, cols));
     }
     md.check_shape(name, &[rows, cols])?;

@@ -45,37 +45,48 @@ fn assert_close(ours: &[f32], theirs: &[f32], what: &str) {
 
 fn check(model_input: &str, golden_file: &str) {
     let (model, _tmp) = load(model_input);
-    let g = golden(golden_file);
+    check_model(&model, &golden(golden_file), model_input);
+}
+
+/// Every position of the golden tokens in one forward pass, then a prefill of five tokens and
+/// one token at a time through the KV cache, against the golden logits.
+fn check_model(model: &Model, g: &Golden, what: &str) -> f32 {
     let vocab = model.config().vocab_size;
+    let mut worst = 0f32;
+    let mut close = |ours: &[f32], theirs: &[f32], at: String| {
+        assert_close(ours, theirs, &at);
+        worst = ours
+            .iter()
+            .zip(theirs)
+            .map(|(a, b)| (a - b).abs())
+            .fold(worst, f32::max);
+    };
     // Whole sequence in one forward pass.
     let mut cache = model.new_cache();
     let all = tensor_to_vec(model.forward(&g.tokens, &mut cache).expect("forward"));
     for (p, row) in g.logits.iter().enumerate() {
-        assert_close(
+        close(
             &all[p * vocab..(p + 1) * vocab],
             row,
-            &format!("{model_input} position {p}"),
+            format!("{what} position {p}"),
         );
     }
     // Prefill five tokens, then decode one at a time through the KV cache.
     let mut cache = model.new_cache();
     let prefill = tensor_to_vec(model.forward(&g.tokens[..5], &mut cache).expect("prefill"));
-    assert_close(
+    close(
         &prefill[4 * vocab..],
         &g.logits[4],
-        &format!("{model_input} prefill"),
+        format!("{what} prefill"),
     );
     for p in 5..g.tokens.len() {
         let step = model
             .forward_last(&g.tokens[p..p + 1], &mut cache)
             .expect("decode");
-        assert_close(
-            &step,
-            &g.logits[p],
-            &format!("{model_input} cached position {p}"),
-        );
+        close(&step, &g.logits[p], format!("{what} cached position {p}"));
     }
     assert_eq!(cache.len(), g.tokens.len());
+    worst
 }
 
 #[test]
@@ -449,4 +460,84 @@ fn f16_kv_cache_stays_close_to_transformers() {
     assert_eq!(ch.len(), g.tokens.len());
     assert_eq!(ch.host_bytes() * 2, cf.host_bytes());
     assert!(ch.host_bytes() > 0);
+}
+
+/// Natively ternary checkpoints (testdata/native, testdata/make_native_fixtures.py) against
+/// transformers' BitNet integration in float32, on the host path and on burn's ops, all
+/// positions with and without the KV cache: BitNetForCausalLM (relu², sub-norms) offline with
+/// `weight_scale` in both directions and online (bf16 masters ternarized at load), and the
+/// Llama architecture with BitLinear (Falcon3-1.58bit's layout), with and without
+/// `use_rms_norm`. The head stays f32 as in transformers.
+///
+/// Tolerance 1e-4 absolute, as the other golden tests. BitLinear (`bitlinear`) in f32 is an
+/// integer oracle: int8 activations times trits summed exactly (every partial sum is below
+/// 2^24), then divided by the two scales, as our kernels do, so only the scale arithmetic and
+/// the float parts of the model (norms, attention) differ in rounding. AutoBitLinear multiplies
+/// the dequantized activations `q / s` by the trits in f32, which differs from the exact
+/// integer sum by f32 rounding (about 1e-7 relative). An int8 rounding flip (an activation at a
+/// .5 boundary) would move a logit by about 1e-2 and fail the test; none occur on these inputs
+/// (the largest difference is printed).
+#[test]
+fn native_ternary_checkpoints_match_transformers() {
+    let cpu = device("cpu").expect("cpu");
+    for dir in [
+        "bitnet-online",
+        "bitnet-auto",
+        "bitnet-bitlinear",
+        "falcon3",
+        "falcon3-rmsnorm",
+        "gguf/hf",
+    ] {
+        let path = testdata(&format!("native/{dir}"));
+        let g = golden(&format!("native/{dir}/logits.json"));
+        for burn_ops in [false, true] {
+            let opts = smolbit_model::LoadOptions {
+                head: smolbit_model::HeadPolicy::F32,
+                burn_ops,
+                ..Default::default()
+            };
+            let model = Model::load_with(&path, &cpu, opts).expect("load");
+            assert!(model.quant_config().is_some_and(|q| q.int8_activations()));
+            // The projections run packed, not as f32 (at this width a row of 32 weights is
+            // padded to a 128-column block: a byte a weight instead of four).
+            let c = model.config();
+            let weights = c.num_layers
+                * (c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+                    + 3 * c.hidden_size * c.intermediate_size);
+            assert!(
+                model.linear_bytes() < 2 * weights,
+                "{dir}: not packed ({} bytes for {weights} weights)",
+                model.linear_bytes()
+            );
+            let worst = check_model(&model, &g, &format!("{dir} (burn_ops {burn_ops})"));
+            eprintln!("{dir} (burn_ops {burn_ops}): max |diff| {worst:e}");
+        }
+    }
+}
+
+/// The same model as testdata/native/gguf/hf in the three ternary GGUF types (TQ2_0 and TQ1_0
+/// written by gguf-py's quantizer, I2_S in bitnet.cpp's layout), converted to smolbit's layout:
+/// transformers' logits for the HF directory, at the same 1e-4. TQ's per-256 scales are the
+/// tensor's one scale (an f16 value) in every block, so the three are the same model.
+#[test]
+fn ternary_ggufs_match_transformers() {
+    let cpu = device("cpu").expect("cpu");
+    let g = golden("native/gguf/hf/logits.json");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for file in ["tq2_0.gguf", "tq1_0.gguf", "i2_s.gguf"] {
+        let out = tmp.path().join(file);
+        smolbit_weights::convert(
+            &testdata(&format!("native/gguf/{file}")),
+            &out,
+            &Default::default(),
+        )
+        .expect("convert");
+        let opts = smolbit_model::LoadOptions {
+            head: smolbit_model::HeadPolicy::F32,
+            ..Default::default()
+        };
+        let model = Model::load_with(&out, &cpu, opts).expect("load");
+        let worst = check_model(&model, &g, file);
+        eprintln!("{file}: max |diff| {worst:e}");
+    }
 }

@@ -251,3 +251,25 @@ fn ternary_checkpoints_on_wgpu() {
         );
     }
 }
+
+/// Natively ternary checkpoints on wgpu against transformers (testdata/native): BitNet's
+/// architecture (relu², sub-norms, untied head, `autobitlinear` scales) and the Llama
+/// architecture with `use_rms_norm` BitLinears, on the GPU ternary kernel (decode) and the
+/// transient dense product (prefill), at the tolerance of the CPU golden tests.
+#[test]
+fn native_ternary_checkpoints_on_wgpu() {
+    let Some(dev) = wgpu() else { return };
+    for dir in ["bitnet-auto", "falcon3-rmsnorm"] {
+        let opts = LoadOptions {
+            head: HeadPolicy::F32,
+            ..Default::default()
+        };
+        let model =
+            Model::load_with(&testdata(&format!("native/{dir}")), &dev, opts).expect("load");
+        check(
+            &model,
+            &golden(&format!("native/{dir}/logits.json")),
+            &format!("{dir} on wgpu"),
+        );
+    }
+}

@@ -12,6 +12,8 @@
 //!   bit-identical).
 //! - [`pack`]: 2-bit (4 trits per byte) and base-3 (5 trits per byte) packings, plus the layout
 //!   of transformers' BitNet `pack_weights`.
+//! - [`ggml`]: the ternary tensor types of GGUF files (llama.cpp's TQ1_0 and TQ2_0, bitnet.cpp's
+//!   I2_S) decoded to trits and scales and encoded, exactly.
 //! - [`metrics`]: relative reconstruction error of `W` and of `W·X`.
 //! - [`kernels`]: weights kept packed at 2 bits for inference: W1.58A8 and float-activation
 //!   products (scalar reference, AVX2, AVX-512 VNNI, NEON, picked at run time; rows over
@@ -28,6 +30,7 @@
 pub mod absmean;
 pub mod act;
 pub mod attention;
+pub mod ggml;
 pub mod gptq;
 pub mod kernels;
 pub mod metrics;

@@ -1,5 +1,5 @@
 //! Elementwise steps of the CPU decoder path, vectorized: SwiGLU (`silu(gate) · up`), and the
-//! 8-lane `exp` it shares with [`crate::attention`].
+//! 8-lane `exp` it shares with [`crate::attention`]; BitNet's `relu(gate)² · up`.
 //!
 //! AVX2 + FMA where the CPU has it (an `exp` within 2 ulp of `expf`), `f32::exp` otherwise; the
 //! formulas are those of burn's CPU ops (`sigmoid` split on the sign so `exp` never overflows).
@@ -31,6 +31,24 @@ pub fn swiglu(gu: &[f32], f: usize) -> Vec<f32> {
             .for_each(row);
     } else {
         out.chunks_mut(f).zip(gu.chunks(2 * f)).for_each(row);
+    }
+    out
+}
+
+/// `relu(g)² · u` for rows `[gate (f) | up (f)]` of `gu` (`[t, 2f]`), BitNet b1.58's gated
+/// MLP (transformers' `ReLUSquaredActivation` then the product, in f32); returns `[t, f]`.
+pub fn relu2_glu(gu: &[f32], f: usize) -> Vec<f32> {
+    assert!(
+        f > 0 && gu.len().is_multiple_of(2 * f),
+        "rows must be [gate | up]"
+    );
+    let mut out = Vec::with_capacity(gu.len() / 2);
+    for r in gu.chunks_exact(2 * f) {
+        let (g, u) = r.split_at(f);
+        out.extend(g.iter().zip(u).map(|(&g, &u)| {
+            let r = g.max(0.0);
+            r * r * u
+        }));
     }
     out
 }

@@ -13,6 +13,10 @@ pub enum Arch {
     Llama,
     /// `SmolLM3ForCausalLM`: Llama with no-RoPE layers.
     SmolLM3,
+    /// `BitNetForCausalLM` (BitNet b1.58 2B4T): Llama with an RMSNorm over the attention output
+    /// before `o_proj` (`attn_sub_norm`) and one over the MLP's inner activations before
+    /// `down_proj` (`ffn_sub_norm`), relu² by default.
+    BitNet,
 }
 
 impl Arch {
@@ -21,7 +25,13 @@ impl Arch {
         match self {
             Arch::Llama => "llama",
             Arch::SmolLM3 => "smollm3",
+            Arch::BitNet => "bitnet",
         }
+    }
+
+    /// Whether blocks have BitNet's sub-norms (before `o_proj` and before `down_proj`).
+    pub fn has_sub_norms(self) -> bool {
+        self == Arch::BitNet
     }
 
     /// The `architectures[0]` class name.
@@ -29,6 +39,27 @@ impl Arch {
         match self {
             Arch::Llama => "LlamaForCausalLM",
             Arch::SmolLM3 => "SmolLM3ForCausalLM",
+            Arch::BitNet => "BitNetForCausalLM",
+        }
+    }
+}
+
+/// The MLP's gate activation: `down(act(gate(x)) * up(x))`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HiddenAct {
+    /// `x * sigmoid(x)` (Llama, SmolLM).
+    #[default]
+    Silu,
+    /// `relu(x)²` (BitNet b1.58): never run in f16, whose range it overflows.
+    Relu2,
+}
+
+impl HiddenAct {
+    /// transformers' name (`hidden_act`).
+    pub fn name(self) -> &'static str {
+        match self {
+            HiddenAct::Silu => "silu",
+            HiddenAct::Relu2 => "relu2",
         }
     }
 }
@@ -89,7 +120,7 @@ pub struct RopeParameters {
 #[allow(missing_docs)]
 pub struct HfConfig {
     #[serde(default)]
-    pub architectures: Vec<String>,
+    pub architectures: Option<Vec<String>>,
     pub model_type: Option<String>,
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -126,6 +157,9 @@ pub struct ModelConfig {
     pub hidden_size: usize,
     /// MLP width.
     pub intermediate_size: usize,
+    /// The MLP's gate activation.
+    #[serde(default)]
+    pub hidden_act: HiddenAct,
     /// Decoder blocks.
     pub num_layers: usize,
     /// Query heads.
@@ -163,7 +197,8 @@ impl ModelConfig {
         );
         let q = (self.num_heads * self.head_dim) as u64;
         let kv = (self.num_kv_heads * self.head_dim) as u64;
-        let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 2 * h;
+        let sub_norms = if self.arch.has_sub_norms() { q + i } else { 0 };
+        let layer = h * q * 2 + h * kv * 2 + 3 * h * i + 2 * h + sub_norms;
         let head = if self.tie_word_embeddings { 0 } else { v * h };
         v * h + head + self.num_layers as u64 * layer + h
     }
@@ -205,7 +240,7 @@ impl ModelConfig {
             "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},
             "max_position_embeddings": self.max_position_embeddings,
             "tie_word_embeddings": self.tie_word_embeddings,
-            "hidden_act": "silu",
+            "hidden_act": self.hidden_act.name(),
             "attention_bias": false,
             "mlp_bias": false,
             "bos_token_id": self.bos_token_id,
@@ -246,27 +281,55 @@ impl HfConfig {
             .model_type
             .clone()
             .or_else(|| {
-                self.architectures.first().map(|a| match a.as_str() {
-                    "LlamaForCausalLM" => "llama".to_string(),
-                    "SmolLM3ForCausalLM" => "smollm3".to_string(),
-                    other => other.to_string(),
-                })
+                self.architectures
+                    .iter()
+                    .flatten()
+                    .next()
+                    .map(|a| match a.as_str() {
+                        "LlamaForCausalLM" => "llama".to_string(),
+                        "SmolLM3ForCausalLM" => "smollm3".to_string(),
+                        "BitNetForCausalLM" => "bitnet".to_string(),
+                        other => other.to_string(),
+                    })
             })
             .unwrap_or_default();
+        // 1bitLLM's bitnet_b1_58 checkpoints say "llama" but are another model: their own
+        // `BitnetForCausalLM` code ternarizes full-precision weights at run time and adds
+        // sub-norms named `inner_attn_ln` / `ffn_layernorm`. Running them as Llama would give
+        // fluent garbage, so they are refused by name.
+        if self
+            .architectures
+            .iter()
+            .flatten()
+            .any(|a| a == "BitnetForCausalLM")
+        {
+            return Err(unsupported(
+                "1bitLLM's BitnetForCausalLM (custom modeling code with full-precision weights \
+                 ternarized at run time); convert it with llama.cpp's convert_hf_to_gguf.py to a \
+                 TQ1_0/TQ2_0 GGUF (architecture 'bitnet') and convert that with `smolbit convert`"
+                    .into(),
+            ));
+        }
         let arch = match model_type.as_str() {
             "llama" => Arch::Llama,
             "smollm3" => Arch::SmolLM3,
+            "bitnet" => Arch::BitNet,
             other => {
                 return Err(unsupported(format!(
-                    "model_type '{other}' (supported: llama, smollm3)"
+                    "model_type '{other}' (supported: llama, smollm3, bitnet)"
                 )));
             }
         };
-        if let Some(act) = &self.hidden_act
-            && act != "silu"
-        {
-            return Err(unsupported(format!("hidden_act '{act}' (only silu)")));
-        }
+        let hidden_act = match self.hidden_act.as_deref() {
+            None if arch == Arch::BitNet => HiddenAct::Relu2,
+            None | Some("silu") => HiddenAct::Silu,
+            Some("relu2") => HiddenAct::Relu2,
+            Some(act) => {
+                return Err(unsupported(format!(
+                    "hidden_act '{act}' (supported: silu, relu2)"
+                )));
+            }
+        };
         if self.attention_bias == Some(true) || self.mlp_bias == Some(true) {
             return Err(unsupported("attention_bias / mlp_bias".into()));
         }
@@ -320,8 +383,16 @@ impl HfConfig {
             ));
         }
         let n_layers = self.num_hidden_layers;
+        if arch.has_sub_norms() && n_heads * head_dim != self.hidden_size {
+            return Err(unsupported(format!(
+                "bitnet with num_attention_heads * head_dim = {} != hidden_size {} (transformers \
+                 sizes attn_sub_norm by hidden_size)",
+                n_heads * head_dim,
+                self.hidden_size
+            )));
+        }
         let rope_layers = match arch {
-            Arch::Llama => vec![true; n_layers],
+            Arch::Llama | Arch::BitNet => vec![true; n_layers],
             Arch::SmolLM3 => match &self.no_rope_layers {
                 Some(v) if v.len() == n_layers => v.iter().map(|&x| x != 0).collect(),
                 Some(v) => {
@@ -358,6 +429,7 @@ impl HfConfig {
             vocab_size: self.vocab_size,
             hidden_size: self.hidden_size,
             intermediate_size: self.intermediate_size,
+            hidden_act,
             num_layers: n_layers,
             num_heads: n_heads,
             num_kv_heads: n_kv,
@@ -475,6 +547,12 @@ mod tests {
         check(
             &format!(r#"{{"model_type": "llama", "hidden_act": "gelu", {BASE}}}"#),
             Err("hidden_act 'gelu'"),
+        );
+        check(
+            &format!(
+                r#"{{"model_type": "llama", "architectures": ["BitnetForCausalLM"], {BASE}}}"#
+            ),
+            Err("1bitLLM's BitnetForCausalLM"),
         );
     }
 }

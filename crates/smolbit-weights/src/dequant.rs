@@ -5,6 +5,7 @@
 //! independent numpy implementation (`gguf.quants.dequantize`) on random blocks.
 
 use half::{bf16, f16};
+use smolbit_ternary::ggml::{self, TernaryType};
 
 /// Elements per super-block of the k-quants.
 pub const QK_K: usize = 256;
@@ -35,6 +36,13 @@ pub enum GgmlType {
     Q5_K,
     /// 256 weights: 16 sub-blocks of 16 with 8-bit scales, 6-bit values.
     Q6_K,
+    /// 256 ternary weights in base-3 bytes, f16 scale (llama.cpp).
+    TQ1_0,
+    /// 256 ternary weights as 2-bit codes, f16 scale (llama.cpp).
+    TQ2_0,
+    /// bitnet.cpp's ternary type: 2-bit codes in blocks of 128, one f32 scale per tensor after
+    /// the data (see `smolbit_ternary::ggml`).
+    I2_S,
 }
 
 impl GgmlType {
@@ -52,6 +60,9 @@ impl GgmlType {
             13 => Self::Q5_K,
             14 => Self::Q6_K,
             30 => Self::BF16,
+            34 => Self::TQ1_0,
+            35 => Self::TQ2_0,
+            36 => Self::I2_S,
             _ => return None,
         })
     }
@@ -70,6 +81,28 @@ impl GgmlType {
             Self::Q5_K => 13,
             Self::Q6_K => 14,
             Self::BF16 => 30,
+            Self::TQ1_0 => 34,
+            Self::TQ2_0 => 35,
+            Self::I2_S => 36,
+        }
+    }
+
+    /// The ternary types, as `smolbit_ternary::ggml` decodes them.
+    pub fn ternary(self) -> Option<TernaryType> {
+        match self {
+            Self::TQ1_0 => Some(TernaryType::TQ1_0),
+            Self::TQ2_0 => Some(TernaryType::TQ2_0),
+            Self::I2_S => Some(TernaryType::I2_S),
+            _ => None,
+        }
+    }
+
+    /// Bytes a tensor of `n` elements takes (`n` a multiple of [`GgmlType::block_size`]);
+    /// I2_S adds its per-tensor scale and padding (32 bytes) after the codes.
+    pub fn bytes_for(self, n: u64) -> u64 {
+        match self {
+            Self::I2_S => n / 4 + ggml::I2S_TAIL as u64,
+            _ => n / self.block_size() as u64 * self.type_size() as u64,
         }
     }
 
@@ -78,7 +111,8 @@ impl GgmlType {
         match self {
             Self::F32 | Self::F16 | Self::BF16 => 1,
             Self::Q4_0 | Self::Q4_1 | Self::Q5_0 | Self::Q5_1 | Self::Q8_0 => 32,
-            Self::Q4_K | Self::Q5_K | Self::Q6_K => QK_K,
+            Self::Q4_K | Self::Q5_K | Self::Q6_K | Self::TQ1_0 | Self::TQ2_0 => QK_K,
+            Self::I2_S => ggml::I2S_BLOCK,
         }
     }
 
@@ -95,6 +129,10 @@ impl GgmlType {
             Self::Q4_K => Q4_K_BYTES,
             Self::Q5_K => Q5_K_BYTES,
             Self::Q6_K => Q6_K_BYTES,
+            Self::TQ1_0 => ggml::TQ1_0_BYTES,
+            Self::TQ2_0 => ggml::TQ2_0_BYTES,
+            // The codes of one block; the tensor's scale follows all blocks (`bytes_for`).
+            Self::I2_S => ggml::I2S_BLOCK / 4,
         }
     }
 }
@@ -133,6 +171,7 @@ pub fn ggml_type_name(id: u32) -> &'static str {
         (30, "BF16"),
         (34, "TQ1_0"),
         (35, "TQ2_0"),
+        (36, "I2_S (bitnet.cpp)"),
         (39, "MXFP4"),
     ];
     NAMES
@@ -172,11 +211,14 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
     let bs = ty.block_size();
     assert!(
-        out.len().is_multiple_of(bs) && bytes.len() == out.len() / bs * ty.type_size(),
+        out.len().is_multiple_of(bs) && bytes.len() as u64 == ty.bytes_for(out.len() as u64),
         "dequantize: {} bytes do not hold {} {ty:?} elements",
         bytes.len(),
         out.len()
     );
+    if ty == GgmlType::I2_S {
+        return i2_s(bytes, out);
+    }
     let blocks = bytes
         .chunks_exact(ty.type_size())
         .zip(out.chunks_exact_mut(bs));
@@ -204,6 +246,58 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], out: &mut [f32]) {
         GgmlType::Q4_K => blocks.for_each(|(b, y)| q4_k(b, y)),
         GgmlType::Q5_K => blocks.for_each(|(b, y)| q5_k(b, y)),
         GgmlType::Q6_K => blocks.for_each(|(b, y)| q6_k(b, y)),
+        GgmlType::TQ1_0 => blocks.for_each(|(b, y)| tq1_0(b, y)),
+        GgmlType::TQ2_0 => blocks.for_each(|(b, y)| tq2_0(b, y)),
+        GgmlType::I2_S => unreachable!("handled above"),
+    }
+}
+
+/// `block_tq2_0 { uint8_t qs[64]; half d; }` as `dequantize_row_tq2_0`: `(code - 1) * d`
+/// (a code 3, which no quantizer writes, reads as +2 there and here).
+fn tq2_0(b: &[u8], y: &mut [f32]) {
+    let d = f16_at(b, 64);
+    for (i, &q) in b[..64].iter().enumerate() {
+        let (half, m) = (i / 32, i % 32);
+        for l in 0..4 {
+            y[128 * half + 32 * l + m] = (((q >> (2 * l)) & 3) as i32 - 1) as f32 * d;
+        }
+    }
+}
+
+/// `block_tq1_0 { uint8_t qs[48]; uint8_t qh[4]; half d; }` as `dequantize_row_tq1_0`.
+fn tq1_0(b: &[u8], y: &mut [f32]) {
+    const POW3: [u8; 5] = [1, 3, 9, 27, 81];
+    let d = f16_at(b, 52);
+    let digit =
+        |q: u8, n: usize| (((u16::from(q.wrapping_mul(POW3[n])) * 3) >> 8) as i32 - 1) as f32;
+    for m in 0..32 {
+        for n in 0..5 {
+            y[32 * n + m] = digit(b[m], n) * d;
+        }
+    }
+    for m in 0..16 {
+        for n in 0..5 {
+            y[160 + 16 * n + m] = digit(b[32 + m], n) * d;
+        }
+    }
+    for m in 0..4 {
+        for n in 0..4 {
+            y[240 + 4 * n + m] = digit(b[48 + m], n) * d;
+        }
+    }
+}
+
+/// bitnet.cpp's I2_S over a whole tensor: codes 0, 1, 2 (and 3) read as -1, 0, +1 (and 0)
+/// times the scale stored after the codes.
+fn i2_s(b: &[u8], y: &mut [f32]) {
+    let n = y.len();
+    let s = f32::from_le_bytes([b[n / 4], b[n / 4 + 1], b[n / 4 + 2], b[n / 4 + 3]]);
+    const MAP: [f32; 4] = [-1.0, 0.0, 1.0, 0.0];
+    for (i, &q) in b[..n / 4].iter().enumerate() {
+        let (block, m) = (i / 32, i % 32);
+        for g in 0..4 {
+            y[block * 128 + 32 * g + m] = MAP[usize::from((q >> (6 - 2 * g)) & 3)] * s;
+        }
     }
 }
 

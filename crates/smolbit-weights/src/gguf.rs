@@ -229,7 +229,7 @@ impl TensorInfo {
 
     /// Bytes the data occupies.
     pub fn n_bytes(&self) -> u64 {
-        self.n_elements() / self.ggml_type.block_size() as u64 * self.ggml_type.type_size() as u64
+        self.ggml_type.bytes_for(self.n_elements())
     }
 }
 

@@ -32,6 +32,8 @@ pub const ROPE_DIMENSION_COUNT: &str = "rope.dimension_count";
 pub const ROPE_FREQ_BASE: &str = "rope.freq_base";
 /// `{arch}.rope.scaling.type`
 pub const ROPE_SCALING_TYPE: &str = "rope.scaling.type";
+/// `{arch}.hidden_activation`: the FFN activation (llama.cpp's `bitnet` architecture).
+pub const HIDDEN_ACTIVATION: &str = "hidden_activation";
 /// `{arch}.vocab_size`
 pub const VOCAB_SIZE: &str = "vocab_size";
 
@@ -49,6 +51,8 @@ pub const TOKENIZER_MERGES: &str = "tokenizer.ggml.merges";
 pub const TOKENIZER_BOS_ID: &str = "tokenizer.ggml.bos_token_id";
 /// `tokenizer.ggml.eos_token_id`
 pub const TOKENIZER_EOS_ID: &str = "tokenizer.ggml.eos_token_id";
+/// `tokenizer.ggml.eot_token_id`: end of turn.
+pub const TOKENIZER_EOT_ID: &str = "tokenizer.ggml.eot_token_id";
 /// `tokenizer.ggml.unknown_token_id`
 pub const TOKENIZER_UNK_ID: &str = "tokenizer.ggml.unknown_token_id";
 /// `tokenizer.ggml.padding_token_id`

@@ -8,6 +8,8 @@
 //! - [`tokenizer`]: `tokenizer.json` rebuilt from a GGUF's BPE metadata.
 //! - [`convert`]: GGUF or HF directory -> normalized HF directory.
 //! - [`quantize`]: ternary checkpoints (packed trits + scales) written and read back.
+//! - [`native`]: natively ternary checkpoints in transformers' BitNet format (BitNet b1.58
+//!   2B4T, Falcon3-1.58bit), read straight into trits and scales.
 //! - [`ModelDir`]: what the model crate loads from.
 //!
 //! This crate knows nothing about burn or about inference.
@@ -19,6 +21,7 @@ pub mod dequant;
 pub mod gguf;
 pub mod keys;
 pub mod mapping;
+pub mod native;
 pub mod quantize;
 pub mod safetensors;
 pub mod tokenizer;
@@ -62,7 +65,17 @@ pub enum LoadError {
     },
 }
 
-fn read_quant_config(dir: &Path) -> Result<Option<quantize::QuantConfig>, LoadError> {
+/// How a directory's linears are stored, from config.json's `quantization_config`.
+enum Quantization {
+    /// Floating point.
+    None,
+    /// `smolbit quantize` (or `smolbit convert` of a ternary GGUF).
+    Smolbit(quantize::QuantConfig),
+    /// transformers' BitNet format.
+    BitNet(native::HfBitNet),
+}
+
+fn read_quant_config(dir: &Path) -> Result<Quantization, LoadError> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Io {
         path: path.clone(),
@@ -73,12 +86,13 @@ fn read_quant_config(dir: &Path) -> Result<Option<quantize::QuantConfig>, LoadEr
         source,
     })?;
     let Some(q) = v.get("quantization_config") else {
-        return Ok(None);
+        return Ok(Quantization::None);
     };
     match q.get("quant_method").and_then(|m| m.as_str()) {
         Some("smolbit") => serde_json::from_value(q.clone())
-            .map(Some)
+            .map(Quantization::Smolbit)
             .map_err(|source| ConfigError::Json { path, source }.into()),
+        Some("bitnet") => Ok(Quantization::BitNet(native::HfBitNet::from_json(q, &path)?)),
         other => Err(ConfigError::Unsupported {
             path,
             what: format!(
@@ -99,8 +113,11 @@ pub struct ModelDir {
     pub config: ModelConfig,
     /// The weights.
     pub weights: safetensors::SafeTensors,
-    /// `quantization_config` of a ternary checkpoint.
+    /// `quantization_config` of a ternary checkpoint (for transformers' BitNet format, a
+    /// description in smolbit's terms: `b158`, int8 activations).
     pub quant: Option<quantize::QuantConfig>,
+    /// transformers' BitNet format, when the checkpoint is in it.
+    pub bitnet: Option<native::HfBitNet>,
 }
 
 impl ModelDir {
@@ -119,24 +136,84 @@ impl ModelDir {
         let config = ModelConfig::from_dir(dir)?;
         let quant = read_quant_config(dir)?;
         let weights = safetensors::SafeTensors::open_dir(dir)?;
+        let (quant, bitnet) = match quant {
+            Quantization::None => (None, None),
+            Quantization::Smolbit(q) => (Some(q), None),
+            Quantization::BitNet(b) => (
+                Some(quantize::QuantConfig {
+                    quant_method: "bitnet".into(),
+                    scheme: "b158:tensor:a8".into(),
+                    planes: 1,
+                    granularity: "tensor".into(),
+                    activations: "int8".into(),
+                    packing: match b.mode {
+                        native::Mode::Offline => "hf-bitnet".into(),
+                        native::Mode::Online => "online".into(),
+                    },
+                    calibrated: false,
+                    modules_not_converted: b.modules_to_not_convert.clone(),
+                    bits_per_weight: b.bits_per_weight(&config, &weights),
+                    source: Some(b.describe()),
+                    pre_norm_eps: b.use_rms_norm.then_some(b.rms_norm_eps),
+                }),
+                Some(b),
+            ),
+        };
         Ok(ModelDir {
             path: dir.to_path_buf(),
             config,
             weights,
             quant,
+            bitnet,
         })
+    }
+
+    /// Whether the linear `name` is stored ternary (and so runs on the ternary kernels with
+    /// the checkpoint's activations).
+    pub fn is_ternary(&self, name: &str) -> bool {
+        match (&self.bitnet, &self.quant) {
+            (Some(b), _) => b.converts(name),
+            (None, Some(_)) => {
+                !self.weights.contains(name)
+                    && self.weights.contains(&format!(
+                        "{}.trits",
+                        name.strip_suffix(".weight").unwrap_or(name)
+                    ))
+            }
+            (None, None) => false,
+        }
+    }
+
+    /// The RMSNorm (weight `[cols]`, epsilon) applied to the input of the linear `name` before
+    /// it (transformers' BitNet `use_rms_norm`), if any.
+    pub fn linear_pre_norm(
+        &self,
+        name: &str,
+        cols: usize,
+    ) -> Result<Option<(Vec<f32>, f64)>, LoadError> {
+        if let Some(b) = &self.bitnet {
+            return Ok(b
+                .pre_norm(&self.weights, name, cols)?
+                .map(|w| (w, b.rms_norm_eps)));
+        }
+        match self.quant.as_ref().and_then(|q| q.pre_norm_eps) {
+            Some(eps) if self.is_ternary(name) => {
+                let norm = format!(
+                    "{}.rms_norm.weight",
+                    name.strip_suffix(".weight").unwrap_or(name)
+                );
+                Ok(Some((self.tensor_f32(&norm, &[cols])?, eps)))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// A linear layer's weight `[rows, cols]` as f32: read directly, or unpacked and dequantized
     /// from a ternary checkpoint (the reference path; fast kernels keep weights packed).
     pub fn linear_f32(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, LoadError> {
-        match &self.quant {
-            Some(qc) if !self.weights.contains(name) => {
-                Ok(quantize::read_ternary(self, qc, name, rows, cols)
-                    .map_err(|e| LoadError::Quantized(e.to_string()))?
-                    .dequantize())
-            }
-            _ => self.tensor_f32(name, &[rows, cols]),
+        match self.linear_ternary(name, rows, cols)? {
+            Some(m) => Ok(m.dequantize()),
+            None => self.tensor_f32(name, &[rows, cols]),
         }
     }
 
@@ -148,6 +225,13 @@ impl ModelDir {
         rows: usize,
         cols: usize,
     ) -> Result<Option<smolbit_ternary::TernaryMatrix>, LoadError> {
+        if let Some(b) = &self.bitnet {
+            return if b.converts(name) {
+                b.read_linear(&self.weights, name, rows, cols).map(Some)
+            } else {
+                Ok(None)
+            };
+        }
         match &self.quant {
             Some(qc) if !self.weights.contains(name) => {
                 quantize::read_ternary(self, qc, name, rows, cols)

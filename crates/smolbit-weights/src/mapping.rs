@@ -1,5 +1,6 @@
 //! Tensor names: Hugging Face <-> GGUF, as one table (llama.cpp's `tensor_mapping.py` for the
-//! llama family), and the list of tensors a decoder needs.
+//! llama family; BitNet's sub-norms as transformers' `BitNetForCausalLM` and llama.cpp's and
+//! bitnet.cpp's `bitnet*` architectures name them), and the list of tensors a decoder needs.
 
 use crate::config::ModelConfig;
 
@@ -29,6 +30,27 @@ pub enum LayerRole {
     Gate,
     Up,
     Down,
+    /// BitNet's RMSNorm over the attention output, before `o_proj`.
+    AttnSubNorm,
+    /// BitNet's RMSNorm over `act(gate) * up`, before `down_proj`.
+    FfnSubNorm,
+}
+
+impl LayerRole {
+    /// The seven projections (the linears a ternary checkpoint packs), as opposed to norms.
+    pub fn is_linear(self) -> bool {
+        !matches!(
+            self,
+            LayerRole::AttnNorm
+                | LayerRole::MlpNorm
+                | LayerRole::AttnSubNorm
+                | LayerRole::FfnSubNorm
+        )
+    }
+
+    fn sub_norm(self) -> bool {
+        matches!(self, LayerRole::AttnSubNorm | LayerRole::FfnSubNorm)
+    }
 }
 
 /// `(role, HF name, GGUF name)`; `{}` stands for the layer index.
@@ -85,6 +107,16 @@ const TABLE: &[(Role, &str, &str)] = &[
         "model.layers.{}.mlp.down_proj.weight",
         "blk.{}.ffn_down.weight",
     ),
+    (
+        Role::Layer(LayerRole::AttnSubNorm),
+        "model.layers.{}.self_attn.attn_sub_norm.weight",
+        "blk.{}.attn_sub_norm.weight",
+    ),
+    (
+        Role::Layer(LayerRole::FfnSubNorm),
+        "model.layers.{}.mlp.ffn_sub_norm.weight",
+        "blk.{}.ffn_sub_norm.weight",
+    ),
 ];
 
 /// One tensor the decoder needs.
@@ -117,6 +149,8 @@ pub fn needed_tensors(c: &ModelConfig) -> Vec<Needed> {
                 LayerRole::O => vec![h, q],
                 LayerRole::Gate | LayerRole::Up => vec![f, h],
                 LayerRole::Down => vec![h, f],
+                LayerRole::AttnSubNorm => vec![q],
+                LayerRole::FfnSubNorm => vec![f],
             },
         }
     };
@@ -136,7 +170,10 @@ pub fn needed_tensors(c: &ModelConfig) -> Vec<Needed> {
     }
     for i in 0..c.num_layers {
         for &(role, hf, gg) in TABLE {
-            if let Role::Layer(_) = role {
+            if let Role::Layer(l) = role {
+                if l.sub_norm() && !c.arch.has_sub_norms() {
+                    continue;
+                }
                 out.push(Needed {
                     role,
                     layer: Some(i),
@@ -148,6 +185,27 @@ pub fn needed_tensors(c: &ModelConfig) -> Vec<Needed> {
         }
     }
     out
+}
+
+/// What the HF tensor `name` is (`model.layers.3.mlp.up_proj.weight` is `Layer(Up)`), if it is
+/// one the decoder uses.
+pub fn role_of(name: &str) -> Option<Role> {
+    TABLE
+        .iter()
+        .find_map(|&(role, hf, _)| match hf.split_once("{}") {
+            None => (hf == name).then_some(role),
+            Some((pre, post)) => {
+                let mid = name.strip_prefix(pre)?.strip_suffix(post)?;
+                (!mid.is_empty() && mid.bytes().all(|b| b.is_ascii_digit())).then_some(role)
+            }
+        })
+}
+
+/// Whether the HF tensor `name` is the weight of a linear layer: a block projection or the
+/// output head.
+pub fn is_linear_weight(name: &str) -> bool {
+    matches!(role_of(name), Some(Role::Head))
+        || matches!(role_of(name), Some(Role::Layer(l)) if l.is_linear())
 }
 
 /// The HF name of a per-layer tensor.

@@ -48,6 +48,14 @@ pub struct QuantConfig {
     pub modules_not_converted: Vec<String>,
     /// Storage bits per weight of the quantized linears (trits + f16 scales).
     pub bits_per_weight: f64,
+    /// Where the trits came from when they were not quantized by smolbit (a natively ternary
+    /// checkpoint: `TQ2_0 GGUF`, `transformers BitNet (autobitlinear, offline)`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// Epsilon of the RMSNorm applied before every quantized linear (`<name>.rms_norm.weight`),
+    /// for checkpoints trained with one (transformers' BitNet `use_rms_norm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_norm_eps: Option<f64>,
 }
 
 impl QuantConfig {
@@ -206,7 +214,7 @@ pub fn scale_dtype(g: Granularity) -> Dtype {
 }
 
 fn is_linear(role: Role) -> bool {
-    matches!(role, Role::Layer(l) if !matches!(l, mapping::LayerRole::AttnNorm | mapping::LayerRole::MlpNorm))
+    matches!(role, Role::Layer(l) if l.is_linear())
 }
 
 /// `a.b.weight` -> `a.b`
@@ -398,6 +406,8 @@ fn write_quantized(
         calibrated: scheme.needs_calibration(),
         modules_not_converted: kept,
         bits_per_weight,
+        source: None,
+        pre_norm_eps: None,
     };
     let src_cfg = std::fs::read_to_string(md.path.join("config.json")).map_err(|e| {
         QuantizeError::Invalid {
@@ -616,4 +626,105 @@ pub fn export_hf_bitnet(
             layers,
         })
     })
+}
+
+/// One tensor of a ternary checkpoint that [`write_ternary_checkpoint`] writes.
+#[derive(Debug, Clone)]
+pub(crate) enum Item {
+    /// A linear `[rows, cols]` (HF weight name), stored as `.trits` and `.scales`.
+    Ternary {
+        /// `<name>.weight`
+        name: String,
+        /// Output features.
+        rows: usize,
+        /// Input features.
+        cols: usize,
+    },
+    /// Any other tensor, stored as given.
+    Float {
+        /// The tensor's name.
+        name: String,
+        /// Element type written.
+        dtype: Dtype,
+        /// Shape.
+        shape: Vec<usize>,
+    },
+}
+
+/// Write `model.safetensors` of a ternary checkpoint (the layout [`quantize_model`] writes,
+/// with the 2-bit packing) from trits that already exist: `ternary(name, rows, cols)` gives each
+/// linear's matrix (one plane, granularity `scheme`'s), `float(i)` the bytes of every other
+/// item. Returns the stored bits per weight of the ternary linears.
+pub(crate) fn write_ternary_checkpoint<E>(
+    path: &Path,
+    scheme: &Scheme,
+    items: &[Item],
+    meta: &BTreeMap<String, String>,
+    mut ternary: impl FnMut(&str, usize, usize) -> Result<TernaryMatrix, E>,
+    mut float: impl FnMut(usize) -> Result<Vec<u8>, E>,
+) -> Result<f64, E>
+where
+    E: From<SafetensorsError> + From<crate::ConvertError>,
+{
+    let packing = Packing::TwoBit;
+    let scale_dtype = scale_dtype(scheme.granularity);
+    let mut specs = Vec::new();
+    let mut owner = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item {
+            Item::Ternary { name, rows, cols } => {
+                let base = base_name(name);
+                specs.push(TensorSpec {
+                    name: format!("{base}.trits"),
+                    dtype: Dtype::U8,
+                    shape: vec![1, *rows, packing.bytes_per_row(*cols)],
+                });
+                specs.push(TensorSpec {
+                    name: format!("{base}.scales"),
+                    dtype: scale_dtype,
+                    shape: vec![1, scheme.granularity.scales_per_plane(*rows, *cols)],
+                });
+                owner.extend([i, i]);
+            }
+            Item::Float { name, dtype, shape } => {
+                specs.push(TensorSpec {
+                    name: name.clone(),
+                    dtype: *dtype,
+                    shape: shape.clone(),
+                });
+                owner.push(i);
+            }
+        }
+    }
+    let (mut bits, mut weights) = (0f64, 0f64);
+    let mut scales: Option<Vec<f32>> = None;
+    safetensors::write_streaming(path, &specs, meta, |k, spec| match &items[owner[k]] {
+        Item::Ternary { name, rows, cols } => {
+            if spec.name.ends_with(".scales") {
+                let s = scales.take().ok_or_else(|| crate::ConvertError::Output {
+                    path: path.to_path_buf(),
+                    what: format!("internal: scales of {name} before its trits"),
+                })?;
+                return Ok(safetensors::encode_f32(&s, scale_dtype));
+            }
+            let m = ternary(name, *rows, *cols)?;
+            if m.planes != 1 || m.granularity != scheme.granularity || m.rows != *rows {
+                return Err(crate::ConvertError::Output {
+                    path: path.to_path_buf(),
+                    what: format!(
+                        "internal: {name} is {} planes by {}, expected 1 by {}",
+                        m.planes, m.granularity, scheme.granularity
+                    ),
+                }
+                .into());
+            }
+            bits += m.bits_per_weight(packing, scale_dtype.size() * 8) * (rows * cols) as f64;
+            weights += (rows * cols) as f64;
+            let bytes = pack::pack(&m.trits, *rows, *cols, packing);
+            scales = Some(m.scales);
+            Ok(bytes)
+        }
+        Item::Float { .. } => float(owner[k]),
+    })?;
+    Ok(if weights > 0.0 { bits / weights } else { 0.0 })
 }

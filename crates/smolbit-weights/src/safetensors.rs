@@ -344,6 +344,14 @@ impl SafeTensors {
             })
     }
 
+    /// The file holding `name` (its shard), for error messages; the checkpoint's directory
+    /// when there is no such tensor.
+    pub fn file_of(&self, name: &str) -> &Path {
+        self.entries
+            .get(name)
+            .map_or(self.root.as_path(), |e| self.files[e.file].path.as_path())
+    }
+
     /// Whether a tensor exists.
     pub fn contains(&self, name: &str) -> bool {
         self.entries.contains_key(name)

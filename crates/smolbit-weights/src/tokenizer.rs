@@ -23,7 +23,23 @@ pub struct TokenizerFiles {
     pub tokenizer: Json,
     /// `tokenizer_config.json` (with the chat template when the GGUF has one)
     pub tokenizer_config: Json,
+    /// End-of-generation ids besides `tokenizer.ggml.eos_token_id`: the end-of-turn token
+    /// (`tokenizer.ggml.eot_token_id`, or `<|eot_id|>` when the chat template ends turns with
+    /// it), which a chat must stop on.
+    pub end_of_generation: Vec<u32>,
+    /// What had to be assumed or replaced, one line each.
+    pub warnings: Vec<String>,
 }
+
+/// BitNet b1.58 2B4T's chat template, the `chat_template` of `microsoft/bitnet-b1.58-2B-4T`'s
+/// `tokenizer_config.json` (as copied in third-party code; it renders transformers' test prompt
+/// `User: How are you?<|eot_id|>Assistant: `). bitnet.cpp's GGUF converter
+/// (`utils/convert-ms-to-gguf-bitnet.py`) writes a placeholder instead (`Human: ...
+/// BITNETAssistant: `), which the model was not trained on.
+pub const BITNET_2B4T_CHAT_TEMPLATE: &str = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = message['role'] | capitalize + ': '+ message['content'] | trim + '<|eot_id|>' %}{{ content }}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant: ' }}{% endif %}";
+
+/// A marker of bitnet.cpp's placeholder template.
+const BITNET_PLACEHOLDER: &str = "BITNETAssistant";
 
 fn pre_tokenizer(pre: &str) -> Option<Json> {
     let byte_level = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
@@ -88,13 +104,25 @@ pub fn from_gguf(
             "tokenizer model '{model}' is not supported (only byte-level BPE, 'gpt2')"
         )));
     }
+    let tokens = string_array(g, keys::TOKENIZER_TOKENS)?;
+    let mut warnings = Vec::new();
     let pre_name = match g.get(keys::TOKENIZER_PRE) {
         Some(v) => v.as_str().unwrap_or("default").to_string(),
+        // bitnet.cpp's 2B4T GGUF has Llama 3's vocabulary without a pre-tokenizer name;
+        // llama.cpp then falls back to GPT-2's splitting ("generation quality will be
+        // degraded"). Llama 3's own is what the model was trained with.
+        None if tokens.contains(&"<|begin_of_text|>") => {
+            warnings.push(format!(
+                "{}: no {}; the vocabulary is Llama 3's, so its pre-tokenizer (llama-bpe) is used",
+                g.path().display(),
+                keys::TOKENIZER_PRE
+            ));
+            "llama-bpe".to_string()
+        }
         None => "default".to_string(),
     };
     let pre = pre_tokenizer(&pre_name)
         .ok_or_else(|| invalid(format!("pre-tokenizer '{pre_name}' is not supported")))?;
-    let tokens = string_array(g, keys::TOKENIZER_TOKENS)?;
     let merges = string_array(g, keys::TOKENIZER_MERGES)?;
     let types: Vec<i64> = match g.get(keys::TOKENIZER_TOKEN_TYPE) {
         Some(Value::Array(a)) => a.iter().map(|v| v.as_i64().unwrap_or(1)).collect(),
@@ -211,14 +239,39 @@ pub fn from_gguf(
         "model_max_length": model_max_length,
         "clean_up_tokenization_spaces": false,
     });
+    let mut template = None;
     if let Some(t) = g.get(keys::CHAT_TEMPLATE) {
         let t = t
             .as_str()
             .ok_or_else(|| g.wrong_type(keys::CHAT_TEMPLATE, t, "a string"))?;
+        let t = if t.contains(BITNET_PLACEHOLDER) {
+            warnings.push(format!(
+                "{}: the chat template is bitnet.cpp's placeholder ('Human: ... BITNETAssistant: \
+                 '); using BitNet b1.58 2B4T's own ('User: ...<|eot_id|>Assistant: ')",
+                g.path().display()
+            ));
+            BITNET_2B4T_CHAT_TEMPLATE
+        } else {
+            t
+        };
         config["chat_template"] = json!(t);
+        template = Some(t);
     }
+    let mut end_of_generation = Vec::new();
+    if let Some(id) = token_id(g, keys::TOKENIZER_EOT_ID, n)? {
+        end_of_generation.push(id);
+    }
+    if let Some(id) = tokens.iter().position(|t| *t == "<|eot_id|>")
+        && template.is_some_and(|t| t.contains("<|eot_id|>"))
+        && !end_of_generation.contains(&(id as u32))
+    {
+        end_of_generation.push(id as u32);
+    }
+    end_of_generation.retain(|id| Some(*id) != eos);
     Ok(Some(TokenizerFiles {
         tokenizer,
         tokenizer_config: config,
+        end_of_generation,
+        warnings,
     }))
 }

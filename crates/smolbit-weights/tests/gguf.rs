@@ -167,10 +167,10 @@ fn malformed_files_give_clean_errors() {
     let n_dims = u32::from_le_bytes(good[at..at + 4].try_into().expect("4 bytes")) as usize;
     let ty_at = at + 4 + 8 * n_dims;
     let mut ty = good.clone();
-    ty[ty_at..ty_at + 4].copy_from_slice(&35u32.to_le_bytes());
+    ty[ty_at..ty_at + 4].copy_from_slice(&16u32.to_le_bytes());
     check_bad(
         &ty,
-        "tensor 'token_embd.weight' has unsupported ggml type 35 (TQ2_0)",
+        "tensor 'token_embd.weight' has unsupported ggml type 16 (IQ2_XXS)",
     );
     let mut off = good.clone();
     off[ty_at + 4..ty_at + 12].copy_from_slice(&(1u64 << 30).to_le_bytes());
