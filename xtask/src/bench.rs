@@ -1,10 +1,13 @@
-//! `cargo xtask bench [--quick] [--llama-bench PATH --gguf FILE ...]`: the benchmark table. Runs
-//! `smolbit bench --json` on each model variant that exists under `models/` (the pipeline's
-//! default model and its schemes, and the random SmolLM3-3B-shaped checkpoints from
-//! `cargo xtask random-model`), at 1 and 2 threads, then llama.cpp's `llama-bench` (same prompt
-//! and generation lengths, peak RSS through `/usr/bin/time`) on each `--gguf`, all in one run on
-//! one machine; measures memory copy bandwidth for the bandwidth bound; writes
-//! `reports/bench/bench.md` and `bench.jsonl`. llama.cpp is built outside this repository.
+//! `cargo xtask bench [--quick] [--llama-bench PATH --gguf FILE ...] [--bitnet-bench PATH
+//! --bitnet-gguf FILE ...]`: the benchmark table. Runs `smolbit bench --json` on each model
+//! variant that exists under `models/` (the pipeline's default model and its schemes, and the
+//! random SmolLM3-3B- and BitNet-2B4T-shaped checkpoints from `cargo xtask random-model`; a
+//! directory holding a `.no-bench` file is skipped), at 1 and 2 threads, then llama.cpp's
+//! `llama-bench` on each `--gguf` and bitnet.cpp's on each `--bitnet-gguf` (same prompt and
+//! generation lengths, peak RSS through `/usr/bin/time`), all in one run on one machine, each
+//! model size's rows together; measures memory copy bandwidth for the bandwidth bound; writes
+//! `reports/bench/bench.md` and `bench.jsonl`. The peer engines are built outside this
+//! repository (`../shared/notes/peer-engines.md`).
 //!
 //! `cargo xtask bench --long-context [--llama-bench PATH --gguf FILE ...]` instead measures a
 //! long prompt: 1,024 tokens, then 64 decoded from that depth, for every small model's `b158`
@@ -187,8 +190,21 @@ fn smolbit_bench(
     serde_json::from_str(text.lines().last().unwrap_or("{}")).context("bench output")
 }
 
+/// Rows are grouped by model size (names with "3b", "2b", else small), so the rows compared
+/// against each other are measured minutes apart.
+fn size_class(name: &str) -> u8 {
+    if name.contains("3b") {
+        2
+    } else if name.contains("2b") {
+        1
+    } else {
+        0
+    }
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let (mut quick, mut llama, mut ggufs) = (false, None, Vec::new());
+    let (mut bitnet, mut bitnet_ggufs) = (None, Vec::new());
     let mut long = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -201,13 +217,24 @@ pub fn run(args: &[String]) -> Result<()> {
                 ))
             }
             "--gguf" => ggufs.push(PathBuf::from(it.next().context("--gguf needs a file")?)),
+            "--bitnet-bench" => {
+                bitnet = Some(PathBuf::from(
+                    it.next().context("--bitnet-bench needs a path")?,
+                ))
+            }
+            "--bitnet-gguf" => bitnet_ggufs.push(PathBuf::from(
+                it.next().context("--bitnet-gguf needs a file")?,
+            )),
             other => bail!("bench: unknown argument '{other}'"),
         }
     }
     if !ggufs.is_empty() && llama.is_none() {
         bail!("bench: --gguf needs --llama-bench <path to llama.cpp's llama-bench>");
     }
-    for g in &ggufs {
+    if !bitnet_ggufs.is_empty() && bitnet.is_none() {
+        bail!("bench: --bitnet-gguf needs --bitnet-bench <path to bitnet.cpp's llama-bench>");
+    }
+    for g in ggufs.iter().chain(&bitnet_ggufs) {
         if !g.is_file() {
             bail!("{}: no such GGUF file", g.display());
         }
@@ -226,6 +253,9 @@ pub fn run(args: &[String]) -> Result<()> {
         let Ok(variants) = std::fs::read_dir(&family) else {
             continue;
         };
+        if family.join(".no-bench").exists() {
+            continue;
+        }
         let mut dirs: Vec<PathBuf> = variants
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.join("config.json").is_file())
@@ -249,9 +279,11 @@ pub fn run(args: &[String]) -> Result<()> {
             } else {
                 64
             };
-            // Ternary 3B checkpoints and the small model's b158 also with the 4-bit head and
-            // embedding (`--head q4`).
-            let q4_too = (big && !dense_big) || d.file_name().is_some_and(|n| n == "b158");
+            // Ternary 3B and 2B checkpoints and the small model's b158 also with the 4-bit head
+            // and embedding (`--head q4`).
+            let q4_too = (big && !dense_big)
+                || size_class(&name) == 1
+                || d.file_name().is_some_and(|n| n == "b158");
             let heads: &[&str] = if q4_too { &["auto", "q4"] } else { &["auto"] };
             for &head in heads {
                 for threads in [1, 2] {
@@ -287,25 +319,30 @@ pub fn run(args: &[String]) -> Result<()> {
     // smolbit rows first.
     enum Job<'a> {
         Smolbit(String, PathBuf, usize, usize, &'a str),
-        Llama(PathBuf, usize),
+        /// An engine's name, its llama-bench, a GGUF, threads.
+        Peer(&'static str, PathBuf, PathBuf, usize),
     }
-    let mut jobs: Vec<(bool, Job)> = Vec::new();
+    let mut jobs: Vec<(u8, Job)> = Vec::new();
     for (name, dir, threads, new_tokens, head) in cases {
-        let big = name.contains("3b");
-        jobs.push((big, Job::Smolbit(name, dir, threads, new_tokens, head)));
+        jobs.push((
+            size_class(&name),
+            Job::Smolbit(name, dir, threads, new_tokens, head),
+        ));
     }
-    if llama.is_some() {
-        for g in &ggufs {
-            let big = g
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().contains("3b"));
+    for (engine, exe, files) in [
+        ("llama.cpp", &llama, &ggufs),
+        ("bitnet.cpp", &bitnet, &bitnet_ggufs),
+    ] {
+        let Some(exe) = exe else { continue };
+        for g in files {
+            let size = size_class(&g.file_name().unwrap_or_default().to_string_lossy());
             for threads in [1, 2] {
-                jobs.push((big, Job::Llama(g.clone(), threads)));
+                jobs.push((size, Job::Peer(engine, exe.clone(), g.clone(), threads)));
             }
         }
     }
     let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by_key(|&i| (jobs[i].0, matches!(jobs[i].1, Job::Llama(..))));
+    order.sort_by_key(|&i| (jobs[i].0, matches!(jobs[i].1, Job::Peer(..))));
     let mut jsonl = std::fs::File::create(out_dir.join("bench.jsonl"))?;
     // Per row: the columns before the bound, decode tok/s, bytes read per token, threads.
     let mut rows: Vec<Option<(String, f64, f64, usize)>> = vec![None; jobs.len()];
@@ -350,11 +387,10 @@ pub fn run(args: &[String]) -> Result<()> {
                 );
                 (cols, decode, per_token as f64, threads)
             }
-            Job::Llama(g, threads) => {
+            Job::Peer(engine, exe, g, threads) => {
                 let (g, threads) = (g, *threads);
-                let Some(exe) = &llama else { continue };
                 let name = format!(
-                    "llama.cpp {}",
+                    "{engine} {}",
                     g.file_name().unwrap_or_default().to_string_lossy()
                 );
                 let wb = std::fs::metadata(g).map_or(0, |m| m.len());
@@ -380,7 +416,7 @@ pub fn run(args: &[String]) -> Result<()> {
                 };
                 let (p, d, rss) = llama_bench(exe, g, threads, new_tokens, repeats)?;
                 let v = serde_json::json!({
-                    "model": g.display().to_string(), "engine": "llama.cpp",
+                    "model": g.display().to_string(), "engine": engine,
                     "prefill_tok_s": p, "decode_tok_s": d, "ttft_ms": 128.0 / p * 1e3,
                     "peak_rss_mb": rss, "weight_bytes": wb, "threads": threads,
                     "prompt_tokens": 128, "new_tokens": new_tokens,

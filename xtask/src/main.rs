@@ -8,18 +8,21 @@
 //! - `report`: render a report from a results file (merged shards).
 //! - `bench`: the benchmark table (`smolbit bench` on every model under `models/`, 1 and 2
 //!   threads, against the measured memory bandwidth) into `reports/bench/`.
-//! - `random-model`: a SmolLM3-3B- or SmolLM2-135M-shaped checkpoint with random weights, for
-//!   speed and memory benchmarks at scale.
+//! - `random-model`: a SmolLM3-3B-, SmolLM2-135M- or BitNet-2B4T-shaped checkpoint with random
+//!   weights (BitNet's in every natively ternary format), for speed and memory benchmarks at
+//!   scale.
+//! - `native-formats`: the BitNet-shaped model in every format holds the same trits and runs.
 
 mod bench;
 mod fetch;
+mod formats;
 mod pipeline;
 mod random;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dataset F] [--quick] [--shard I/N] | report --results F --out-dir D | random-model --shape smollm3-3b --out DIR | bench [--quick | --long-context] [--llama-bench PATH --gguf FILE ...]>";
+const USAGE: &str = "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dataset F] [--quick] [--shard I/N] | report --results F --out-dir D | random-model --shape smollm3-3b|smollm2-135m|bitnet-2b [--format F] --out PATH | bench [--quick | --long-context] [--llama-bench PATH --gguf FILE ...] [--bitnet-bench PATH --bitnet-gguf FILE ...] | native-formats [--dir DIR] [--peer GGUF ...]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -33,6 +36,7 @@ fn main() -> ExitCode {
         Some("report") => pipeline::report(&args[1..]),
         Some("random-model") => random::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("native-formats") => formats::run(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

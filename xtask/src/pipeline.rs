@@ -2,8 +2,14 @@
 //!
 //! ```text
 //! cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes b158,planes3:g64] [--dataset FILE]
-//!                      [--quick] [--name NAME]
+//!                      [--also <GGUF|HF dir> ...] [--quick] [--name NAME]
 //! ```
+//!
+//! A natively ternary model (a BitNet b1.58 / Falcon3-1.58bit directory, a TQ1_0, TQ2_0 or
+//! I2_S GGUF) is converted to `models/<name>/native` and evaluated as it is: post-training
+//! schemes do not apply to it. `--also` adds models (converted the same way) to the
+//! evaluation after the main model's variants, so a native ternary model is reported beside the
+//! post-training schemes of the default model (without KL/top-1 when its vocabulary differs).
 //!
 //! Outputs: `models/<name>/f32` and `models/<name>/<scheme>` (git-ignored), and
 //! `reports/<name>/` (`--quick`: `reports/<name>-quick/`) with `report.md`, `results.json` and
@@ -29,6 +35,7 @@ const HELDOUT: &str = "datasets/text/heldout-code.py";
 
 struct Args {
     model: Option<PathBuf>,
+    also: Vec<PathBuf>,
     schemes: Vec<String>,
     dataset: PathBuf,
     quick: bool,
@@ -39,6 +46,7 @@ struct Args {
 fn parse(args: &[String]) -> Result<Args> {
     let mut a = Args {
         model: None,
+        also: Vec::new(),
         schemes: DEFAULT_SCHEMES.split(',').map(String::from).collect(),
         dataset: PathBuf::from("datasets/coding-suite.jsonl"),
         quick: false,
@@ -50,6 +58,7 @@ fn parse(args: &[String]) -> Result<Args> {
         let mut value = |flag: &str| it.next().with_context(|| format!("{flag} needs a value"));
         match arg.as_str() {
             "--model" => a.model = Some(PathBuf::from(value("--model")?)),
+            "--also" => a.also.push(PathBuf::from(value("--also")?)),
             "--schemes" => {
                 a.schemes = value("--schemes")?
                     .split(',')
@@ -72,7 +81,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "-h" | "--help" => {
                 eprintln!(
                     "usage: cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes {DEFAULT_SCHEMES}] \
-                     [--dataset FILE] [--quick] [--name NAME] [--shard I/N]"
+                     [--dataset FILE] [--also <GGUF|HF dir> ...] [--quick] [--name NAME] [--shard I/N]"
                 );
                 std::process::exit(0);
             }
@@ -245,6 +254,52 @@ fn rel(p: &Path) -> String {
         .to_string()
 }
 
+/// Whether `input` is natively ternary: a GGUF with ternary tensors, or a directory whose
+/// config has a `quantization_config` (transformers' BitNet, or smolbit's own).
+fn is_native(input: &Path) -> Result<bool> {
+    if input.is_dir() {
+        return Ok(smolbit_weights::ModelDir::open(input)?.quant.is_some());
+    }
+    let g = smolbit_weights::gguf::GgufFile::open(input)?;
+    Ok(g.tensors.iter().any(|t| t.ggml_type.ternary().is_some()))
+}
+
+/// Convert `input` into `models/<name>/f32` (full precision, as f32) or, for a natively ternary
+/// input, `models/<name>/native` (its trits and scales, other tensors in their own types),
+/// unless the stamp says it is up to date. Returns the directory, the stage key and whether the
+/// model is natively ternary.
+fn convert_stage(
+    bin: &Path,
+    input: &Path,
+    models: &Path,
+    code: &str,
+    logs: &Path,
+    reproduce: &mut Vec<String>,
+) -> Result<(PathBuf, String, bool)> {
+    let native = is_native(input)?;
+    let dir = models.join(if native { "native" } else { "f32" });
+    let convert_key = key(&["convert", &input_key(input)?, code]);
+    let (i, o) = (input.display().to_string(), dir.display().to_string());
+    let mut cmd: Vec<&str> = vec!["convert", &i, "--out", &o];
+    if !native {
+        cmd.extend(["--dtype", "f32"]);
+    }
+    reproduce.push(format!("smolbit {}", cmd.join(" ").replace(&o, &rel(&dir))));
+    if up_to_date(&dir, &convert_key, &[&dir.join("config.json")]) {
+        eprintln!("[convert] up to date: {}", rel(&dir));
+    } else {
+        cmd.push("--force");
+        let log = logs.join(format!("convert-{}.log", model_name(input)));
+        run_stage(
+            &format!("[convert] {} -> {}", input.display(), rel(&dir)),
+            Command::new(bin).args(&cmd),
+            Some(&log),
+        )?;
+        std::fs::write(dir.join(STAMP), &convert_key)?;
+    }
+    Ok((dir, convert_key, native))
+}
+
 pub fn run(args: &[String]) -> Result<()> {
     let args = parse(args)?;
     let root = project_root();
@@ -275,27 +330,26 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     // Convert.
-    let f32_dir = models.join("f32");
-    let convert_key = key(&[
-        "convert",
-        &input_key(&input)?,
-        &tree_hash(&["crates/smolbit-weights/src"])?,
-    ]);
-    let (i, o) = (input.display().to_string(), f32_dir.display().to_string());
-    reproduce.push(format!(
-        "smolbit convert {i} --out {} --dtype f32",
-        rel(&f32_dir)
-    ));
-    if up_to_date(&f32_dir, &convert_key, &[&f32_dir.join("config.json")]) {
-        eprintln!("[convert] up to date: {}", rel(&f32_dir));
-    } else {
-        run_stage(
-            &format!("[convert] {} -> {}", input.display(), rel(&f32_dir)),
-            Command::new(&bin).args(["convert", &i, "--out", &o, "--dtype", "f32", "--force"]),
-            Some(&logs.join("convert.log")),
-        )?;
-        std::fs::write(f32_dir.join(STAMP), &convert_key)?;
+    let code = tree_hash(&["crates/smolbit-weights/src", "crates/smolbit-ternary/src"])?;
+    let (conv_dir, convert_key, native) =
+        convert_stage(&bin, &input, &models, &code, &logs, &mut reproduce)?;
+    let mut extra = Vec::new();
+    for m in &args.also {
+        let dir = root.join("models").join(model_name(m));
+        let (d, k, _) = convert_stage(&bin, m, &dir, &code, &logs, &mut reproduce)?;
+        extra.push((d, k));
     }
+    let f32_dir = conv_dir.clone();
+    let o = f32_dir.display().to_string();
+    let schemes: &[String] = if native {
+        eprintln!(
+            "[quantize] {} is natively ternary: evaluated as it is, without post-training schemes",
+            input.display()
+        );
+        &[]
+    } else {
+        &args.schemes
+    };
 
     // Quantize.
     let quant_code = tree_hash(&[
@@ -304,7 +358,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "crates/smolbit-model/src",
     ])?;
     let mut model_dirs = vec![(f32_dir.clone(), convert_key.clone())];
-    for scheme in &args.schemes {
+    for scheme in schemes {
         let dir = models.join(slug(scheme));
         let calibrated = scheme.contains(":cal") || scheme.contains(":gptq");
         let cal_key = if calibrated {
@@ -348,6 +402,8 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         model_dirs.push((dir, k));
     }
+
+    model_dirs.extend(extra);
 
     // Evaluate (one shard: its own results file, merged later by `smolbit eval merge`).
     let results = match args.shard {
@@ -433,12 +489,16 @@ pub fn run(args: &[String]) -> Result<()> {
             if args.quick { " (quick run)" } else { "" }
         )),
         reproduce: std::iter::once(format!(
-            "cargo xtask pipeline{}{}",
+            "cargo xtask pipeline{}{}{}",
             if args.quick { " --quick" } else { "" },
             args.model
                 .as_ref()
                 .map(|m| format!(" --model {}", m.display()))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            args.also
+                .iter()
+                .map(|m| format!(" --also {}", m.display()))
+                .collect::<String>()
         ))
         .chain(std::iter::once("# which runs:".to_string()))
         .chain(reproduce)

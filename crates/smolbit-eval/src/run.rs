@@ -297,7 +297,11 @@ fn describe_model(path: &Path) -> Result<ModelResult, EvalError> {
         .sum();
     let parameters = dir.config.parameter_count();
     let scheme = match &dir.quant {
-        Some(q) => q.scheme.clone(),
+        Some(q) => match &q.source {
+            // Natively ternary: trained so, not quantized by smolbit.
+            Some(src) => format!("{} (native: {src})", q.scheme),
+            None => q.scheme.clone(),
+        },
         None => dir
             .weights
             .names()
@@ -455,7 +459,13 @@ fn quality(
     if opts.perplexity_max_tokens > 0 {
         ids.truncate(opts.perplexity_max_tokens);
     }
-    let reference = if index == 0 {
+    // KL divergence and top-1 agreement need the same tokens to mean the same thing: a model
+    // with another tokenizer (a natively ternary BitNet beside SmolLM schemes) gets none.
+    let same_vocabulary = |a: &Path, b: &Path| {
+        let read = |p: &Path| std::fs::read(p.join("tokenizer.json")).ok();
+        read(a).is_some_and(|x| read(b).is_some_and(|y| x == y))
+    };
+    let reference = if index == 0 || !same_vocabulary(&opts.models[0], &opts.models[index]) {
         None
     } else {
         let dev = g.model().device().clone();

@@ -178,17 +178,36 @@ impl PackedTernary {
         let row_bytes = padded / 4;
         let mut codes = vec![0u8; m.planes * m.rows * row_bytes];
         let mut scales = vec![0f32; m.planes * m.rows * groups];
+        let cols = m.cols;
+        let code = |t: i8| (t + 1) as u8;
         for k in 0..m.planes {
             let trits = &m.trits[k * n..(k + 1) * n];
+            let plane = &mut codes[k * m.rows * row_bytes..(k + 1) * m.rows * row_bytes];
+            plane
+                .par_chunks_mut(row_bytes.max(1))
+                .zip(trits.par_chunks(cols.max(1)))
+                .for_each(|(dst, src)| {
+                    for (b, out) in dst.chunks_exact_mut(BLOCK_BYTES).enumerate() {
+                        let base = b * BLOCK;
+                        if base + BLOCK <= cols {
+                            let blk = &src[base..base + BLOCK];
+                            for (j, o) in out.iter_mut().enumerate() {
+                                *o = code(blk[j])
+                                    | code(blk[j + 32]) << 2
+                                    | code(blk[j + 64]) << 4
+                                    | code(blk[j + 96]) << 6;
+                            }
+                        } else {
+                            // The last block of a row: columns past the end hold trit 0.
+                            let at = |c: usize| code(if c < cols { src[c] } else { 0 });
+                            for (j, o) in out.iter_mut().enumerate() {
+                                let c = base + j;
+                                *o = at(c) | at(c + 32) << 2 | at(c + 64) << 4 | at(c + 96) << 6;
+                            }
+                        }
+                    }
+                });
             for r in 0..m.rows {
-                let dst = &mut codes[(k * m.rows + r) * row_bytes..][..row_bytes];
-                for c in 0..padded {
-                    let t = if c < m.cols { trits[r * m.cols + c] } else { 0 };
-                    let code = (t + 1) as u8;
-                    let (b, within) = (c / BLOCK, c % BLOCK);
-                    let byte = b * BLOCK_BYTES + within % 32;
-                    dst[byte] |= code << (2 * (within / 32));
-                }
                 for g in 0..groups {
                     let c = g * group;
                     scales[(k * m.rows + r) * groups + g] =

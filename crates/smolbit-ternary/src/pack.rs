@@ -203,22 +203,21 @@ pub fn pack_hf_bitnet(trits: &[i8], rows: usize, cols: usize) -> Option<Vec<u8>>
     Some(out)
 }
 
-/// Inverse of [`pack_hf_bitnet`].
+/// Inverse of [`pack_hf_bitnet`]; `None` for a length that does not fit or a code 3.
 pub fn unpack_hf_bitnet(bytes: &[u8], rows: usize, cols: usize) -> Option<Vec<i8>> {
     if !rows.is_multiple_of(4) || bytes.len() != rows / 4 * cols {
         return None;
     }
+    // A code 3 has both bits of its pair set.
+    if bytes.iter().any(|&b| b & (b >> 1) & 0x55 != 0) {
+        return None;
+    }
     let row_dim = rows / 4;
     let mut out = vec![0i8; rows * cols];
-    for i in 0..4 {
-        for j in 0..row_dim {
-            for c in 0..cols {
-                let code = (bytes[j * cols + c] >> (2 * i)) & 3;
-                if code == 3 {
-                    return None;
-                }
-                out[(i * row_dim + j) * cols + c] = code as i8 - 1;
-            }
+    for (r, dst) in out.chunks_exact_mut(cols.max(1)).enumerate() {
+        let (i, j) = (r / row_dim.max(1), r % row_dim.max(1));
+        for (o, &b) in dst.iter_mut().zip(&bytes[j * cols..(j + 1) * cols]) {
+            *o = ((b >> (2 * i)) & 3) as i8 - 1;
         }
     }
     Some(out)

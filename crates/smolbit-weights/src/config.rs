@@ -480,6 +480,15 @@ mod tests {
             "rms_norm_eps": 1e-5, "max_position_embeddings": 8192, "tie_word_embeddings": true}"#;
         let c = ModelConfig::from_json_str(smollm2, Path::new("config.json")).expect("parses");
         assert_eq!(c.parameter_count(), 134_515_008);
+        // BitNet b1.58 2B4T: 2,412,820,480 parameters as its `-bf16` config states (sub-norms
+        // included, tied head counted once); relu² by default.
+        let bitnet = r#"{"architectures": ["BitNetForCausalLM"], "vocab_size": 128256,
+            "hidden_size": 2560, "intermediate_size": 6912, "num_hidden_layers": 30,
+            "num_attention_heads": 20, "num_key_value_heads": 5, "rms_norm_eps": 1e-5,
+            "max_position_embeddings": 4096, "tie_word_embeddings": true, "rope_theta": 500000.0}"#;
+        let c = ModelConfig::from_json_str(bitnet, Path::new("config.json")).expect("parses");
+        assert_eq!((c.arch, c.hidden_act), (Arch::BitNet, HiddenAct::Relu2));
+        assert_eq!(c.parameter_count(), 2_412_820_480);
     }
 
     const BASE: &str = r#""vocab_size": 10, "hidden_size": 8, "intermediate_size": 16,

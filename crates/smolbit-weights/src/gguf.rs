@@ -597,3 +597,138 @@ impl<'a> Reader<'a> {
         })
     }
 }
+
+// ------------------------------------------------------------------------------------- writing
+
+/// One tensor of a GGUF file to be written.
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    /// Name, e.g. `blk.0.attn_q.weight`.
+    pub name: String,
+    /// Shape in PyTorch order (outermost first); written innermost first, as ggml stores it.
+    pub shape: Vec<usize>,
+    /// Storage type.
+    pub ggml_type: GgmlType,
+}
+
+impl Value {
+    fn type_id(&self) -> u32 {
+        match self {
+            Value::U8(_) => 0,
+            Value::I8(_) => 1,
+            Value::U16(_) => 2,
+            Value::I16(_) => 3,
+            Value::U32(_) => 4,
+            Value::I32(_) => 5,
+            Value::F32(_) => 6,
+            Value::Bool(_) => 7,
+            Value::String(_) => 8,
+            Value::Array(_) => 9,
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 12,
+        }
+    }
+
+    fn write_to(&self, out: &mut Vec<u8>) {
+        match self {
+            Value::U8(v) => out.push(*v),
+            Value::I8(v) => out.push(*v as u8),
+            Value::U16(v) => out.extend(v.to_le_bytes()),
+            Value::I16(v) => out.extend(v.to_le_bytes()),
+            Value::U32(v) => out.extend(v.to_le_bytes()),
+            Value::I32(v) => out.extend(v.to_le_bytes()),
+            Value::F32(v) => out.extend(v.to_le_bytes()),
+            Value::Bool(v) => out.push(u8::from(*v)),
+            Value::String(s) => {
+                out.extend((s.len() as u64).to_le_bytes());
+                out.extend(s.as_bytes());
+            }
+            Value::Array(items) => {
+                // An empty array's element type is never read; gguf-py writes 0 (u8) too.
+                out.extend(items.first().map_or(0, Value::type_id).to_le_bytes());
+                out.extend((items.len() as u64).to_le_bytes());
+                for v in items {
+                    v.write_to(out);
+                }
+            }
+            Value::U64(v) => out.extend(v.to_le_bytes()),
+            Value::I64(v) => out.extend(v.to_le_bytes()),
+            Value::F64(v) => out.extend(v.to_le_bytes()),
+        }
+    }
+}
+
+/// Write a GGUF v3 file (little-endian, 32-byte alignment, as gguf-py's `GGUFWriter`): the
+/// metadata, the tensor directory from `tensors`, then each tensor's bytes as `data(i)` returns
+/// them, one tensor in memory at a time. Arrays must hold one value type.
+pub fn write_streaming<E>(
+    path: &Path,
+    metadata: &[(String, Value)],
+    tensors: &[TensorSpec],
+    mut data: impl FnMut(usize) -> Result<Vec<u8>, E>,
+) -> Result<(), E>
+where
+    E: From<GgufError>,
+{
+    use std::io::Write;
+    let io = |source| GgufError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut head = Vec::new();
+    head.extend(GGUF_MAGIC);
+    head.extend(3u32.to_le_bytes());
+    head.extend((tensors.len() as u64).to_le_bytes());
+    head.extend((metadata.len() as u64).to_le_bytes());
+    for (k, v) in metadata {
+        Value::String(k.clone()).write_to(&mut head);
+        head.extend(v.type_id().to_le_bytes());
+        v.write_to(&mut head);
+    }
+    let align = DEFAULT_ALIGNMENT;
+    let mut offset = 0u64;
+    let mut sizes = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        Value::String(t.name.clone()).write_to(&mut head);
+        head.extend((t.shape.len() as u32).to_le_bytes());
+        for &d in t.shape.iter().rev() {
+            head.extend((d as u64).to_le_bytes());
+        }
+        head.extend(t.ggml_type.id().to_le_bytes());
+        head.extend(offset.to_le_bytes());
+        let n = t
+            .ggml_type
+            .bytes_for(t.shape.iter().product::<usize>() as u64);
+        sizes.push(n);
+        offset += n.div_ceil(align) * align;
+    }
+    head.resize(
+        (head.len() as u64).div_ceil(align) as usize * align as usize,
+        0,
+    );
+    let file = File::create(path).map_err(io)?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    w.write_all(&head).map_err(io)?;
+    for (i, (t, &n)) in tensors.iter().zip(&sizes).enumerate() {
+        let bytes = data(i)?;
+        if bytes.len() as u64 != n {
+            return Err(GgufError::Invalid {
+                path: path.to_path_buf(),
+                what: format!(
+                    "tensor '{}': {} bytes given, {:?} {:?} takes {n}",
+                    t.name,
+                    bytes.len(),
+                    t.shape,
+                    t.ggml_type
+                ),
+            }
+            .into());
+        }
+        w.write_all(&bytes).map_err(io)?;
+        let pad = n.div_ceil(align) * align - n;
+        w.write_all(&vec![0u8; pad as usize]).map_err(io)?;
+    }
+    w.flush().map_err(io)?;
+    Ok(())
+}

@@ -575,6 +575,12 @@ fn convert(input: &Path, out: &Path, dtype: Option<Dtype>, force: bool) -> Resul
         r.bytes as f64 / 1e6,
         r.dtype.name(),
     );
+    if let Some(t) = &r.ternary {
+        println!("natively ternary: projections kept as trits ({t})");
+    }
+    for w in &r.warnings {
+        eprintln!("warning: {w}");
+    }
     if !r.leftover.is_empty() {
         println!("unused input tensors: {}", r.leftover.join(", "));
     }

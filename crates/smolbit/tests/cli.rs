@@ -473,3 +473,180 @@ fn eval_shards_merge_and_report_on_the_real_model() {
     let md = std::fs::read_to_string(report.join("report.md")).expect("report");
     assert!(md.contains("| **Syntax valid**") && md.contains("b158"));
 }
+
+/// A natively ternary GGUF converts to a ternary checkpoint (saying so, with what it had to
+/// fix), a transformers BitNet directory runs as it is, and a corrupt packed tensor is a
+/// one-line error naming the file and the tensor.
+#[test]
+fn native_ternary_models() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let model = tmp.path().join("i2s");
+    let out = smolbit(&[
+        "convert",
+        testdata("native/gguf/i2_s.gguf").to_str().expect("utf8"),
+        "--out",
+        model.to_str().expect("utf8"),
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stdout.contains("natively ternary: projections kept as trits (b158:tensor:a8 from I2_S)"),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("warning: ") && stderr.contains("placeholder"),
+        "{stderr}"
+    );
+    // The same model as an HF directory and as the converted I2_S file: same greedy token.
+    let greedy = |dir: &Path| {
+        let json = tmp.path().join("l.json");
+        let out = smolbit(&[
+            "logits",
+            "--model",
+            dir.to_str().expect("utf8"),
+            "--tokens",
+            "61,1,17,42",
+            "--out",
+            json.to_str().expect("utf8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
+        v["top10"][3][0].as_u64().expect("top-1")
+    };
+    assert_eq!(greedy(&model), greedy(&testdata("native/gguf/hf")));
+
+    // A packed byte with a code 3.
+    let bad = tmp.path().join("bad");
+    std::fs::create_dir(&bad).expect("mkdir");
+    let src = testdata("native/bitnet-auto");
+    std::fs::copy(src.join("config.json"), bad.join("config.json")).expect("copy");
+    let mut bytes = std::fs::read(src.join("model.safetensors")).expect("read");
+    let st = smolbit_weights::safetensors::SafeTensors::open_dir(&src).expect("open");
+    let name = "model.layers.1.mlp.up_proj.weight";
+    let data = st.bytes(name).expect("tensor");
+    let offset = bytes
+        .windows(data.len())
+        .position(|w| w == data)
+        .expect("tensor bytes in the file");
+    bytes[offset] = 0xff;
+    std::fs::write(bad.join("model.safetensors"), bytes).expect("write");
+    check_error(
+        &[
+            "logits",
+            "--model",
+            bad.to_str().expect("utf8"),
+            "--tokens",
+            "1",
+            "--out",
+            tmp.path().join("x.json").to_str().expect("utf8"),
+        ],
+        "model.safetensors: tensor 'model.layers.1.mlp.up_proj.weight': code 3 (not a trit) in byte 0",
+    );
+}
+
+/// `smolbit eval` takes natively ternary models; a model whose tokenizer differs from the first
+/// model's gets perplexity but no KL or top-1 agreement (its tokens mean other things), one with
+/// the same tokenizer gets both; the report renders them side by side.
+#[test]
+fn eval_native_models_with_and_without_a_shared_vocabulary() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let t = |p: &Path| p.to_str().expect("utf8").to_string();
+    let convert = |file: &str, out: &Path| {
+        let o = smolbit(&["convert", &t(&testdata(file)), "--out", &t(out)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let (a, b, c) = (
+        tmp.path().join("tq2"),
+        tmp.path().join("i2s"),
+        tmp.path().join("other-vocab"),
+    );
+    convert("native/gguf/tq2_0.gguf", &a);
+    convert("native/gguf/i2_s.gguf", &b);
+    convert("native/gguf/tq1_0.gguf", &c);
+    // Another tokenizer: one merge fewer.
+    let tok = c.join("tokenizer.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tok).expect("read")).expect("json");
+    v["model"]["merges"].as_array_mut().expect("merges").pop();
+    std::fs::write(&tok, v.to_string()).expect("write");
+    // A suite of one task whose prompt the 64-token vocabulary can spell.
+    let suite = tmp.path().join("suite.jsonl");
+    std::fs::write(
+        &suite,
+        serde_json::json!({"id": "fg-one", "category": "function_generation", "prompt": "ab",
+            "entry_point": "f", "test_setup": "", "tests": ["assert f() == 1"],
+            "canonical_solution": "def f():\n    return 1\n"})
+        .to_string()
+            + "\n",
+    )
+    .expect("write");
+    let text = tmp.path().join("text.txt");
+    std::fs::write(&text, "ab ba ab. ab ba: ab ab ba ba ab\n".repeat(8)).expect("write");
+    let results = tmp.path().join("r.json");
+    let out = smolbit(&[
+        "eval",
+        "--model",
+        &t(&a),
+        "--model",
+        &t(&b),
+        "--model",
+        &t(&c),
+        "--dataset",
+        &t(&suite),
+        "--out",
+        &t(&results),
+        "--max-new-tokens",
+        "8",
+        "--perplexity-text",
+        &t(&text),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&results).expect("read")).expect("json");
+    let models = v["models"].as_array().expect("models");
+    let q = |i: usize| &models[i]["quality"];
+    assert!(q(0)["perplexity"].as_f64().is_some_and(f64::is_finite));
+    assert!(
+        q(1)["kl_mean"].as_f64().is_some(),
+        "same tokenizer: {}",
+        q(1)
+    );
+    assert!(
+        q(2)["kl_mean"].is_null() && q(2)["top1_agreement"].is_null(),
+        "{}",
+        q(2)
+    );
+    assert!(q(2)["perplexity"].as_f64().is_some_and(f64::is_finite));
+    assert!(
+        models[0]["scheme"]
+            .as_str()
+            .is_some_and(|s| s.contains("native: TQ2_0 GGUF")),
+        "{}",
+        models[0]["scheme"]
+    );
+    let report = tmp.path().join("report");
+    let out = smolbit(&[
+        "report",
+        "--results",
+        &t(&results),
+        "--out-dir",
+        &t(&report),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
