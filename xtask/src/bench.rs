@@ -1,12 +1,13 @@
 //! `cargo xtask bench [--quick] [--llama-bench PATH --gguf FILE ...] [--bitnet-bench PATH
-//! --bitnet-gguf FILE ...]`: the benchmark table. Runs `smolbit bench --json` on each model
+//! --bitnet-gguf FILE ...] [--only FAMILY ...] [--name NAME]`: the benchmark table. Runs `smolbit bench --json` on each model
 //! variant that exists under `models/` (the pipeline's default model and its schemes, and the
 //! random SmolLM3-3B- and BitNet-2B4T-shaped checkpoints from `cargo xtask random-model`; a
 //! directory holding a `.no-bench` file is skipped), at 1 and 2 threads, then llama.cpp's
 //! `llama-bench` on each `--gguf` and bitnet.cpp's on each `--bitnet-gguf` (same prompt and
 //! generation lengths, peak RSS through `/usr/bin/time`), all in one run on one machine, each
 //! model size's rows together; measures memory copy bandwidth for the bandwidth bound; writes
-//! `reports/bench/bench.md` and `bench.jsonl`. The peer engines are built outside this
+//! `reports/bench/<NAME>.md` and `<NAME>.jsonl` (`bench` by default); `--only` limits the
+//! smolbit rows to the named families under `models/`. The peer engines are built outside this
 //! repository (`../shared/notes/peer-engines.md`).
 //!
 //! `cargo xtask bench --long-context [--llama-bench PATH --gguf FILE ...]` instead measures a
@@ -205,6 +206,8 @@ fn size_class(name: &str) -> u8 {
 pub fn run(args: &[String]) -> Result<()> {
     let (mut quick, mut llama, mut ggufs) = (false, None, Vec::new());
     let (mut bitnet, mut bitnet_ggufs) = (None, Vec::new());
+    let mut out_name = "bench".to_string();
+    let mut only: Vec<String> = Vec::new();
     let mut long = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -222,6 +225,8 @@ pub fn run(args: &[String]) -> Result<()> {
                     it.next().context("--bitnet-bench needs a path")?,
                 ))
             }
+            "--name" => out_name = it.next().context("--name needs a value")?.clone(),
+            "--only" => only.push(it.next().context("--only needs a family")?.clone()),
             "--bitnet-gguf" => bitnet_ggufs.push(PathBuf::from(
                 it.next().context("--bitnet-gguf needs a file")?,
             )),
@@ -253,7 +258,10 @@ pub fn run(args: &[String]) -> Result<()> {
         let Ok(variants) = std::fs::read_dir(&family) else {
             continue;
         };
-        if family.join(".no-bench").exists() {
+        let family_name = family.file_name().unwrap_or_default().to_string_lossy();
+        if family.join(".no-bench").exists()
+            || (!only.is_empty() && !only.iter().any(|o| *o == family_name))
+        {
             continue;
         }
         let mut dirs: Vec<PathBuf> = variants
@@ -343,7 +351,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|&i| (jobs[i].0, matches!(jobs[i].1, Job::Peer(..))));
-    let mut jsonl = std::fs::File::create(out_dir.join("bench.jsonl"))?;
+    let mut jsonl = std::fs::File::create(out_dir.join(format!("{out_name}.jsonl")))?;
     // Per row: the columns before the bound, decode tok/s, bytes read per token, threads.
     let mut rows: Vec<Option<(String, f64, f64, usize)>> = vec![None; jobs.len()];
     for i in order {
@@ -462,9 +470,9 @@ pub fn run(args: &[String]) -> Result<()> {
         bw2 / 1e9,
         copy1 / 1e9,
         copy2 / 1e9,
-        if quick { " --quick" } else { "" }
+        args.iter().map(|a| format!(" {a}")).collect::<String>()
     ));
-    std::fs::write(out_dir.join("bench.md"), &md)?;
+    std::fs::write(out_dir.join(format!("{out_name}.md")), &md)?;
     print!("{md}");
     Ok(())
 }

@@ -20,6 +20,48 @@ use smolbit_weights::mapping::{Role, needed_tensors};
 
 use crate::project_root;
 
+/// For a peer engine's GGUF, whether its ternary tensors hold the same bytes as the GGUF of that
+/// type among `ours`: `"210/210"` tensors equal, or `"-"` when there is none to compare.
+fn same_bytes(peer: &Path, ours: &[PathBuf]) -> Result<String> {
+    use smolbit_weights::dequant::GgmlType;
+    use smolbit_weights::gguf::GgufFile;
+    let p = GgufFile::open(peer)?;
+    let ty = |g: &GgufFile| {
+        g.tensor("blk.0.attn_q.weight")
+            .map(|t| t.ggml_type)
+            .filter(|t| t.ternary().is_some())
+    };
+    let Some(want) = ty(&p) else {
+        return Ok("-".into());
+    };
+    for o in ours {
+        let g = GgufFile::open(o)?;
+        if ty(&g) != Some(want) {
+            continue;
+        }
+        let (mut same, mut n) = (0, 0);
+        for t in p.tensors.iter().filter(|t| t.ggml_type == want) {
+            n += 1;
+            // I2_S: the codes and the f32 scale; the 28 bytes of padding after them are left
+            // uninitialized by bitnet.cpp's quantizer.
+            let used = |b: &[u8]| match want {
+                GgmlType::I2_S => b[..(t.n_elements() / 4 + 4) as usize].to_vec(),
+                _ => b.to_vec(),
+            };
+            if g.tensor(&t.name)
+                .is_some_and(|u| used(g.tensor_bytes(u)) == used(p.tensor_bytes(t)))
+            {
+                same += 1;
+            }
+        }
+        return Ok(format!(
+            "{same}/{n} equal to {}",
+            o.file_name().unwrap_or_default().to_string_lossy()
+        ));
+    }
+    Ok("-".into())
+}
+
 /// sha256 of every projection's trits, in checkpoint order, and the scales' range.
 fn trit_digest(dir: &Path) -> Result<(String, usize, f32, f32)> {
     let md = ModelDir::open(dir)?;
@@ -76,11 +118,17 @@ pub fn run(args: &[String]) -> Result<()> {
         .filter(|p| p.join("config.json").is_file() || p.extension().is_some_and(|e| e == "gguf"))
         .collect();
     inputs.sort();
+    let ours: Vec<PathBuf> = inputs
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+        .cloned()
+        .collect();
+    let peer_set: Vec<PathBuf> = peers.clone();
     inputs.extend(peers);
     let converted = dir.join("converted");
     std::fs::create_dir_all(&converted)?;
     let mut md = String::from(
-        "| format | input | converted | projections | trits (sha256 of all) | same as first | scales | loads, decode tok/s (8 tokens, 2 threads) |\n|---|---|---|---|---|---|---|---|\n",
+        "| format | input | converted | projections | trits (sha256 of all) | same as first | scales | ternary tensor bytes (peer files) | loads, decode tok/s (8 tokens, 2 threads) |\n|---|---|---|---|---|---|---|---|---|\n",
     );
     let mut first: Option<String> = None;
     for input in &inputs {
@@ -138,8 +186,13 @@ pub fn run(args: &[String]) -> Result<()> {
             format!("**failed**: {}", String::from_utf8_lossy(&o.stderr).trim())
         };
         let rel = |p: &Path| p.strip_prefix(&root).unwrap_or(p).display().to_string();
+        let bytes = if peer_set.contains(input) {
+            same_bytes(input, &ours)?
+        } else {
+            "-".into()
+        };
         md.push_str(&format!(
-            "| {name} | {} | {} | {n} | `{}…` | {same} | {lo:.4e} .. {hi:.4e} | {decode} |\n",
+            "| {name} | {} | {} | {n} | `{}…` | {same} | {lo:.4e} .. {hi:.4e} | {bytes} | {decode} |\n",
             rel(input),
             if input.is_dir() {
                 "-".into()
@@ -152,6 +205,9 @@ pub fn run(args: &[String]) -> Result<()> {
     md.push_str(
         "\nEach format's projections read back as trits (GGUFs after `smolbit convert`) and hashed in checkpoint order; \
          scales differ only by the format's precision (bf16 `weight_scale`, f16 TQ block scales, f32 I2_S). \
+         For the peer engines' files (made by their own `llama-quantize` from an F16 GGUF of the same model), \
+         the last column compares their ternary tensors byte for byte with smolbit's GGUF of the same type \
+         (I2_S: the codes and the scale, not the 28 padding bytes after them, which bitnet.cpp leaves uninitialized). \
          Produced by `cargo xtask native-formats`.\n",
     );
     let out = root.join("reports/bench/native-formats.md");

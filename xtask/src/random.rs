@@ -333,9 +333,11 @@ fn write_gguf(
         (k(keys::ROPE_FREQ_BASE), Value::F32(c.rope_theta as f32)),
         (k(keys::RMS_EPS), Value::F32(c.rms_norm_eps as f32)),
         (k(keys::VOCAB_SIZE), u32v(c.vocab_size)),
+        // "no_vocab": read by mainline llama.cpp and by bitnet.cpp's older fork alike ("none"
+        // only by the former).
         (
             keys::TOKENIZER_MODEL.to_string(),
-            Value::String("none".into()),
+            Value::String("no_vocab".into()),
         ),
     ];
     if arch == "bitnet" {

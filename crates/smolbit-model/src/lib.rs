@@ -173,7 +173,8 @@ pub enum HeadPolicy {
     /// 8-bit, per-row absmax scales (`smolbit_ternary::kernels::Q8Matrix`), int8 activations.
     Q8,
     /// 4-bit, a step per 32 columns (`smolbit_ternary::kernels::Q4Matrix`, as llama.cpp's
-    /// Q4_0), int8 activations: 5 bits a weight, for memory-bound decoding of large vocabularies.
+    /// Q4_0, binary16 steps), int8 activations: 4.5 bits a weight, for memory-bound decoding of large
+    /// vocabularies.
     Q4,
 }
 

@@ -931,12 +931,12 @@ pub const Q4_GROUP: usize = 32;
 /// Groups reduced together (one vector of eight sums).
 const Q4_LANES: usize = 8;
 
-/// A 4-bit matrix for the output head and the embedding (as llama.cpp's Q4_0, with f32 scales):
-/// per group of 32 columns of a row, `w ≈ q · d` with `d = max|w| / 7` and `q` in -7..=7,
-/// stored as `q + 8`. Columns are padded to a multiple of 256 (eight groups, one vector of
-/// group sums in the kernel). Per group, 16 bytes: byte `j` holds column `j` in its low nibble
-/// and column `16 + j` in its high nibble. Five bits a weight: a 3B-shaped tied head and
-/// embedding take 164 MB instead of 263 MB at 8 bits.
+/// A 4-bit matrix for the output head and the embedding (as llama.cpp's Q4_0): per group of 32
+/// columns of a row, `w ≈ q · d` with `d` the binary16 value at or just above `max|w| / 7` and
+/// `q` in -7..=7, stored as `q + 8`. Columns are padded to a multiple of 256 (eight groups, one
+/// vector of group sums in the kernel). Per group, 16 bytes: byte `j` holds column `j` in its
+/// low nibble and column `16 + j` in its high nibble. 4.5 bits a weight: a 3B-shaped tied head
+/// and embedding take 148 MB instead of 263 MB at 8 bits.
 #[derive(Debug, Clone)]
 pub struct Q4Matrix {
     /// Rows.
@@ -947,8 +947,20 @@ pub struct Q4Matrix {
     pub padded: usize,
     /// `rows * padded / 2` bytes.
     pub data: Vec<u8>,
-    /// `rows * padded / 32` group steps `d`.
-    pub scales: Vec<f32>,
+    /// `rows * padded / 32` group steps `d`, binary16 bit patterns.
+    pub scales: Vec<u16>,
+}
+
+/// The binary16 step for a group whose largest magnitude is `max`: `max / 7` rounded up, so
+/// that `max / d <= 7` (no code is clamped), finite.
+fn q4_step(max: f32) -> half::f16 {
+    let want = (max / 7.0).min(half::f16::MAX.to_f32());
+    let d = half::f16::from_f32(want);
+    if d.to_f32() < want {
+        half::f16::from_bits(d.to_bits() + 1)
+    } else {
+        d
+    }
 }
 
 impl Q4Matrix {
@@ -958,14 +970,15 @@ impl Q4Matrix {
         let padded = cols.div_ceil(Q4_GROUP * Q4_LANES) * Q4_GROUP * Q4_LANES;
         let groups = padded / Q4_GROUP;
         let mut data = vec![0x88u8; rows * padded / 2];
-        let mut scales = vec![0f32; rows * groups];
+        let mut scales = vec![0u16; rows * groups];
         for r in 0..rows {
             let row = &w[r * cols..][..cols];
             for g in 0..cols.div_ceil(Q4_GROUP) {
                 let vals = &row[g * Q4_GROUP..((g + 1) * Q4_GROUP).min(cols)];
                 let max = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let d = max / 7.0;
-                scales[r * groups + g] = d;
+                let step = q4_step(max);
+                scales[r * groups + g] = step.to_bits();
+                let d = step.to_f32();
                 let bytes = &mut data[(r * groups + g) * Q4_GROUP / 2..][..Q4_GROUP / 2];
                 for (j, &v) in vals.iter().enumerate() {
                     let q = if d > 0.0 {
@@ -1021,14 +1034,14 @@ impl QuantizedTable for Q4Matrix {
         (0..self.cols)
             .map(|c| {
                 let q = i32::from(self.code(r, c)) - 8;
-                q as f32 * self.scales[r * groups + c / Q4_GROUP]
+                q as f32 * half::f16::from_bits(self.scales[r * groups + c / Q4_GROUP]).to_f32()
             })
             .collect()
     }
 
     /// Bytes held.
     fn bytes(&self) -> usize {
-        self.data.len() + self.scales.len() * 4
+        self.data.len() + self.scales.len() * 2
     }
 
     /// Per group the exact integer `Σ q·x`; group `g` times its step is added to partial sum
@@ -1040,6 +1053,12 @@ impl QuantizedTable for Q4Matrix {
         let groups = self.padded / Q4_GROUP;
         // 8 · Σx per group: the offset of the stored codes, removed per group.
         let off: Vec<i32> = q.group_sums.iter().map(|&s| 8 * s).collect();
+        #[cfg(target_arch = "x86_64")]
+        let isa = match isa {
+            // The AVX2 kernel widens the steps with F16C.
+            Isa::Avx2 | Isa::Avx512Vnni if !is_x86_feature_detected!("f16c") => Isa::Scalar,
+            other => other,
+        };
         par_rows(self.rows, tokens, |r, out| {
             let codes = &self.data[r * self.padded / 2..][..self.padded / 2];
             let scales = &self.scales[r * groups..][..groups];
@@ -1146,10 +1165,11 @@ pub fn dot_f16_portable(w: &[u16], x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-fn q4_row_dot(isa: Isa, codes: &[u8], scales: &[f32], x: &[i8], off: &[i32]) -> f32 {
+fn q4_row_dot(isa: Isa, codes: &[u8], scales: &[u16], x: &[i8], off: &[i32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
-        // SAFETY: AVX2 is present whenever Isa is not Scalar.
+        // SAFETY: AVX2 is present whenever Isa is not Scalar, and F16C was checked by the
+        // caller (`Q4Matrix::matmul_with`).
         return unsafe { x86::q4_row_dot_avx2(codes, scales, x, off) };
     }
     #[cfg(target_arch = "aarch64")]
@@ -1165,9 +1185,10 @@ fn q4_row_dot(isa: Isa, codes: &[u8], scales: &[f32], x: &[i8], off: &[i32]) -> 
 }
 
 /// The reference for [`Q4Matrix`] products (see [`Q4Matrix::matmul_with`] for the order).
-pub fn q4_row_dot_scalar(codes: &[u8], scales: &[f32], x: &[i8], off: &[i32]) -> f32 {
+pub fn q4_row_dot_scalar(codes: &[u8], scales: &[u16], x: &[i8], off: &[i32]) -> f32 {
     let mut lanes = [0f32; Q4_LANES];
     for (g, (&d, &o)) in scales.iter().zip(off).enumerate() {
+        let d = half::f16::from_bits(d).to_f32();
         let bytes = &codes[g * Q4_GROUP / 2..][..Q4_GROUP / 2];
         let xs = &x[g * Q4_GROUP..][..Q4_GROUP];
         let mut acc = 0i32;
@@ -1393,14 +1414,16 @@ mod x86 {
         };
     }
 
-    /// One token against one [`super::Q4Matrix`] row: eight groups at a time, each group's
-    /// codes unpacked to 32 bytes, `maddubs` against the int8 activations (at most
-    /// 2 · 15 · 128, no saturation), widened to i32, the eight groups' sums reduced into one
-    /// vector, less the code offset, times the steps into eight partial sums.
-    #[target_feature(enable = "avx2")]
+    /// One token against one [`super::Q4Matrix`] row: eight groups at a time, two groups per
+    /// 32-byte load of codes (low nibbles: columns 0-15 of both, high: 16-31, against the two
+    /// groups' activations rearranged by lane), each pair's products summed in 16 bits (at most
+    /// 2 · 2 · 15 · 128, no saturation) and widened once, the eight groups' sums reduced to one
+    /// vector in group order, less the code offsets, converted and multiplied by the steps
+    /// (F16C), then added to the lanes: the reference's f32 operations in its order.
+    #[target_feature(enable = "avx2,f16c")]
     pub(super) unsafe fn q4_row_dot_avx2(
         codes: &[u8],
-        scales: &[f32],
+        scales: &[u16],
         x: &[i8],
         off: &[i32],
     ) -> f32 {
@@ -1408,38 +1431,41 @@ mod x86 {
         let groups = scales.len();
         assert!(groups.is_multiple_of(Q4_LANES) && off.len() >= groups);
         assert!(codes.len() >= groups * Q4_GROUP / 2 && x.len() >= groups * Q4_GROUP);
-        let low = _mm_set1_epi8(0x0F);
+        let low = _mm256_set1_epi8(0x0F);
         let ones = _mm256_set1_epi16(1);
+        // After the reduction the lanes hold groups 0, 2, 4, 6, 1, 3, 5, 7.
+        let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
         let mut acc = _mm256_setzero_ps();
         for g0 in (0..groups).step_by(Q4_LANES) {
-            let mut v = [_mm256_setzero_si256(); Q4_LANES];
-            for (i, vi) in v.iter_mut().enumerate() {
-                let g = g0 + i;
-                // SAFETY: group g's 16 code bytes and 32 activations are in bounds (asserted).
+            let mut v = [_mm256_setzero_si256(); Q4_LANES / 2];
+            for (p, vp) in v.iter_mut().enumerate() {
+                let g = g0 + 2 * p;
+                // SAFETY: groups g and g + 1: 32 code bytes and 64 activations in bounds
+                // (asserted; g + 1 < groups as groups is a multiple of eight).
                 unsafe {
-                    let b = _mm_loadu_si128(codes.as_ptr().add(g * Q4_GROUP / 2).cast());
-                    let lo = _mm_and_si128(b, low);
-                    let hi = _mm_and_si128(_mm_srli_epi16(b, 4), low);
-                    let c = _mm256_set_m128i(hi, lo);
-                    let xv = _mm256_loadu_si256(x.as_ptr().add(g * Q4_GROUP).cast());
-                    *vi = _mm256_madd_epi16(_mm256_maddubs_epi16(c, xv), ones);
+                    let b = _mm256_loadu_si256(codes.as_ptr().add(g * Q4_GROUP / 2).cast());
+                    let lo = _mm256_and_si256(b, low);
+                    let hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
+                    let xa = _mm256_loadu_si256(x.as_ptr().add(g * Q4_GROUP).cast());
+                    let xb = _mm256_loadu_si256(x.as_ptr().add((g + 1) * Q4_GROUP).cast());
+                    let xlo = _mm256_permute2x128_si256(xa, xb, 0x20);
+                    let xhi = _mm256_permute2x128_si256(xa, xb, 0x31);
+                    let s16 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, xlo),
+                        _mm256_maddubs_epi16(hi, xhi),
+                    );
+                    // Lanes 0-3: group g's four partial sums; 4-7: group g + 1's.
+                    *vp = _mm256_madd_epi16(s16, ones);
                 }
             }
-            let h0 = _mm256_hadd_epi32(v[0], v[1]);
-            let h1 = _mm256_hadd_epi32(v[2], v[3]);
-            let h2 = _mm256_hadd_epi32(v[4], v[5]);
-            let h3 = _mm256_hadd_epi32(v[6], v[7]);
-            let h01 = _mm256_hadd_epi32(h0, h1);
-            let h23 = _mm256_hadd_epi32(h2, h3);
-            let sums = _mm256_add_epi32(
-                _mm256_permute2x128_si256(h01, h23, 0x20),
-                _mm256_permute2x128_si256(h01, h23, 0x31),
-            );
+            let h01 = _mm256_hadd_epi32(v[0], v[1]);
+            let h23 = _mm256_hadd_epi32(v[2], v[3]);
+            let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(h01, h23), order);
             // SAFETY: eight offsets and steps at g0 are in bounds (asserted).
             let (o, d) = unsafe {
                 (
                     _mm256_loadu_si256(off.as_ptr().add(g0).cast()),
-                    _mm256_loadu_ps(scales.as_ptr().add(g0)),
+                    _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g0).cast())),
                 )
             };
             let ints = _mm256_cvtepi32_ps(_mm256_sub_epi32(sums, o));
@@ -1896,7 +1922,7 @@ mod arm {
             /// One token against one Q4 row: per group the exact integer sum (codes 0..=15 as
             /// signed bytes), then the reference's f32 operations in the reference's order.
             #[target_feature(enable = $features)]
-            pub(super) unsafe fn $q4(codes: &[u8], scales: &[f32], x: &[i8], off: &[i32]) -> f32 {
+            pub(super) unsafe fn $q4(codes: &[u8], scales: &[u16], x: &[i8], off: &[i32]) -> f32 {
                 use super::Q4_LANES;
                 let groups = scales.len();
                 assert!(off.len() >= groups);
@@ -1913,7 +1939,8 @@ mod arm {
                         let acc = $prod(vdupq_n_s32(0), lo, vld1q_s8(xp));
                         vaddvq_s32($prod(acc, hi, vld1q_s8(xp.add(16))))
                     };
-                    lanes[g % Q4_LANES] += scales[g] * (s - off[g]) as f32;
+                    let d = half::f16::from_bits(scales[g]).to_f32();
+                    lanes[g % Q4_LANES] += d * (s - off[g]) as f32;
                 }
                 lanes.iter().fold(0f32, |a, &v| a + v)
             }
@@ -2249,7 +2276,7 @@ mod tests {
             let row = m.row(rows - 1);
             let groups = m.padded / Q4_GROUP;
             for (c, v) in row.iter().enumerate() {
-                let d = m.scales[(rows - 1) * groups + c / Q4_GROUP];
+                let d = half::f16::from_bits(m.scales[(rows - 1) * groups + c / Q4_GROUP]).to_f32();
                 assert!((v - w[(rows - 1) * cols + c]).abs() <= 0.5 * d * 1.0001 + 1e-6);
             }
         }
