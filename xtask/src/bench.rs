@@ -1,5 +1,6 @@
 //! `cargo xtask bench [--quick] [--llama-bench PATH --gguf FILE ...] [--bitnet-bench PATH
-//! --bitnet-gguf FILE ...] [--only FAMILY ...] [--name NAME]`: the benchmark table. Runs `smolbit bench --json` on each model
+//! --bitnet-gguf FILE ...] [--only FAMILY ...] [--name NAME] [--rounds N]`: the benchmark
+//! table. Runs `smolbit bench --json` on each model
 //! variant that exists under `models/` (the pipeline's default model and its schemes, and the
 //! random SmolLM3-3B- and BitNet-2B4T-shaped checkpoints from `cargo xtask random-model`; a
 //! directory holding a `.no-bench` file is skipped), at 1 and 2 threads, then llama.cpp's
@@ -207,6 +208,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let (mut quick, mut llama, mut ggufs) = (false, None, Vec::new());
     let (mut bitnet, mut bitnet_ggufs) = (None, Vec::new());
     let mut out_name = "bench".to_string();
+    let mut rounds = 1usize;
     let mut only: Vec<String> = Vec::new();
     let mut long = false;
     let mut it = args.iter();
@@ -226,6 +228,13 @@ pub fn run(args: &[String]) -> Result<()> {
                 ))
             }
             "--name" => out_name = it.next().context("--name needs a value")?.clone(),
+            "--rounds" => {
+                rounds = it
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&n| n > 0)
+                    .context("--rounds needs a positive count")?
+            }
             "--only" => only.push(it.next().context("--only needs a family")?.clone()),
             "--bitnet-gguf" => bitnet_ggufs.push(PathBuf::from(
                 it.next().context("--bitnet-gguf needs a file")?,
@@ -349,98 +358,184 @@ pub fn run(args: &[String]) -> Result<()> {
             }
         }
     }
+    // Within a size, rows of one thread count run together, smolbit's and the peers'
+    // alternating, so compared rows are measured back to back; with `--rounds N` the whole
+    // sequence runs N times and each figure is the median over rounds (this machine's speed
+    // drifts by 10-25 % within a run).
     let mut order: Vec<usize> = (0..jobs.len()).collect();
-    order.sort_by_key(|&i| (jobs[i].0, matches!(jobs[i].1, Job::Peer(..))));
-    let mut jsonl = std::fs::File::create(out_dir.join(format!("{out_name}.jsonl")))?;
-    // Per row: the columns before the bound, decode tok/s, bytes read per token, threads.
-    let mut rows: Vec<Option<(String, f64, f64, usize)>> = vec![None; jobs.len()];
-    for i in order {
-        let row = match &jobs[i].1 {
-            Job::Smolbit(name, dir, threads, new_tokens, head) => {
-                let (name, dir, threads, new_tokens, head) =
-                    (name, dir, *threads, *new_tokens, *head);
-                eprintln!("[bench] {name}, {threads} thread(s)");
-                let repeats = if new_tokens <= 4 {
-                    "1"
-                } else if quick {
-                    "2"
-                } else {
-                    "3"
-                };
-                let new = new_tokens.to_string();
-                let mut v = smolbit_bench(
-                    &bin,
-                    &root,
-                    threads,
-                    &["--repeats", repeats, "--head", head],
-                    &["--prompt-tokens", "128", "--new-tokens", &new],
-                    dir,
-                )?;
-                let wb = weight_bytes(dir);
-                v["weight_bytes"] = serde_json::json!(wb);
-                // Bytes read per decoded token as loaded (packed linears and head); the files'
-                // size when the binary does not report it.
-                let per_token = v["decode_bytes"].as_u64().unwrap_or(wb);
-                writeln!(jsonl, "{v}")?;
-                let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-                let decode = num("decode_tok_s");
-                let cols = format!(
-                    "| {name} | {threads} | {:.0} | {:.0} | {:.1} | {:.1} | {:.0} | {:.0} |",
-                    wb as f64 / 1e6,
-                    per_token as f64 / 1e6,
-                    num("prefill_tok_s"),
-                    decode,
-                    num("ttft_ms"),
-                    num("peak_rss_mb"),
-                );
-                (cols, decode, per_token as f64, threads)
+    let threads_of = |j: &Job| match j {
+        Job::Smolbit(_, _, t, _, _) | Job::Peer(_, _, _, t) => *t,
+    };
+    order.sort_by_key(|&i| (jobs[i].0, threads_of(&jobs[i].1)));
+    {
+        // Interleave engines within each (size, threads) group.
+        let mut interleaved = Vec::with_capacity(order.len());
+        for key in order
+            .iter()
+            .map(|&i| (jobs[i].0, threads_of(&jobs[i].1)))
+            .collect::<std::collections::BTreeSet<_>>()
+        {
+            let group: Vec<usize> = order
+                .iter()
+                .copied()
+                .filter(|&i| (jobs[i].0, threads_of(&jobs[i].1)) == key)
+                .collect();
+            let (ours, peers): (Vec<usize>, Vec<usize>) = group
+                .into_iter()
+                .partition(|&i| matches!(jobs[i].1, Job::Smolbit(..)));
+            for k in 0..ours.len().max(peers.len()) {
+                interleaved.extend(ours.get(k));
+                interleaved.extend(peers.get(k));
             }
-            Job::Peer(engine, exe, g, threads) => {
-                let (g, threads) = (g, *threads);
-                let name = format!(
-                    "{engine} {}",
-                    g.file_name().unwrap_or_default().to_string_lossy()
-                );
-                let wb = std::fs::metadata(g).map_or(0, |m| m.len());
-                // F16 3B files (over 4 GB): 2 threads and 4 tokens only, as the f16/f32 3B rows.
-                let huge = wb > 4_000_000_000;
-                if huge && threads == 1 {
-                    continue;
-                }
-                eprintln!("[bench] {name}, {threads} thread(s)");
-                let new_tokens = if huge {
-                    4
-                } else if quick {
-                    16
-                } else {
-                    64
-                };
-                let repeats = if huge {
-                    "1"
-                } else if quick {
-                    "2"
-                } else {
-                    "3"
-                };
-                let (p, d, rss) = llama_bench(exe, g, threads, new_tokens, repeats)?;
-                let v = serde_json::json!({
-                    "model": g.display().to_string(), "engine": engine,
-                    "prefill_tok_s": p, "decode_tok_s": d, "ttft_ms": 128.0 / p * 1e3,
-                    "peak_rss_mb": rss, "weight_bytes": wb, "threads": threads,
-                    "prompt_tokens": 128, "new_tokens": new_tokens,
-                });
-                writeln!(jsonl, "{v}")?;
-                let cols = format!(
-                    "| {name} | {threads} | {:.0} | {:.0} | {p:.1} | {d:.1} | {:.0} | {rss:.0} |",
-                    wb as f64 / 1e6,
-                    wb as f64 / 1e6,
-                    128.0 / p * 1e3,
-                );
-                (cols, d, wb as f64, threads)
-            }
-        };
-        rows[i] = Some(row);
+        }
+        order = interleaved;
     }
+    let mut jsonl = std::fs::File::create(out_dir.join(format!("{out_name}.jsonl")))?;
+    /// One measurement of a row.
+    #[derive(Clone, Copy)]
+    struct Sample {
+        prefill: f64,
+        decode: f64,
+        ttft: f64,
+        rss: f64,
+    }
+    /// A table row: its label, file bytes, bytes read per token, threads, a sample per round.
+    #[derive(Clone)]
+    struct Row {
+        label: String,
+        wb: f64,
+        per_token: f64,
+        threads: usize,
+        samples: Vec<Sample>,
+    }
+    let mut rows: Vec<Option<Row>> = vec![None; jobs.len()];
+    for round in 0..rounds {
+        for &i in &order {
+            let (label, wb, per_token, threads, sample) = match &jobs[i].1 {
+                Job::Smolbit(name, dir, threads, new_tokens, head) => {
+                    let (name, dir, threads, new_tokens, head) =
+                        (name, dir, *threads, *new_tokens, *head);
+                    eprintln!("[bench] round {round}: {name}, {threads} thread(s)");
+                    let repeats = if new_tokens <= 4 {
+                        "1"
+                    } else if quick {
+                        "2"
+                    } else {
+                        "3"
+                    };
+                    let new = new_tokens.to_string();
+                    let mut v = smolbit_bench(
+                        &bin,
+                        &root,
+                        threads,
+                        &["--repeats", repeats, "--head", head],
+                        &["--prompt-tokens", "128", "--new-tokens", &new],
+                        dir,
+                    )?;
+                    let wb = weight_bytes(dir);
+                    v["weight_bytes"] = serde_json::json!(wb);
+                    v["round"] = serde_json::json!(round);
+                    // Bytes read per decoded token as loaded (packed linears and head); the
+                    // files' size when the binary does not report it.
+                    let per_token = v["decode_bytes"].as_u64().unwrap_or(wb);
+                    writeln!(jsonl, "{v}")?;
+                    let num = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+                    let sample = Sample {
+                        prefill: num("prefill_tok_s"),
+                        decode: num("decode_tok_s"),
+                        ttft: num("ttft_ms"),
+                        rss: num("peak_rss_mb"),
+                    };
+                    (name.clone(), wb, per_token, threads, sample)
+                }
+                Job::Peer(engine, exe, g, threads) => {
+                    let (g, threads) = (g, *threads);
+                    let name = format!(
+                        "{engine} {}",
+                        g.file_name().unwrap_or_default().to_string_lossy()
+                    );
+                    let wb = std::fs::metadata(g).map_or(0, |m| m.len());
+                    // F16 3B files (over 4 GB): 2 threads and 4 tokens only, as the f16/f32 3B
+                    // rows.
+                    let huge = wb > 4_000_000_000;
+                    if huge && threads == 1 {
+                        continue;
+                    }
+                    eprintln!("[bench] round {round}: {name}, {threads} thread(s)");
+                    let new_tokens = if huge {
+                        4
+                    } else if quick {
+                        16
+                    } else {
+                        64
+                    };
+                    let repeats = if huge {
+                        "1"
+                    } else if quick {
+                        "2"
+                    } else {
+                        "3"
+                    };
+                    let (p, d, rss) = llama_bench(exe, g, threads, new_tokens, repeats)?;
+                    let v = serde_json::json!({
+                        "model": g.display().to_string(), "engine": engine,
+                        "prefill_tok_s": p, "decode_tok_s": d, "ttft_ms": 128.0 / p * 1e3,
+                        "peak_rss_mb": rss, "weight_bytes": wb, "threads": threads,
+                        "prompt_tokens": 128, "new_tokens": new_tokens, "round": round,
+                    });
+                    writeln!(jsonl, "{v}")?;
+                    let sample = Sample {
+                        prefill: p,
+                        decode: d,
+                        ttft: 128.0 / p * 1e3,
+                        rss,
+                    };
+                    (name, wb, wb, threads, sample)
+                }
+            };
+            let row = rows[i].get_or_insert_with(|| Row {
+                label,
+                wb: wb as f64,
+                per_token: per_token as f64,
+                threads,
+                samples: Vec::new(),
+            });
+            row.samples.push(sample);
+        }
+    }
+    let median = |mut v: Vec<f64>| -> f64 {
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+        }
+    };
+    let rows: Vec<Option<(String, f64, f64, usize)>> = rows
+        .into_iter()
+        .map(|r| {
+            r.map(|r| {
+                let Row {
+                    label,
+                    wb,
+                    per_token,
+                    threads,
+                    samples,
+                } = r;
+                let m = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+                let decode = m(|s| s.decode);
+                let cols = format!(
+                    "| {label} | {threads} | {:.0} | {:.0} | {:.1} | {decode:.1} | {:.0} | {:.0} |",
+                    wb / 1e6,
+                    per_token / 1e6,
+                    m(|s| s.prefill),
+                    m(|s| s.ttft),
+                    m(|s| s.rss),
+                );
+                (cols, decode, per_token, threads)
+            })
+        })
+        .collect();
     let (after1, after2) = (read_bandwidth(1), read_bandwidth(2));
     eprintln!(
         "[bench] read bandwidth after: {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)",
@@ -465,7 +560,8 @@ pub fn run(args: &[String]) -> Result<()> {
         md.push('\n');
     }
     md.push_str(&format!(
-        "\nMedians; read bandwidth {:.1} GB/s (1 thread), {:.1} GB/s (2 threads), the higher of before and after the rows; copy bandwidth {:.1} / {:.1} GB/s (bytes copied per second); bound = read bandwidth / bytes read per token (packed linears and output head as loaded). Produced by `cargo xtask bench{}`.\n",
+        "\nMedians (over {rounds} round{} of every row, rows of both engines alternating); read bandwidth {:.1} GB/s (1 thread), {:.1} GB/s (2 threads), the higher of before and after the rows; copy bandwidth {:.1} / {:.1} GB/s (bytes copied per second); bound = read bandwidth / bytes read per token (packed linears and output head as loaded). Produced by `cargo xtask bench{}`.\n",
+        if rounds == 1 { "" } else { "s" },
         bw1 / 1e9,
         bw2 / 1e9,
         copy1 / 1e9,

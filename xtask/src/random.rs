@@ -250,16 +250,13 @@ fn write_hf(dir: &Path, shape: &str, format: &str, dtype: Dtype, tensors: &[Need
     let mut specs = Vec::new();
     for n in tensors {
         if packed && is_projection(n) {
-            specs.push(TensorSpec {
-                name: n.hf_name.clone(),
-                dtype: Dtype::U8,
-                shape: vec![n.shape[0] / 4, n.shape[1]],
-            });
-            specs.push(TensorSpec {
-                name: format!("{}_scale", n.hf_name),
-                dtype: Dtype::BF16,
-                shape: vec![1],
-            });
+            // 2B4T stores its scales in bf16.
+            specs.extend(smolbit_weights::native::packed_specs(
+                &n.hf_name,
+                n.shape[0],
+                n.shape[1],
+                Dtype::BF16,
+            ));
         } else {
             specs.push(TensorSpec {
                 name: n.hf_name.clone(),

@@ -18,7 +18,6 @@ use crate::quantize::{Item, QuantConfig};
 use crate::safetensors::{self, Dtype, SafetensorsError, TensorSpec};
 use crate::tokenizer;
 use smolbit_ternary::ggml::{self, TernaryType};
-use smolbit_ternary::pack::Packing;
 use smolbit_ternary::{Granularity, Scheme, TernaryMatrix};
 
 /// Files copied from a Hugging Face input directory when present.
@@ -644,19 +643,7 @@ fn convert_gguf(
             },
         )?;
         let types = ternary_types.iter().copied().collect::<Vec<_>>().join("+");
-        let qc = QuantConfig {
-            quant_method: "smolbit".into(),
-            scheme: scheme.to_string(),
-            planes: 1,
-            granularity: scheme.granularity.to_string(),
-            activations: "int8".into(),
-            packing: Packing::TwoBit.name().into(),
-            calibrated: false,
-            modules_not_converted: kept,
-            bits_per_weight: bits,
-            source: Some(format!("{types} GGUF")),
-            pre_norm_eps: None,
-        };
+        let qc = QuantConfig::native(&scheme, kept, bits, format!("{types} GGUF"), None);
         if !qc.modules_not_converted.is_empty() {
             warnings.push(format!(
                 "{} projections are not ternary and stay in floating point: {}",
@@ -801,19 +788,13 @@ fn convert_hf_bitnet(
             }),
         },
     )?;
-    let qc = QuantConfig {
-        quant_method: "smolbit".into(),
-        scheme: scheme.to_string(),
-        planes: 1,
-        granularity: scheme.granularity.to_string(),
-        activations: "int8".into(),
-        packing: Packing::TwoBit.name().into(),
-        calibrated: false,
-        modules_not_converted: kept,
-        bits_per_weight: bits,
-        source: Some(b.describe()),
-        pre_norm_eps: b.use_rms_norm.then_some(b.rms_norm_eps),
-    };
+    let qc = QuantConfig::native(
+        &scheme,
+        kept,
+        bits,
+        b.describe(),
+        b.use_rms_norm.then_some(b.rms_norm_eps),
+    );
     let dtype = opts.dtype.unwrap_or(Dtype::F32);
     write_json(
         &staging.join("config.json"),

@@ -28,7 +28,7 @@ use serde_json::Value as Json;
 use smolbit_ternary::{Granularity, TernaryMatrix, absmean, pack};
 
 use crate::config::ConfigError;
-use crate::safetensors::{Dtype, SafeTensors};
+use crate::safetensors::{Dtype, SafeTensors, TensorSpec};
 use crate::{LoadError, ModelConfig};
 
 /// How a stored `weight_scale` relates to the weights.
@@ -63,6 +63,23 @@ pub struct HfBitNet {
     /// Its epsilon.
     pub rms_norm_eps: f64,
     patterns: Vec<regex::Regex>,
+}
+
+/// The two tensors of an offline-packed projection `name` (`[rows, cols]` weights): the uint8
+/// `[rows / 4, cols]` codes and the one-value `<name>_scale` in `scale`'s type.
+pub fn packed_specs(name: &str, rows: usize, cols: usize, scale: Dtype) -> [TensorSpec; 2] {
+    [
+        TensorSpec {
+            name: name.to_string(),
+            dtype: Dtype::U8,
+            shape: vec![rows / 4, cols],
+        },
+        TensorSpec {
+            name: format!("{name}_scale"),
+            dtype: scale,
+            shape: vec![1],
+        },
+    ]
 }
 
 /// `a.b.weight` -> `a.b`

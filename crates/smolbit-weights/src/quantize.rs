@@ -59,6 +59,31 @@ pub struct QuantConfig {
 }
 
 impl QuantConfig {
+    /// The description of trits that were not quantized by smolbit (a natively ternary
+    /// checkpoint written in smolbit's layout): one plane of `scheme`, 2-bit packing, int8
+    /// activations.
+    pub fn native(
+        scheme: &Scheme,
+        modules_not_converted: Vec<String>,
+        bits_per_weight: f64,
+        source: String,
+        pre_norm_eps: Option<f64>,
+    ) -> Self {
+        QuantConfig {
+            quant_method: "smolbit".into(),
+            scheme: scheme.to_string(),
+            planes: 1,
+            granularity: scheme.granularity.to_string(),
+            activations: "int8".into(),
+            packing: Packing::TwoBit.name().into(),
+            calibrated: false,
+            modules_not_converted,
+            bits_per_weight,
+            source: Some(source),
+            pre_norm_eps,
+        }
+    }
+
     /// The parsed scheme.
     pub fn scheme(&self) -> Result<Scheme, smolbit_ternary::SchemeError> {
         self.scheme.parse()
@@ -551,16 +576,12 @@ pub fn export_hf_bitnet(
         let mut specs = Vec::new();
         for n in &needed {
             if is_linear(n.role) {
-                specs.push(TensorSpec {
-                    name: n.hf_name.clone(),
-                    dtype: Dtype::U8,
-                    shape: vec![n.shape[0] / 4, n.shape[1]],
-                });
-                specs.push(TensorSpec {
-                    name: format!("{}_scale", n.hf_name),
-                    dtype: Dtype::F32,
-                    shape: vec![1],
-                });
+                specs.extend(crate::native::packed_specs(
+                    &n.hf_name,
+                    n.shape[0],
+                    n.shape[1],
+                    Dtype::F32,
+                ));
             } else {
                 specs.push(TensorSpec {
                     name: n.hf_name.clone(),

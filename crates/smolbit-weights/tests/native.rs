@@ -484,3 +484,38 @@ fn bad_bitnet_files_are_one_line_errors() {
         );
     }
 }
+
+/// A ternary GGUF with a corrupt code, and one with a tensor shorter than its type needs: the
+/// conversion fails with one line naming the file and the tensor, and leaves nothing behind.
+#[test]
+fn bad_ternary_ggufs_are_one_line_errors() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (file, tensor) in [
+        ("tq2_0.gguf", "blk.0.ffn_up.weight"),
+        ("i2_s.gguf", "blk.0.attn_k.weight"),
+    ] {
+        let src = testdata(&format!("gguf/{file}"));
+        let g = smolbit_weights::gguf::GgufFile::open(&src).expect("open");
+        let info = g.tensor(tensor).expect("tensor");
+        let data = g.tensor_bytes(info);
+        let mut bytes = std::fs::read(&src).expect("read");
+        let at = bytes
+            .windows(data.len())
+            .position(|w| w == data)
+            .expect("tensor bytes in the file");
+        bytes[at + 1] = 0xff; // four codes 3
+        let bad = tmp.path().join(file);
+        std::fs::write(&bad, &bytes).expect("write");
+        let out = tmp.path().join(format!("{file}.out"));
+        let e = convert(&bad, &out, &ConvertOptions::default())
+            .expect_err("corrupt code")
+            .to_string();
+        assert!(
+            e.starts_with(&*bad.to_string_lossy())
+                && e.contains(&format!("tensor '{tensor}': code 3 (not a trit) at byte 1"))
+                && !e.contains('\n'),
+            "{e}"
+        );
+        assert!(!out.exists(), "{file}: partial output left");
+    }
+}

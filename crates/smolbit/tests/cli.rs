@@ -16,6 +16,32 @@ fn smolbit(args: &[&str]) -> Output {
         .expect("run smolbit")
 }
 
+/// Run the binary and require success.
+fn smolbit_ok(args: &[&str]) -> Output {
+    let out = smolbit(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `smolbit logits --tokens <tokens>` on `model`, written to `<dir>/l.json` and read back.
+fn logits_json(model: &Path, tokens: &str, dir: &Path) -> serde_json::Value {
+    let json = dir.join("l.json");
+    smolbit_ok(&[
+        "logits",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--tokens",
+        tokens,
+        "--out",
+        json.to_str().expect("utf8"),
+    ]);
+    serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json")
+}
+
 /// A failing command exits 1 with exactly one line on stderr containing `expect`.
 fn check_error(args: &[&str], expect: &str) {
     let out = smolbit(args);
@@ -44,23 +70,7 @@ fn convert_then_logits_json() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("converted "));
-    let json = tmp.path().join("l.json");
-    let out = smolbit(&[
-        "logits",
-        "--model",
-        model.to_str().expect("utf8"),
-        "--tokens",
-        "1,17,42",
-        "--out",
-        json.to_str().expect("utf8"),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
+    let v = logits_json(&model, "1,17,42", tmp.path());
     assert_eq!(v["tokens"], serde_json::json!([1, 17, 42]));
     assert_eq!(v["last_logits"].as_array().expect("logits").len(), 256);
     let top10 = v["top10"].as_array().expect("top10");
@@ -502,24 +512,9 @@ fn native_ternary_models() {
     );
     // The same model as an HF directory and as the converted I2_S file: same greedy token.
     let greedy = |dir: &Path| {
-        let json = tmp.path().join("l.json");
-        let out = smolbit(&[
-            "logits",
-            "--model",
-            dir.to_str().expect("utf8"),
-            "--tokens",
-            "61,1,17,42",
-            "--out",
-            json.to_str().expect("utf8"),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json).expect("read")).expect("json");
-        v["top10"][3][0].as_u64().expect("top-1")
+        logits_json(dir, "61,1,17,42", tmp.path())["top10"][3][0]
+            .as_u64()
+            .expect("top-1")
     };
     assert_eq!(greedy(&model), greedy(&testdata("native/gguf/hf")));
 
@@ -560,8 +555,7 @@ fn eval_native_models_with_and_without_a_shared_vocabulary() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let t = |p: &Path| p.to_str().expect("utf8").to_string();
     let convert = |file: &str, out: &Path| {
-        let o = smolbit(&["convert", &t(&testdata(file)), "--out", &t(out)]);
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        smolbit_ok(&["convert", &t(&testdata(file)), "--out", &t(out)]);
     };
     let (a, b, c) = (
         tmp.path().join("tq2"),
@@ -591,7 +585,7 @@ fn eval_native_models_with_and_without_a_shared_vocabulary() {
     let text = tmp.path().join("text.txt");
     std::fs::write(&text, "ab ba ab. ab ba: ab ab ba ba ab\n".repeat(8)).expect("write");
     let results = tmp.path().join("r.json");
-    let out = smolbit(&[
+    smolbit_ok(&[
         "eval",
         "--model",
         &t(&a),
@@ -608,11 +602,6 @@ fn eval_native_models_with_and_without_a_shared_vocabulary() {
         "--perplexity-text",
         &t(&text),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&results).expect("read")).expect("json");
     let models = v["models"].as_array().expect("models");
@@ -637,16 +626,20 @@ fn eval_native_models_with_and_without_a_shared_vocabulary() {
         models[0]["scheme"]
     );
     let report = tmp.path().join("report");
-    let out = smolbit(&[
+    smolbit_ok(&[
         "report",
         "--results",
         &t(&results),
         "--out-dir",
         &t(&report),
     ]);
+    let md = std::fs::read_to_string(report.join("report.md")).expect("report");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        md.contains("| other-vocab |"),
+        "the third model is in the report: {md}"
+    );
+    assert!(
+        md.contains("n/a (other vocabulary)"),
+        "no KL for another vocabulary"
     );
 }
