@@ -21,8 +21,9 @@ Writes testdata/native/:
   scales: tq2_0.gguf (arch bitnet-b1.58, gguf-py's TQ2_0 quantizer), tq1_0.gguf (arch bitnet-25,
   TQ1_0), i2_s.gguf (arch bitnet-b1.58, type 36, written here from bitnet.cpp's
   quantize_i2_s layout: 2-bit codes MSB first in 128-element blocks, one f32 scale after the
-  data), each with an F16 token_embd and the official file's placeholder chat template and no
-  tokenizer.ggml.pre. expected.json: per projection (GGUF name) the sha256 of the trits (int8,
+  data), tq2_0-scale.gguf (llama.cpp's arch `bitnet`: trits with d = 1 and a per-tensor
+  `<name>.scale`), each with an F16 token_embd and the official file's placeholder chat template
+  and no tokenizer.ggml.pre. expected.json: per projection (GGUF name) the sha256 of the trits (int8,
   row-major [out, in]), the scale, and the sha256 of gguf-py's float32 dequantization of the
   TQ1_0 and TQ2_0 bytes.
 - bitnet-2b4t-chat.json: BitNet b1.58 2B4T's chat template rendered by transformers'
@@ -349,6 +350,16 @@ def make_gguf():
             expected[gg][f"{qtype.name.lower()}_dequant_sha256"] = hashlib.sha256(deq.tobytes()).hexdigest()
             w.add_tensor(gg, data, raw_dtype=qtype)
         finish(w)
+
+    # llama.cpp's own `bitnet` architecture (relu² named by `bitnet.hidden_activation`, SiLU
+    # otherwise) with the scale outside the trits: TQ2_0 blocks of the bare trits (d = 1) and a
+    # per-tensor `<name>.scale` that its graph multiplies after the product (build_lora_mm).
+    w = writer_for(d / "tq2_0-scale.gguf", "bitnet")
+    w.add_string("bitnet.hidden_activation", "relu2")
+    for gg, (t, s) in trits.items():
+        w.add_tensor(gg, gguf.quants.quantize(t.astype(np.float32), Q.TQ2_0), raw_dtype=Q.TQ2_0)
+        w.add_tensor(gg.replace(".weight", ".scale"), np.array([s], dtype=np.float32))
+    finish(w)
 
     w = writer_for(d / "i2_s.gguf", "bitnet-b1.58")
     w.add_file_type(40)  # LLAMA_FTYPE_MOSTLY_I2_S

@@ -516,7 +516,9 @@ fn native_ternary_checkpoints_match_transformers() {
 }
 
 /// The same model as testdata/native/gguf/hf in the three ternary GGUF types (TQ2_0 and TQ1_0
-/// written by gguf-py's quantizer, I2_S in bitnet.cpp's layout), converted to smolbit's layout:
+/// written by gguf-py's quantizer, I2_S in bitnet.cpp's layout; and as llama.cpp's `bitnet`
+/// architecture names it, TQ2_0 trits with a separate per-tensor scale), converted to smolbit's
+/// layout:
 /// transformers' logits for the HF directory, at the same 1e-4. TQ's per-256 scales are the
 /// tensor's one scale (an f16 value) in every block, so the three are the same model.
 #[test]
@@ -524,7 +526,7 @@ fn ternary_ggufs_match_transformers() {
     let cpu = device("cpu").expect("cpu");
     let g = golden("native/gguf/hf/logits.json");
     let tmp = tempfile::tempdir().expect("tempdir");
-    for file in ["tq2_0.gguf", "tq1_0.gguf", "i2_s.gguf"] {
+    for file in ["tq2_0.gguf", "tq1_0.gguf", "i2_s.gguf", "tq2_0-scale.gguf"] {
         let out = tmp.path().join(file);
         smolbit_weights::convert(
             &testdata(&format!("native/gguf/{file}")),

@@ -134,6 +134,8 @@ fn ternary_ggufs_convert_to_the_same_trits() {
         ("tq2_0.gguf", "b158:g256:a8", "TQ2_0 GGUF"),
         ("tq1_0.gguf", "b158:g256:a8", "TQ1_0 GGUF"),
         ("i2_s.gguf", "b158:tensor:a8", "I2_S GGUF"),
+        // llama.cpp's `bitnet`: bare trits and a `<name>.scale` each.
+        ("tq2_0-scale.gguf", "b158:g256:a8", "TQ2_0 GGUF"),
     ] {
         let out = tmp.path().join(file);
         let r = convert(
@@ -159,7 +161,7 @@ fn ternary_ggufs_convert_to_the_same_trits() {
         assert_eq!(
             md.config.hidden_act,
             smolbit_weights::config::HiddenAct::Relu2,
-            "{file}: bitnet-b1.58 and bitnet-25 are relu²"
+            "{file}: bitnet-b1.58 and bitnet-25 are relu², bitnet says so in its metadata"
         );
         // The F16 embedding is kept as F16 (exact), not widened.
         assert_eq!(
