@@ -26,6 +26,10 @@ Writes testdata/native/:
   and no tokenizer.ggml.pre. expected.json: per projection (GGUF name) the sha256 of the trits (int8,
   row-major [out, in]), the scale, and the sha256 of gguf-py's float32 dequantization of the
   TQ1_0 and TQ2_0 bytes.
+- llama-i2s/: a Falcon3-style model (Llama graph, BitLinear with `1 / mean|W|` scales) as an
+  HF directory with transformers' logits, and as model-i2_s.gguf the way bitnet.cpp's converter
+  writes Falcon3 (architecture `llama`, q/k rows permuted as llama.cpp's LlamaModel.permute
+  does, I2_S projections, no vocabulary).
 - bitnet-2b4t-chat.json: BitNet b1.58 2B4T's chat template rendered by transformers'
   `render_jinja_template` for a few conversations.
 
@@ -374,6 +378,89 @@ def make_gguf():
     dump_json(d / "expected.json", {"generator": "testdata/make_native_fixtures.py", "tensors": expected})
 
 
+def make_llama_i2s():
+    """A Falcon3-style model (Llama graph, BitLinear) as bitnet.cpp's converter writes such
+    models: architecture `llama`, q/k rows permuted as llama.cpp's LlamaModel.permute does, I2_S
+    projections. transformers' logits come from the HF directory of the same weights."""
+    torch.manual_seed(SEED + 30)
+    cfg = LlamaConfig(
+        vocab_size=64,
+        hidden_size=256,
+        intermediate_size=256,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=128,
+        max_position_embeddings=128,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000042.0},
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    randomize(model, 0.05)
+    d = OUT / "llama-i2s"
+    shutil.rmtree(d, ignore_errors=True)
+    packed, trits = {}, {}
+    for name, w in model.state_dict().items():
+        if not is_projection(name) or name == "lm_head.weight":
+            continue
+        t, s = absmean(w.float())
+        s16 = float(np.float16(s))
+        packed[name] = (pack_weights(t.clone()), 1.0 / s16)
+        trits[name] = (t.numpy(), s16)
+    write_hf(model, d, {"quant_method": "bitnet", "modules_to_not_convert": ["lm_head"]}, packed)
+    ref = reload_and_check(d, "BitLinear")
+    tokens = [1, 17, 42, 9, 3, 20, 7, 50, 63, 31, 5, 28]
+    dump_json(d / "logits.json", {"tokens": tokens, "logits": logits_of(ref, tokens)})
+
+    def permute(w, n_head):
+        # llama.cpp's LlamaModel.permute (convert_hf_to_gguf.py), on a [rows, cols] q or k.
+        return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+    w = gguf.GGUFWriter(str(d / "model-i2_s.gguf"), "llama")
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(cfg.num_attention_heads)
+    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_rope_dimension_count(cfg.head_dim)
+    w.add_key_length(cfg.head_dim)
+    w.add_value_length(cfg.head_dim)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_rope_freq_base(1000042.0)
+    w.add_vocab_size(cfg.vocab_size)
+    w.add_tokenizer_model("no_vocab")
+    w.add_file_type(40)
+    sd = {k: v.detach().float().numpy() for k, v in model.state_dict().items()}
+    w.add_tensor("token_embd.weight", sd["model.embed_tokens.weight"])
+    w.add_tensor("output_norm.weight", sd["model.norm.weight"])
+    w.add_tensor("output.weight", sd["lm_head.weight"])
+    for name, v in sd.items():
+        if not name.startswith("model.layers."):
+            continue
+        i, rest = name.split(".")[2], name.split(".", 3)[3].rsplit(".", 1)[0]
+        gg = f"blk.{i}.{GGUF_NAMES[rest]}.weight"
+        if name not in trits:
+            w.add_tensor(gg, v)
+            continue
+        t, s = trits[name]
+        if rest == "self_attn.q_proj":
+            t = permute(t, cfg.num_attention_heads)
+        elif rest == "self_attn.k_proj":
+            t = permute(t, cfg.num_key_value_heads)
+        data = np.concatenate([i2s_encode(t), np.frombuffer(np.float32(s).tobytes(), dtype=np.uint8), np.zeros(28, dtype=np.uint8)])
+        back, scale = i2s_decode(data, t.size)
+        assert np.array_equal(back, t.reshape(-1)) and scale == np.float32(s), gg
+        w.add_tensor(gg, data.view(np.int8), raw_shape=list(t.shape), raw_dtype=I2_S)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 # microsoft/bitnet-b1.58-2B-4T tokenizer_config.json's chat_template (as copied verbatim in
 # third-party code); it must render transformers' own test prompt for the model,
 # "User: How are you?<|eot_id|>Assistant: " (tests/models/bitnet/test_modeling_bitnet.py).
@@ -412,6 +499,7 @@ def main():
     make_bitnet_hf()
     make_falcon3()
     make_gguf()
+    make_llama_i2s()
     make_chat()
     print(f"wrote {OUT}")
 

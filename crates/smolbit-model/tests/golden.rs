@@ -487,6 +487,7 @@ fn native_ternary_checkpoints_match_transformers() {
         "falcon3",
         "falcon3-rmsnorm",
         "gguf/hf",
+        "llama-i2s",
     ] {
         let path = testdata(&format!("native/{dir}"));
         let g = golden(&format!("native/{dir}/logits.json"));
@@ -542,4 +543,24 @@ fn ternary_ggufs_match_transformers() {
         let worst = check_model(&model, &g, file);
         eprintln!("{file}: max |diff| {worst:e}");
     }
+    // A Falcon3-style model as bitnet.cpp's converter writes it (architecture `llama`, q/k rows
+    // permuted, I2_S): transformers' logits for its HF directory.
+    let out = tmp.path().join("llama-i2s");
+    smolbit_weights::convert(
+        &testdata("native/llama-i2s/model-i2_s.gguf"),
+        &out,
+        &Default::default(),
+    )
+    .expect("convert");
+    let opts = smolbit_model::LoadOptions {
+        head: smolbit_model::HeadPolicy::F32,
+        ..Default::default()
+    };
+    let model = Model::load_with(&out, &cpu, opts).expect("load");
+    let worst = check_model(
+        &model,
+        &golden("native/llama-i2s/logits.json"),
+        "llama I2_S",
+    );
+    eprintln!("llama I2_S: max |diff| {worst:e}");
 }

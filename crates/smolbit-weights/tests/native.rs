@@ -521,3 +521,49 @@ fn bad_ternary_ggufs_are_one_line_errors() {
         assert!(!out.exists(), "{file}: partial output left");
     }
 }
+
+/// bitnet.cpp's converter writes Falcon3-style models as architecture `llama` with llama.cpp's
+/// q/k row permutation: converted, every projection's trits equal the transformers directory's
+/// (the permutation undone on trits and scales) and the scales agree to an ulp (the directory
+/// stores `1 / mean|W|`).
+#[test]
+fn llama_architecture_i2_s_unpermutes_to_the_hf_trits() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = tmp.path().join("m");
+    convert(
+        &testdata("llama-i2s/model-i2_s.gguf"),
+        &out,
+        &ConvertOptions::default(),
+    )
+    .expect("convert");
+    let (hf, gg) = (
+        ModelDir::open(&testdata("llama-i2s")).expect("hf"),
+        ModelDir::open(&out).expect("converted"),
+    );
+    assert_eq!(gg.config.arch, smolbit_weights::Arch::Llama);
+    let mut checked = 0;
+    for n in needed_tensors(&hf.config) {
+        if !hf.is_ternary(&n.hf_name) {
+            continue;
+        }
+        let (rows, cols) = (n.shape[0], n.shape[1]);
+        let a = hf
+            .linear_ternary(&n.hf_name, rows, cols)
+            .expect("hf")
+            .expect("hf");
+        let b = gg
+            .linear_ternary(&n.hf_name, rows, cols)
+            .expect("gguf")
+            .expect("gguf");
+        assert_eq!(a.trits, b.trits, "{}", n.hf_name);
+        assert!(
+            (a.scales[0] - b.scales[0]).abs() <= a.scales[0] * 1e-6,
+            "{}: {} vs {}",
+            n.hf_name,
+            a.scales[0],
+            b.scales[0]
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, 7);
+}
