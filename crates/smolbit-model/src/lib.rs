@@ -1,13 +1,16 @@
-//! The SmolLM decoder on burn: Llama (SmolLM, SmolLM2) and SmolLM3 (no-RoPE layers).
+//! The SmolLM decoder on burn: Llama (SmolLM, SmolLM2, and with BitLinear projections
+//! Falcon3-1.58bit), SmolLM3 (no-RoPE layers) and BitNet b1.58 (`BitNetForCausalLM`: sub-norms
+//! before `o_proj` and `down_proj`, relu²).
 //!
 //! Embedding, RMSNorm, grouped-query attention with rotary embeddings (HF's non-interleaved
-//! `rotate_half` form), SwiGLU MLP, tied or untied output head and a KV cache for incremental
-//! decoding. Weights come from a Hugging Face directory through `smolbit-weights`; this crate is the
-//! only one that names burn.
+//! `rotate_half` form), SwiGLU (or relu²-gated) MLP, tied or untied output head and a KV cache
+//! for incremental decoding. Weights come from a Hugging Face directory through
+//! `smolbit-weights`; this crate is the only one that names burn.
 //!
 //! It runs on burn's Flex CPU backend, and on wgpu with the `wgpu` feature; see [`device`].
 //!
-//! Ternary checkpoints (`smolbit quantize`) keep their linears packed at 2 bits on the CPU and run
+//! Ternary checkpoints (`smolbit quantize`, or natively ternary ones: transformers' BitNet
+//! directories and converted TQ1_0 / TQ2_0 / I2_S GGUFs) keep their linears packed at 2 bits on the CPU and run
 //! them through `smolbit_ternary::kernels` ([`Linear::Ternary`]: int8 per-token activations for
 //! `:a8` schemes, float otherwise), and on wgpu through the CubeCL kernels of the `gpu` module
 //! (`Linear::Gpu`); everything else stays in burn. With [`LoadOptions::reference_linears`] (or a
@@ -172,9 +175,9 @@ pub enum HeadPolicy {
     F16,
     /// 8-bit, per-row absmax scales (`smolbit_ternary::kernels::Q8Matrix`), int8 activations.
     Q8,
-    /// 4-bit, a step per 32 columns (`smolbit_ternary::kernels::Q4Matrix`, as llama.cpp's
-    /// Q4_0, binary16 steps), int8 activations: 4.5 bits a weight, for memory-bound decoding of large
-    /// vocabularies.
+    /// 4-bit, a binary16 step per 32 columns (`smolbit_ternary::kernels::Q4Matrix`, as
+    /// llama.cpp's Q4_0), int8 activations: 4.5 bits a weight, for memory-bound decoding of
+    /// large vocabularies.
     Q4,
 }
 
