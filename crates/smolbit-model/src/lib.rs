@@ -10,8 +10,8 @@
 //! It runs on burn's Flex CPU backend, and on wgpu with the `wgpu` feature; see [`device`].
 //!
 //! Ternary checkpoints (`smolbit quantize`, or natively ternary ones: transformers' BitNet
-//! directories and converted TQ1_0 / TQ2_0 / I2_S GGUFs) keep their linears packed at 2 bits on the CPU and run
-//! them through `smolbit_ternary::kernels` ([`Linear::Ternary`]: int8 per-token activations for
+//! directories and converted TQ1_0 / TQ2_0 / I2_S GGUFs) keep their linears packed at 2 bits
+//! on the CPU and run them through `smolbit_ternary::kernels` ([`Linear::Ternary`]: int8 per-token activations for
 //! `:a8` schemes, float otherwise), and on wgpu through the CubeCL kernels of the `gpu` module
 //! (`Linear::Gpu`); everything else stays in burn. With [`LoadOptions::reference_linears`] (or a
 //! group size the packed layout does not take), trits are unpacked to f32 at load and `:a8`
