@@ -60,6 +60,8 @@ fn main() {
         ("smollm2 ffn down 576x1536", 576, 1536),
         ("3b ffn up 11008x2048", 11008, 2048),
         ("3b ffn down 2048x11008", 2048, 11008),
+        ("bitnet-2b ffn up 6912x2560", 6912, 2560),
+        ("bitnet-2b ffn down 2560x6912", 2560, 6912),
     ];
     // A figure runs when its label, "<shape> <scheme> <a8|af> <isa> T=<tokens>", contains `only`.
     let want = |name: &str, label: &str, act: &str, isa: Isa, tokens: usize| {
