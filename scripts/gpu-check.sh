@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check for a lent GPU machine (README, "GPU"): the wgpu golden-logit and kernel tests on
+# The GPU check for a lent GPU machine (docs/gpu.md): the wgpu golden-logit and kernel tests on
 # the real card, then prefill/decode benchmarks of random-weight SmolLM2-135M- and
 # SmolLM3-3B-shaped checkpoints, f16 against b158, on wgpu (and the same models on that machine's
 # CPU for scale).

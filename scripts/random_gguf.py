@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write a random-weight F16 GGUF of SmolLM3-3B's or SmolLM2-135M's shape for llama.cpp.
 
-The llama.cpp side of the benchmark comparison (README, "Benchmarks"): the same shapes as
+The llama.cpp side of the benchmark comparison (docs/benchmarks.md): the same shapes as
 `cargo xtask random-model`, written with gguf-py (the `gguf` package on PyPI, llama.cpp's own
 writer), with no vocabulary (`tokenizer.ggml.model = "none"` plus `<arch>.vocab_size`), which
 `llama-bench` accepts since it feeds token ids. Quantize it with `llama-quantize` (Q4_0, TQ2_0).

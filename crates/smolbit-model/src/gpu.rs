@@ -67,7 +67,7 @@ mod kernels {
             // int8 activations: the token's absmax scale, `127 / max(max|x|, 1e-5)` as the
             // reference computes it, reduced over the cube. Every cube reads the whole token
             // (cached): redundant work, but one launch fewer per projection, and launches are
-            // what bounds decoding on wgpu (README, GPU: 7.4 -> 14.4 tok/s at 3B on an H100).
+            // what bounds decoding on wgpu (docs/gpu.md: 7.4 -> 14.4 tok/s at 3B on an H100).
             let mut xs = 1.0f32;
             if act8 {
                 let mut m = 0.0f32;
