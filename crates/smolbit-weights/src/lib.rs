@@ -66,6 +66,8 @@ pub enum LoadError {
 }
 
 /// How a directory's linears are stored, from config.json's `quantization_config`.
+// Read once per directory and matched immediately: the size difference costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Quantization {
     /// Floating point.
     None,
@@ -155,6 +157,7 @@ impl ModelDir {
                     bits_per_weight: b.bits_per_weight(&config, &weights),
                     source: Some(b.describe()),
                     pre_norm_eps: b.use_rms_norm.then_some(b.rms_norm_eps),
+                    distillation: None,
                 }),
                 Some(b),
             ),

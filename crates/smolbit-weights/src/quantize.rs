@@ -56,6 +56,10 @@ pub struct QuantConfig {
     /// for checkpoints trained with one (transformers' BitNet `use_rms_norm`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_norm_eps: Option<f64>,
+    /// How a distilled student was trained (`smolbit distill`: teacher, stages, data hash,
+    /// settings); absent for post-training quantization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<serde_json::Value>,
 }
 
 impl QuantConfig {
@@ -81,6 +85,7 @@ impl QuantConfig {
             bits_per_weight,
             source: Some(source),
             pre_norm_eps,
+            distillation: None,
         }
     }
 
@@ -277,7 +282,34 @@ pub fn quantize_model(
         )));
     }
     write_dir_atomically(out, opts.overwrite, |staging| {
-        write_quantized(&md, staging, opts)
+        write_quantized(&md, staging, opts, None)
+    })
+}
+
+/// Trits and scales fitted elsewhere (by `smolbit distill`), by HF weight name, and how.
+#[derive(Debug)]
+pub struct Fitted<'a> {
+    /// One matrix per block linear, in `opts.scheme`'s planes and granularity.
+    pub matrices: &'a BTreeMap<String, TernaryMatrix>,
+    /// Recorded as `quantization_config.distillation`.
+    pub distillation: serde_json::Value,
+}
+
+/// Write the HF directory `input`'s model with the block linears taken from `fitted` instead
+/// of quantized, into `out` (atomically, as [`quantize_model`]); `side` adds files to the
+/// staging directory before it is renamed into place.
+pub fn write_fitted(
+    input: &Path,
+    out: &Path,
+    opts: &QuantizeOptions,
+    fitted: &Fitted<'_>,
+    side: impl FnOnce(&Path) -> Result<(), QuantizeError>,
+) -> Result<QuantizeReport, QuantizeError> {
+    let md = open_full_precision(input, "distill")?;
+    write_dir_atomically(out, opts.overwrite, |staging| {
+        let report = write_quantized(&md, staging, opts, Some(fitted))?;
+        side(staging)?;
+        Ok(report)
     })
 }
 
@@ -285,6 +317,7 @@ fn write_quantized(
     md: &crate::ModelDir,
     staging: &Path,
     opts: &QuantizeOptions,
+    fitted: Option<&Fitted<'_>>,
 ) -> Result<QuantizeReport, QuantizeError> {
     let scheme = opts.scheme;
     let needed = mapping::needed_tensors(&md.config);
@@ -346,12 +379,32 @@ fn write_quantized(
             let stats = opts.calibration.as_ref().and_then(|c| c.get(&name));
             let importance = stats.map(|s| s.mean_sq.as_slice());
             let hessian = stats.map(|s| s.xtx.as_slice()).filter(|h| !h.is_empty());
-            let mut m =
-                quantize_matrix_with(&w, rows, cols, &scheme, importance, hessian, opts.iters)
-                    .map_err(|e| QuantizeError::Invalid {
+            let mut m = match fitted.and_then(|f| f.matrices.get(&name)) {
+                Some(m) => {
+                    if (m.rows, m.cols, m.planes, m.granularity)
+                        != (rows, cols, scheme.planes, scheme.granularity)
+                    {
+                        return Err(QuantizeError::Invalid {
+                            path: md.path.clone(),
+                            what: format!("{name}: fitted matrix does not match the scheme"),
+                        });
+                    }
+                    m.clone()
+                }
+                None if fitted.is_some() => {
+                    return Err(QuantizeError::Invalid {
+                        path: md.path.clone(),
+                        what: format!("{name}: no fitted matrix"),
+                    });
+                }
+                None => {
+                    quantize_matrix_with(&w, rows, cols, &scheme, importance, hessian, opts.iters)
+                        .map_err(|e| QuantizeError::Invalid {
                         path: md.path.clone(),
                         what: format!("{name}: {e}"),
-                    })?;
+                    })?
+                }
+            };
             if scheme.scales8 {
                 row_scales = planes::round_scales_8bit(&mut m, &w);
             }
@@ -433,6 +486,7 @@ fn write_quantized(
         bits_per_weight,
         source: None,
         pre_norm_eps: None,
+        distillation: fitted.map(|f| f.distillation.clone()),
     };
     let src_cfg = std::fs::read_to_string(md.path.join("config.json")).map_err(|e| {
         QuantizeError::Invalid {

@@ -3,6 +3,7 @@
 //! `perplexity` (smolbit-generate), `eval` (smolbit-eval).
 
 mod bench;
+mod distill;
 mod eval;
 
 use std::path::{Path, PathBuf};
@@ -114,6 +115,8 @@ enum Command {
     /// Evaluate models on the coding suite: sandboxed tests, latency, memory, perplexity and KL
     /// against the first model. `smolbit eval merge` combines shards.
     Eval(eval::EvalArgs),
+    /// Train a ternary student of a full-precision model by distillation (block-wise, then end to end).
+    Distill(Box<distill::DistillArgs>),
     /// Measure prefill and decode speed, time to first token and peak memory (medians).
     Bench {
         /// Model directory (no tokenizer needed).
@@ -360,6 +363,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             Some(other) => bail!("--export: unknown format '{other}' (supported: hf-bitnet)"),
         },
         Command::Eval(args) => eval::eval(args),
+        Command::Distill(args) => distill::distill(*args),
         Command::Bench {
             model,
             prompt_tokens,

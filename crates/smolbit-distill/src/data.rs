@@ -1,0 +1,254 @@
+//! Training text: the Python standard library of the machine's `python3` (found through
+//! `sysconfig`) and the user's files, tokenized with the teacher's tokenizer, packed into
+//! sequences and shuffled by seed. Modules of the held-out perplexity text are left out.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::DistillError;
+
+/// SplitMix64: a small, portable, seeded generator (the same sequence on every platform).
+#[derive(Debug, Clone)]
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Fisher-Yates.
+    pub fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            let j = (self.next_u64() % (i as u64 + 1)) as usize;
+            v.swap(i, j);
+        }
+    }
+}
+
+/// The packed training sequences.
+#[derive(Debug)]
+pub(crate) struct Corpus {
+    /// `sequences × seq_len` token ids, in training order.
+    pub tokens: Vec<u32>,
+    pub seq_len: usize,
+    /// Tokens in the whole corpus before packing.
+    pub corpus_tokens: usize,
+    /// Files read.
+    pub files: usize,
+    /// sha256 over every file's path and bytes, in sorted order.
+    pub hash: String,
+}
+
+impl Corpus {
+    pub fn sequences(&self) -> usize {
+        self.tokens.len() / self.seq_len
+    }
+
+    /// Sequence `i` (wrapping around).
+    pub fn sequence(&self, i: usize) -> &[u32] {
+        let i = i % self.sequences().max(1);
+        &self.tokens[i * self.seq_len..(i + 1) * self.seq_len]
+    }
+}
+
+/// The standard library directory of `python3`.
+pub(crate) fn stdlib_dir() -> Result<PathBuf, DistillError> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['stdlib'])",
+        ])
+        .output()
+        .map_err(|e| DistillError::Data(format!("python3 (for its standard library): {e}")))?;
+    if !out.status.success() {
+        return Err(DistillError::Data(
+            "python3 -c 'import sysconfig' failed: cannot find the standard library".into(),
+        ));
+    }
+    Ok(PathBuf::from(
+        String::from_utf8_lossy(&out.stdout).trim().to_string(),
+    ))
+}
+
+/// Module paths (`textwrap.py`) named by the held-out text's `# ===== Lib/<file> =====` headers.
+pub(crate) fn heldout_modules(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# ===== Lib/"))
+        .filter_map(|l| l.strip_suffix(" ====="))
+        .map(str::to_string)
+        .collect()
+}
+
+fn walk(dir: &Path, only_py: bool, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)?.collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name == "__pycache__" || name == "site-packages" {
+            continue;
+        }
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            walk(&e.path(), only_py, out)?;
+        } else if ft.is_file() && (!only_py || name.ends_with(".py")) {
+            out.push(e.path());
+        }
+    }
+    Ok(())
+}
+
+/// Files of the training corpus: the standard library's `.py` files (unless `stdlib` is false)
+/// less the held-out modules, then every file of `extra` (directories walked, hidden entries
+/// skipped), each with the name it is hashed under.
+pub(crate) fn corpus_files(
+    stdlib: bool,
+    extra: &[PathBuf],
+    heldout: &[String],
+) -> Result<Vec<(String, PathBuf)>, DistillError> {
+    let mut files = Vec::new();
+    if stdlib {
+        let root = stdlib_dir()?;
+        let mut found = Vec::new();
+        walk(&root, true, &mut found)
+            .map_err(|e| DistillError::Data(format!("{}: {e}", root.display())))?;
+        for p in found {
+            let rel = p
+                .strip_prefix(&root)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .replace('\\', "/");
+            if !heldout.contains(&rel) {
+                files.push((format!("stdlib/{rel}"), p));
+            }
+        }
+    }
+    for e in extra {
+        let meta = std::fs::metadata(e)
+            .map_err(|err| DistillError::Data(format!("{}: {err}", e.display())))?;
+        if meta.is_dir() {
+            let mut found = Vec::new();
+            walk(e, false, &mut found)
+                .map_err(|err| DistillError::Data(format!("{}: {err}", e.display())))?;
+            files.extend(found.into_iter().map(|p| (p.display().to_string(), p)));
+        } else {
+            files.push((e.display().to_string(), e.clone()));
+        }
+    }
+    Ok(files)
+}
+
+/// Read, tokenize (no special tokens; documents joined by `sep`), pack into `seq_len` token
+/// sequences and shuffle: documents by `seed` before packing, sequences after.
+pub(crate) fn build(
+    files: &[(String, PathBuf)],
+    tokenizer: &tokenizers::Tokenizer,
+    sep: u32,
+    seq_len: usize,
+    seed: u64,
+) -> Result<Corpus, DistillError> {
+    let mut hasher = Sha256::new();
+    let mut texts = Vec::with_capacity(files.len());
+    for (name, path) in files {
+        let bytes = std::fs::read(path)
+            .map_err(|e| DistillError::Data(format!("{}: {e}", path.display())))?;
+        hasher.update(name.as_bytes());
+        hasher.update((bytes.len() as u64).to_le_bytes());
+        hasher.update(&bytes);
+        // Files that are not UTF-8 (a few test fixtures in the standard library) are skipped.
+        if let Ok(t) = String::from_utf8(bytes)
+            && !t.trim().is_empty()
+        {
+            texts.push(t);
+        }
+    }
+    let hash = format!("{:x}", hasher.finalize());
+    let mut docs: Vec<Vec<u32>> = std::thread::scope(|s| {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let chunk = texts.len().div_ceil(threads).max(1);
+        let handles: Vec<_> = texts
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|t| {
+                            tokenizer
+                                .encode(t.as_str(), false)
+                                .map(|e| e.get_ids().to_vec())
+                                .map_err(|e| e.to_string())
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("tokenizer thread panicked".into()))
+            })
+            .collect::<Result<Vec<Vec<_>>, _>>()
+            .map(|v| v.into_iter().flatten().collect())
+    })
+    .map_err(|e| DistillError::Data(format!("tokenizing the corpus: {e}")))?;
+    let corpus_tokens: usize = docs.iter().map(Vec::len).sum();
+    let mut rng = Rng::new(seed);
+    rng.shuffle(&mut docs);
+    let mut stream = Vec::with_capacity(corpus_tokens + docs.len());
+    for d in docs {
+        stream.extend_from_slice(&d);
+        stream.push(sep);
+    }
+    let n = stream.len() / seq_len;
+    if n == 0 {
+        return Err(DistillError::Data(format!(
+            "the training data hold {} tokens, fewer than one sequence of {seq_len}",
+            stream.len()
+        )));
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut order);
+    let mut tokens = Vec::with_capacity(n * seq_len);
+    for i in order {
+        tokens.extend_from_slice(&stream[i * seq_len..(i + 1) * seq_len]);
+    }
+    Ok(Corpus {
+        tokens,
+        seq_len,
+        corpus_tokens,
+        files: files.len(),
+        hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shuffle_is_a_seeded_permutation() {
+        let mut a: Vec<u32> = (0..100).collect();
+        let mut b = a.clone();
+        Rng::new(7).shuffle(&mut a);
+        Rng::new(7).shuffle(&mut b);
+        assert_eq!(a, b);
+        assert_ne!(a, (0..100).collect::<Vec<_>>());
+        a.sort_unstable();
+        assert_eq!(a, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn heldout_headers_name_modules() {
+        let t = "# ===== Lib/textwrap.py =====\nx = 1\n# ===== Lib/bisect.py =====\n";
+        assert_eq!(heldout_modules(t), vec!["textwrap.py", "bisect.py"]);
+    }
+}
