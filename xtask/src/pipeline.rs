@@ -3,6 +3,7 @@
 //! ```text
 //! cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes b158,planes3:g64] [--dataset FILE]
 //!                      [--also <GGUF|HF dir> ...] [--quick] [--name NAME]
+//!                      [--distill planes2:g128,b158 [--distill-tokens N]]
 //! ```
 //!
 //! A natively ternary model (a BitNet b1.58 / Falcon3-1.58bit directory, a TQ1_0, TQ2_0 or
@@ -41,6 +42,10 @@ struct Args {
     quick: bool,
     name: Option<String>,
     shard: Option<(usize, usize)>,
+    /// Schemes to distill (`smolbit distill`) beside the post-training ones.
+    distill: Vec<String>,
+    /// End-to-end tokens of each distillation (`--distill-tokens`).
+    distill_tokens: Option<u64>,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -52,6 +57,8 @@ fn parse(args: &[String]) -> Result<Args> {
         quick: false,
         name: None,
         shard: None,
+        distill: Vec::new(),
+        distill_tokens: None,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -65,6 +72,20 @@ fn parse(args: &[String]) -> Result<Args> {
                     .map(|s| s.trim().to_string())
                     .filter(|s| !s.is_empty())
                     .collect()
+            }
+            "--distill" => {
+                a.distill = value("--distill")?
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }
+            "--distill-tokens" => {
+                let v = value("--distill-tokens")?;
+                a.distill_tokens = Some(
+                    v.parse()
+                        .with_context(|| format!("--distill-tokens {v}: not a number"))?,
+                );
             }
             "--dataset" => a.dataset = PathBuf::from(value("--dataset")?),
             "--name" => a.name = Some(value("--name")?.clone()),
@@ -81,7 +102,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "-h" | "--help" => {
                 eprintln!(
                     "usage: cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes {DEFAULT_SCHEMES}] \
-                     [--dataset FILE] [--also <GGUF|HF dir> ...] [--quick] [--name NAME] [--shard I/N]"
+                     [--dataset FILE] [--also <GGUF|HF dir> ...] [--quick] [--name NAME] [--shard I/N] [--distill SCHEMES [--distill-tokens N]]"
                 );
                 std::process::exit(0);
             }
@@ -401,6 +422,71 @@ pub fn run(args: &[String]) -> Result<()> {
             std::fs::write(dir.join(STAMP), &k)?;
         }
         model_dirs.push((dir, k));
+    }
+
+    // Distill (after the post-training schemes: the students start from the same fits).
+    if !args.distill.is_empty() && !native {
+        let distill_code = tree_hash(&[
+            "crates/smolbit-distill/src",
+            "crates/smolbit-weights/src",
+            "crates/smolbit-ternary/src",
+        ])?;
+        // --quick: a smoke run of each stage.
+        let (tokens, blockwise) = match (args.distill_tokens, args.quick) {
+            (Some(t), _) => (t, t / 4),
+            (None, true) => (2048, 1024),
+            (None, false) => (262_144, 65_536),
+        };
+        for scheme in &args.distill {
+            let dir = models.join(format!("distill-{}", slug(scheme)));
+            let k = key(&[
+                "distill",
+                &convert_key,
+                scheme,
+                &tokens.to_string(),
+                &blockwise.to_string(),
+                &distill_code,
+            ]);
+            let mut cmd_args: Vec<String> = vec![
+                "distill".into(),
+                "--teacher".into(),
+                o.clone(),
+                "--scheme".into(),
+                scheme.clone(),
+                "--out".into(),
+                dir.display().to_string(),
+                "--tokens".into(),
+                tokens.to_string(),
+                "--blockwise-tokens".into(),
+                blockwise.to_string(),
+            ];
+            reproduce.push(format!(
+                "smolbit {}",
+                cmd_args
+                    .iter()
+                    .map(|a| a.replace(&format!("{}/", root.display()), ""))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+            cmd_args.push("--force".into());
+            let mut state = dir.as_os_str().to_owned();
+            state.push(".state");
+            if Path::new(&state).join("latest").is_file() {
+                // An interrupted run of the same settings continues where it stopped.
+                cmd_args.push("--resume".into());
+            }
+            if up_to_date(&dir, &k, &[&dir.join("config.json")]) {
+                eprintln!("[distill {scheme}] up to date: {}", rel(&dir));
+            } else {
+                run_stage(
+                    &format!("[distill {scheme}] -> {}", rel(&dir)),
+                    Command::new(&bin).args(&cmd_args),
+                    Some(&logs.join(format!("distill-{}.log", slug(scheme)))),
+                )?;
+                std::fs::write(dir.join(STAMP), &k)?;
+            }
+            model_dirs.push((dir, k));
+        }
     }
 
     model_dirs.extend(extra);

@@ -184,6 +184,47 @@ pub struct ModelResult {
     pub summary: Summary,
     /// Per task, in suite order.
     pub tasks: Vec<TaskResult>,
+    /// For a student written by `smolbit distill`, its training curves (from its
+    /// `distill.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distillation: Option<Distillation>,
+}
+
+/// A distilled student's training curves: `[training tokens, value]` points.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Distillation {
+    /// End-to-end KL divergence to the teacher per step.
+    pub kl: Vec<[f64; 2]>,
+    /// Held-out perplexity (as `smolbit distill` scored it: its first `--eval-tokens` tokens),
+    /// from the post-training fit (0 tokens) to the result.
+    pub perplexity: Vec<[f64; 2]>,
+}
+
+impl Distillation {
+    /// The curves of a `distill.json` (format `smolbit-distill/1`); `None` when it has none.
+    pub fn from_distill_json(v: &serde_json::Value) -> Option<Self> {
+        let points = |a: &serde_json::Value| -> Vec<[f64; 2]> {
+            a.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| Some([p["tokens"].as_f64()?, p["value"].as_f64()?]))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let e2e = &v["e2e"];
+        let kl = points(&e2e["curve"]);
+        let mut perplexity = Vec::new();
+        if let Some(p) = v["initial_perplexity"].as_f64() {
+            perplexity.push([0.0, p]);
+        }
+        perplexity.extend(points(&e2e["perplexity"]));
+        if let Some(p) = v["final_perplexity"].as_f64() {
+            let end = kl.last().map_or(0.0, |k| k[0]);
+            perplexity.push([end, p]);
+        }
+        (!kl.is_empty() || !perplexity.is_empty()).then_some(Distillation { kl, perplexity })
+    }
 }
 
 /// One task's results.

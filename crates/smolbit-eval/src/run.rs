@@ -326,6 +326,10 @@ fn describe_model(path: &Path) -> Result<ModelResult, EvalError> {
         quality: None,
         summary: Summary::default(),
         tasks: Vec::new(),
+        distillation: std::fs::read_to_string(path.join("distill.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .and_then(|v| crate::results::Distillation::from_distill_json(&v)),
     })
 }
 

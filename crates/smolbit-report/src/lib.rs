@@ -382,6 +382,31 @@ fn charts(models: &[ModelResult]) -> Vec<(String, String, String)> {
         .iter()
         .map(|m| (m.name.clone(), m.summary.decode_tok_s.p50))
         .collect();
+    let curves: Vec<(String, Vec<(f64, f64)>)> = models
+        .iter()
+        .filter_map(|m| {
+            let d = m.distillation.as_ref()?;
+            (d.perplexity.len() >= 2).then(|| {
+                (
+                    m.name.clone(),
+                    d.perplexity.iter().map(|p| (p[0], p[1])).collect(),
+                )
+            })
+        })
+        .collect();
+    if !curves.is_empty() {
+        out.push((
+            "distillation.svg".to_string(),
+            "Held-out perplexity during distillation".to_string(),
+            svg::lines(
+                "Held-out perplexity during distillation (smolbit distill's own scoring)",
+                "end-to-end training tokens",
+                "perplexity",
+                &curves,
+                true,
+            ),
+        ));
+    }
     out.push((
         "decode-speed.svg".to_string(),
         "Decode speed per model".to_string(),

@@ -1,4 +1,4 @@
-//! Small, dependency-free SVG charts: horizontal bars and a labelled scatter plot.
+//! Small, dependency-free SVG charts: horizontal bars, a labelled scatter plot and line curves.
 
 use std::fmt::Write;
 
@@ -171,6 +171,117 @@ pub fn scatter(
             cy - 6.0,
             xml(label)
         );
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// One polyline per `(label, points)` series, labelled at its last point; `log_y` plots the y
+/// axis on a log10 scale.
+pub fn lines(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+    log_y: bool,
+) -> String {
+    let (h, l, r, t, b) = (380.0, 70.0, 150.0, 40.0, 50.0);
+    let ty = |y: f64| if log_y { y.max(1e-12).log10() } else { y };
+    let all: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
+    let fold =
+        |f: fn(f64, f64) -> f64, init: f64, v: &mut dyn Iterator<Item = f64>| v.fold(init, f);
+    let (x0, x1) = (0f64, fold(f64::max, 1.0, &mut all.iter().map(|p| p.0)));
+    let (mut y0, mut y1) = (
+        fold(f64::min, f64::INFINITY, &mut all.iter().map(|p| ty(p.1))),
+        fold(
+            f64::max,
+            f64::NEG_INFINITY,
+            &mut all.iter().map(|p| ty(p.1)),
+        ),
+    );
+    if !y0.is_finite() || !y1.is_finite() {
+        (y0, y1) = (0.0, 1.0);
+    } else if y1 - y0 < 1e-9 {
+        (y0, y1) = (y0 - 0.5, y1 + 0.5);
+    }
+    let px = |x: f64| l + (W - l - r) * (x - x0) / (x1 - x0).max(1e-12);
+    let py = |y: f64| h - b - (h - t - b) * (y - y0) / (y1 - y0);
+    let mut s = header(h, title);
+    let _ = writeln!(
+        s,
+        "<path d=\"M{l} {t} V{} H{}\" stroke=\"black\" fill=\"none\"/>",
+        h - b,
+        W - r
+    );
+    for k in 0..=4 {
+        let fx = x0 + (x1 - x0) * k as f64 / 4.0;
+        let fy = y0 + (y1 - y0) * k as f64 / 4.0;
+        let ylab = if log_y { 10f64.powf(fy) } else { fy };
+        let _ = writeln!(
+            s,
+            "<text x=\"{:.1}\" y=\"{}\" {FONT} text-anchor=\"middle\">{}</text>",
+            px(fx),
+            h - b + 18.0,
+            fmt_num(fx)
+        );
+        let _ = writeln!(
+            s,
+            "<text x=\"{}\" y=\"{:.1}\" {FONT} text-anchor=\"end\">{}</text>",
+            l - 6.0,
+            py(fy) + 4.0,
+            fmt_num(ylab)
+        );
+        let _ = writeln!(
+            s,
+            "<path d=\"M{l} {:.1} H{}\" stroke=\"#ddd\"/>",
+            py(fy),
+            W - r
+        );
+    }
+    let _ = writeln!(
+        s,
+        "<text x=\"{}\" y=\"{}\" {FONT} text-anchor=\"middle\">{}</text>",
+        (l + W - r) / 2.0,
+        h - 12.0,
+        xml(x_label)
+    );
+    let _ = writeln!(
+        s,
+        "<text transform=\"translate(16 {}) rotate(-90)\" {FONT} text-anchor=\"middle\">{}{}</text>",
+        (t + h - b) / 2.0,
+        xml(y_label),
+        if log_y { " (log scale)" } else { "" }
+    );
+    let colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"];
+    for (i, (label, pts)) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let d: Vec<String> = pts
+            .iter()
+            .enumerate()
+            .map(|(j, p)| {
+                format!(
+                    "{}{:.1} {:.1}",
+                    if j == 0 { "M" } else { "L" },
+                    px(p.0),
+                    py(ty(p.1))
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "<path d=\"{}\" stroke=\"{c}\" stroke-width=\"2\" fill=\"none\"/>",
+            d.join(" ")
+        );
+        if let Some(p) = pts.last() {
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" {FONT} fill=\"{c}\">{} ({})</text>",
+                px(p.0) + 6.0,
+                py(ty(p.1)) + 4.0,
+                xml(label),
+                fmt_num(p.1)
+            );
+        }
     }
     s.push_str("</svg>\n");
     s

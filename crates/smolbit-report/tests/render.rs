@@ -169,3 +169,35 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+#[test]
+fn distilled_students_get_a_perplexity_curve() {
+    // The curve points come from the model's `distillation` record; every value is drawn and
+    // labelled, and a model without one adds no chart.
+    let mut res = fixture();
+    let d = smolbit_eval::results::Distillation::from_distill_json(&serde_json::json!({
+        "initial_perplexity": 218.0,
+        "final_perplexity": 31.5,
+        "e2e": {
+            "curve": [{"step": 1, "tokens": 1024, "value": 2.0}, {"step": 2, "tokens": 2048, "value": 1.5}],
+            "perplexity": [{"step": 1, "tokens": 1024, "value": 60.0}]
+        }
+    }))
+    .expect("curves");
+    assert_eq!(
+        d.perplexity,
+        vec![[0.0, 218.0], [1024.0, 60.0], [2048.0, 31.5]]
+    );
+    res.models[1].distillation = Some(d);
+    let r = render(&res, &opts()).expect("renders");
+    let (_, svg) = r
+        .charts
+        .iter()
+        .find(|c| c.0 == "distillation.svg")
+        .expect("a distillation chart");
+    assert!(
+        svg.contains(&format!("{} (31.5)", res.models[1].name)),
+        "{svg}"
+    );
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+}
