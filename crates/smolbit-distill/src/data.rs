@@ -79,11 +79,13 @@ pub(crate) fn stdlib_dir() -> Result<PathBuf, DistillError> {
     ))
 }
 
-/// Module paths (`textwrap.py`) named by the held-out text's `# ===== Lib/<file> =====` headers.
+/// Module paths (`textwrap.py`) named by the held-out text's `# ===== Lib/<file> ... =====`
+/// headers (the file name ends at the first space: `datasets/text` adds the CPython version).
 pub(crate) fn heldout_modules(text: &str) -> Vec<String> {
     text.lines()
         .filter_map(|l| l.strip_prefix("# ===== Lib/"))
-        .filter_map(|l| l.strip_suffix(" ====="))
+        .filter(|l| l.ends_with(" ====="))
+        .filter_map(|l| l.split(' ').next())
         .map(str::to_string)
         .collect()
 }
@@ -248,7 +250,15 @@ mod tests {
 
     #[test]
     fn heldout_headers_name_modules() {
-        let t = "# ===== Lib/textwrap.py =====\nx = 1\n# ===== Lib/bisect.py =====\n";
+        let t =
+            "# ===== Lib/textwrap.py =====\nx = 1\n# ===== Lib/bisect.py (CPython 3.11.7) =====\n";
         assert_eq!(heldout_modules(t), vec!["textwrap.py", "bisect.py"]);
+        // The project's own held-out text, as shipped.
+        let shipped = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../datasets/text/heldout-code.py"),
+        )
+        .expect("held-out text");
+        assert_eq!(heldout_modules(&shipped), vec!["textwrap.py", "bisect.py"]);
     }
 }

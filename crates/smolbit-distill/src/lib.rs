@@ -491,7 +491,8 @@ pub fn distill(opts: &DistillOptions) -> Result<DistillReport, DistillError> {
         .copied()
         .or(md.config.bos_token_id)
         .unwrap_or(0);
-    let files = data::corpus_files(st.stdlib, &st.data, &data::heldout_modules(&ppl_text))?;
+    let excluded = data::heldout_modules(&ppl_text);
+    let files = data::corpus_files(st.stdlib, &st.data, &excluded)?;
     if files.is_empty() {
         return Err(DistillError::Data(
             "no training files (the standard library is off and --data gave none)".into(),
@@ -514,6 +515,7 @@ pub fn distill(opts: &DistillOptions) -> Result<DistillReport, DistillError> {
         corpus_tokens: corpus.corpus_tokens as u64,
         sequences: corpus.sequences(),
         sha256: corpus.hash.clone(),
+        excluded,
     };
     if let Some(r) = &resumed
         && r.meta.data.sha256 != info.sha256

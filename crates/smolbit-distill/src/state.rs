@@ -35,6 +35,9 @@ pub struct DataInfo {
     pub sequences: usize,
     /// sha256 over file names and bytes.
     pub sha256: String,
+    /// Standard-library modules left out because the held-out text holds them.
+    #[serde(default)]
+    pub excluded: Vec<String>,
 }
 
 /// The block-wise stage's progress and curves.
