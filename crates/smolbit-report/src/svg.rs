@@ -111,52 +111,15 @@ pub fn scatter(
     let (y0, y1) = span(&ys, !log_y);
     let px = |x: f64| l + (W - l - r) * (x - x0) / (x1 - x0);
     let py = |y: f64| h - b - (h - t - b) * (y - y0) / (y1 - y0);
-    let mut s = header(h, title);
-    // Axes with 5 ticks each.
-    let _ = writeln!(
-        s,
-        "<path d=\"M{l} {t} V{} H{}\" stroke=\"black\" fill=\"none\"/>",
-        h - b,
-        W - r
-    );
-    for k in 0..=4 {
-        let fx = x0 + (x1 - x0) * k as f64 / 4.0;
-        let fy = y0 + (y1 - y0) * k as f64 / 4.0;
-        let ylab = if log_y { 10f64.powf(fy) } else { fy };
-        let _ = writeln!(
-            s,
-            "<text x=\"{:.1}\" y=\"{}\" {FONT} text-anchor=\"middle\">{}</text>",
-            px(fx),
-            h - b + 18.0,
-            fmt_num(fx)
-        );
-        let _ = writeln!(
-            s,
-            "<text x=\"{}\" y=\"{:.1}\" {FONT} text-anchor=\"end\">{}</text>",
-            l - 6.0,
-            py(fy) + 4.0,
-            fmt_num(ylab)
-        );
-        let _ = writeln!(
-            s,
-            "<path d=\"M{l} {:.1} H{}\" stroke=\"#ddd\"/>",
-            py(fy),
-            W - r
-        );
-    }
-    let _ = writeln!(
-        s,
-        "<text x=\"{}\" y=\"{}\" {FONT} text-anchor=\"middle\">{}</text>",
-        (l + W - r) / 2.0,
-        h - 12.0,
-        xml(x_label)
-    );
-    let _ = writeln!(
-        s,
-        "<text transform=\"translate(16 {}) rotate(-90)\" {FONT} text-anchor=\"middle\">{}{}</text>",
-        (t + h - b) / 2.0,
-        xml(y_label),
-        if log_y { " (log scale)" } else { "" }
+    let mut s = frame(
+        (h, l, r, t, b),
+        title,
+        (x0, x1, y0, y1),
+        px,
+        py,
+        x_label,
+        y_label,
+        log_y,
     );
     for (label, x, y) in points {
         let (cx, cy) = (px(*x), py(ty(*y)));
@@ -206,7 +169,66 @@ pub fn lines(
     }
     let px = |x: f64| l + (W - l - r) * (x - x0) / (x1 - x0).max(1e-12);
     let py = |y: f64| h - b - (h - t - b) * (y - y0) / (y1 - y0);
+    let mut s = frame(
+        (h, l, r, t, b),
+        title,
+        (x0, x1, y0, y1),
+        px,
+        py,
+        x_label,
+        y_label,
+        log_y,
+    );
+    let colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"];
+    for (i, (label, pts)) in series.iter().enumerate() {
+        let c = colors[i % colors.len()];
+        let d: Vec<String> = pts
+            .iter()
+            .enumerate()
+            .map(|(j, p)| {
+                format!(
+                    "{}{:.1} {:.1}",
+                    if j == 0 { "M" } else { "L" },
+                    px(p.0),
+                    py(ty(p.1))
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "<path d=\"{}\" stroke=\"{c}\" stroke-width=\"2\" fill=\"none\"/>",
+            d.join(" ")
+        );
+        if let Some(p) = pts.last() {
+            let _ = writeln!(
+                s,
+                "<text x=\"{:.1}\" y=\"{:.1}\" {FONT} fill=\"{c}\">{} ({})</text>",
+                px(p.0) + 6.0,
+                py(ty(p.1)) + 4.0,
+                xml(label),
+                fmt_num(p.1)
+            );
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// A plot area's frame: `header`, the axes with five labelled ticks each, grid lines and the
+/// axis labels. `px`/`py` map data to pixels; the y ticks are printed as `10^y` with `log_y`.
+#[allow(clippy::too_many_arguments)]
+fn frame(
+    (h, l, r, t, b): (f64, f64, f64, f64, f64),
+    title: &str,
+    (x0, x1, y0, y1): (f64, f64, f64, f64),
+    px: impl Fn(f64) -> f64,
+    py: impl Fn(f64) -> f64,
+    x_label: &str,
+    y_label: &str,
+    log_y: bool,
+) -> String {
     let mut s = header(h, title);
+    // Axes with 5 ticks each.
     let _ = writeln!(
         s,
         "<path d=\"M{l} {t} V{} H{}\" stroke=\"black\" fill=\"none\"/>",
@@ -252,37 +274,5 @@ pub fn lines(
         xml(y_label),
         if log_y { " (log scale)" } else { "" }
     );
-    let colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3"];
-    for (i, (label, pts)) in series.iter().enumerate() {
-        let c = colors[i % colors.len()];
-        let d: Vec<String> = pts
-            .iter()
-            .enumerate()
-            .map(|(j, p)| {
-                format!(
-                    "{}{:.1} {:.1}",
-                    if j == 0 { "M" } else { "L" },
-                    px(p.0),
-                    py(ty(p.1))
-                )
-            })
-            .collect();
-        let _ = writeln!(
-            s,
-            "<path d=\"{}\" stroke=\"{c}\" stroke-width=\"2\" fill=\"none\"/>",
-            d.join(" ")
-        );
-        if let Some(p) = pts.last() {
-            let _ = writeln!(
-                s,
-                "<text x=\"{:.1}\" y=\"{:.1}\" {FONT} fill=\"{c}\">{} ({})</text>",
-                px(p.0) + 6.0,
-                py(ty(p.1)) + 4.0,
-                xml(label),
-                fmt_num(p.1)
-            );
-        }
-    }
-    s.push_str("</svg>\n");
     s
 }
