@@ -260,18 +260,11 @@ pub(crate) struct Student {
 impl Student {
     /// Every trained tensor with its name, in a fixed order.
     pub fn params(&mut self) -> Vec<(String, optim::ParamRef<'_>)> {
-        let mut out = Vec::new();
-        for (i, b) in self.blocks.iter_mut().enumerate() {
-            for (j, l) in b.lins.iter_mut().enumerate() {
-                if let Lin::Student(s) = l {
-                    let base = net::linear_name(i, j);
-                    let base = base.trim_end_matches(".weight");
-                    out.push((format!("{base}.latent"), optim::ParamRef::M(&mut s.w)));
-                    out.push((format!("{base}.scales"), optim::ParamRef::S(&mut s.s)));
-                }
-            }
-        }
-        out
+        self.blocks
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, b)| stages::block_params(b, i))
+            .collect()
     }
 
     /// Recompute the trits of every linear after its parameters changed.

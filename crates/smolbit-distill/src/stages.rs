@@ -395,7 +395,7 @@ impl Run<'_> {
 }
 
 /// The trained tensors of one block.
-fn block_params(b: &mut NetBlock, layer: usize) -> Vec<(String, optim::ParamRef<'_>)> {
+pub(crate) fn block_params(b: &mut NetBlock, layer: usize) -> Vec<(String, optim::ParamRef<'_>)> {
     let mut out = Vec::new();
     for (j, l) in b.lins.iter_mut().enumerate() {
         if let Lin::Student(s) = l {
