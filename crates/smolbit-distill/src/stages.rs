@@ -132,7 +132,7 @@ impl Run<'_> {
                 .as_ref()
                 .is_some_and(|g| g.block == b && g.step > 0)
             {
-                state::load_adam(self.state_path)?
+                state::load_adam(self.state_path, &self.device.clone().inner())?
             } else {
                 optim::AdamW::default()
             };
@@ -260,7 +260,7 @@ impl Run<'_> {
             return Ok(());
         }
         let mut adam = if start > 0 {
-            state::load_adam(self.state_path)?
+            state::load_adam(self.state_path, &self.device.clone().inner())?
         } else {
             optim::AdamW::default()
         };

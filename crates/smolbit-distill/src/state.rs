@@ -256,7 +256,8 @@ pub(crate) fn restore_params(r: &Resumed, student: &mut Student) -> Result<(), D
 }
 
 /// The optimizer of the newest checkpoint.
-pub(crate) fn load_adam(root: &Path) -> Result<AdamW, DistillError> {
+/// Its moments go on `device` (the plain device the optimizer computes on).
+pub(crate) fn load_adam(root: &Path, device: &Device) -> Result<AdamW, DistillError> {
     let dir = latest(root)?;
     let p = dir.join("meta.json");
     let text = std::fs::read_to_string(&p).map_err(io(&p))?;
@@ -266,7 +267,6 @@ pub(crate) fn load_adam(root: &Path) -> Result<AdamW, DistillError> {
     })?;
     let path = dir.join("adam.safetensors");
     let st = SafeTensors::open_files(&dir, std::slice::from_ref(&path)).map_err(st_err)?;
-    let device = Device::default();
     let mut adam = AdamW {
         t: meta.adam_t,
         ..Default::default()
@@ -275,7 +275,7 @@ pub(crate) fn load_adam(root: &Path) -> Result<AdamW, DistillError> {
     for n in names {
         let v = st.to_f32(&n).map_err(st_err)?;
         let len = v.len();
-        let t = Tensor::<1>::from_data(TensorData::new(v, [len]), &device);
+        let t = Tensor::<1>::from_data(TensorData::new(v, [len]), device);
         if let Some(k) = n.strip_prefix("m.") {
             adam.m.insert(k.to_string(), t);
         } else if let Some(k) = n.strip_prefix("v.") {
