@@ -1,6 +1,11 @@
 //! Training text: the Python standard library of the machine's `python3` (found through
 //! `sysconfig`) and the user's files, tokenized with the teacher's tokenizer, packed into
 //! sequences and shuffled by seed. Modules of the held-out perplexity text are left out.
+//!
+//! A fraction of the sequences is chat-formatted: the teacher's chat template around a task
+//! made from a function's docstring and that function's source as the answer
+//! (`chat_pairs.py`). Raw code alone does not distill an instruct model's chat behaviour: a
+//! student trained only on it answered coding prompts with an empty code block.
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +51,9 @@ pub(crate) struct Corpus {
     pub files: usize,
     /// sha256 over every file's path and bytes, in sorted order.
     pub hash: String,
+    /// Chat-formatted documents and their tokens (before packing).
+    pub chat_docs: usize,
+    pub chat_tokens: usize,
 }
 
 impl Corpus {
@@ -149,14 +157,112 @@ pub(crate) fn corpus_files(
     Ok(files)
 }
 
+/// Chat-formatted documents from the Python files among `files`: each public top-level
+/// function with a docstring becomes a user turn (the signature and the docstring's first
+/// paragraph) and an assistant turn (the source in a code block), rendered with the teacher's
+/// chat template and tokenized without added special tokens (the template writes them).
+pub(crate) fn chat_docs(
+    files: &[(String, PathBuf)],
+    template: &smolbit_generate::ChatTemplate,
+    render: &smolbit_generate::RenderOptions,
+    tokenizer: &tokenizers::Tokenizer,
+) -> Result<Vec<Vec<u32>>, DistillError> {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let paths: String = files
+        .iter()
+        .filter(|(_, p)| p.extension().is_some_and(|e| e == "py"))
+        .map(|(_, p)| format!("{}\n", p.display()))
+        .collect();
+    let fail = |e: String| DistillError::Data(format!("python3 (chat pairs from the corpus): {e}"));
+    let mut child = Command::new("python3")
+        .args(["-c", include_str!("chat_pairs.py")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    let mut stdin = child.stdin.take().ok_or_else(|| fail("no stdin".into()))?;
+    let writer = std::thread::spawn(move || stdin.write_all(paths.as_bytes()));
+    let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
+    let _ = writer.join();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(fail(err.lines().last().unwrap_or("failed").to_string()));
+    }
+    let opts = smolbit_generate::RenderOptions {
+        add_generation_prompt: false,
+        enable_thinking: Some(false),
+        ..render.clone()
+    };
+    let mut docs = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).map_err(|e| fail(e.to_string()))?;
+        let (Some(prompt), Some(code)) = (v["prompt"].as_str(), v["code"].as_str()) else {
+            continue;
+        };
+        let messages = [
+            smolbit_generate::Message::new("user", prompt),
+            smolbit_generate::Message::new("assistant", &format!("```python\n{code}\n```")),
+        ];
+        let text = template
+            .render(&messages, &opts)
+            .map_err(|e| DistillError::Data(format!("the teacher's chat template: {e}")))?;
+        let ids = tokenizer
+            .encode(text.as_str(), false)
+            .map_err(|e| DistillError::Data(format!("tokenizing a chat pair: {e}")))?;
+        docs.push(ids.get_ids().to_vec());
+    }
+    Ok(docs)
+}
+
+/// Join shuffled documents with `sep` and cut the stream into `seq_len` token sequences.
+fn pack(mut docs: Vec<Vec<u32>>, sep: u32, seq_len: usize, rng: &mut Rng) -> Vec<Vec<u32>> {
+    rng.shuffle(&mut docs);
+    let mut stream = Vec::with_capacity(docs.iter().map(|d| d.len() + 1).sum());
+    for d in docs {
+        stream.extend_from_slice(&d);
+        stream.push(sep);
+    }
+    stream.chunks_exact(seq_len).map(<[u32]>::to_vec).collect()
+}
+
+/// Code sequences with chat ones put in so that sequence `j` is a chat one when
+/// `(j + 1) · fraction` passes an integer (chat sequences repeat if they run out), until the
+/// code sequences run out; flattened.
+fn interleave(code: Vec<Vec<u32>>, chat: Vec<Vec<u32>>, fraction: f64) -> Vec<u32> {
+    let fraction = if chat.is_empty() {
+        0.0
+    } else {
+        fraction.clamp(0.0, 0.9)
+    };
+    let len = code.first().map_or(0, Vec::len);
+    let mut tokens = Vec::with_capacity((code.len() as f64 / (1.0 - fraction)) as usize * len);
+    let (mut ci, mut hi, mut j) = (0usize, 0usize, 0usize);
+    while ci < code.len() {
+        if ((j + 1) as f64 * fraction).floor() > (j as f64 * fraction).floor() {
+            tokens.extend_from_slice(&chat[hi % chat.len()]);
+            hi += 1;
+        } else {
+            tokens.extend_from_slice(&code[ci]);
+            ci += 1;
+        }
+        j += 1;
+    }
+    tokens
+}
+
 /// Read, tokenize (no special tokens; documents joined by `sep`), pack into `seq_len` token
-/// sequences and shuffle: documents by `seed` before packing, sequences after.
+/// sequences and shuffle: documents by `seed` before packing, sequences after. Chat documents
+/// are packed apart and [`interleave`]d at `chat_fraction`.
 pub(crate) fn build(
     files: &[(String, PathBuf)],
     tokenizer: &tokenizers::Tokenizer,
     sep: u32,
     seq_len: usize,
     seed: u64,
+    chat: Vec<Vec<u32>>,
+    chat_fraction: f64,
 ) -> Result<Corpus, DistillError> {
     let mut hasher = Sha256::new();
     let mut texts = Vec::with_capacity(files.len());
@@ -174,7 +280,7 @@ pub(crate) fn build(
         }
     }
     let hash = format!("{:x}", hasher.finalize());
-    let mut docs: Vec<Vec<u32>> = std::thread::scope(|s| {
+    let docs: Vec<Vec<u32>> = std::thread::scope(|s| {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
         let chunk = texts.len().div_ceil(threads).max(1);
         let handles: Vec<_> = texts
@@ -203,32 +309,26 @@ pub(crate) fn build(
     })
     .map_err(|e| DistillError::Data(format!("tokenizing the corpus: {e}")))?;
     let corpus_tokens: usize = docs.iter().map(Vec::len).sum();
+    let (chat_docs, chat_tokens) = (chat.len(), chat.iter().map(Vec::len).sum());
     let mut rng = Rng::new(seed);
-    rng.shuffle(&mut docs);
-    let mut stream = Vec::with_capacity(corpus_tokens + docs.len());
-    for d in docs {
-        stream.extend_from_slice(&d);
-        stream.push(sep);
-    }
-    let n = stream.len() / seq_len;
-    if n == 0 {
+    let mut code = pack(docs, sep, seq_len, &mut rng);
+    if code.is_empty() {
         return Err(DistillError::Data(format!(
-            "the training data hold {} tokens, fewer than one sequence of {seq_len}",
-            stream.len()
+            "the training data hold {corpus_tokens} tokens, fewer than one sequence of {seq_len}"
         )));
     }
-    let mut order: Vec<usize> = (0..n).collect();
-    rng.shuffle(&mut order);
-    let mut tokens = Vec::with_capacity(n * seq_len);
-    for i in order {
-        tokens.extend_from_slice(&stream[i * seq_len..(i + 1) * seq_len]);
-    }
+    rng.shuffle(&mut code);
+    let mut chat = pack(chat, sep, seq_len, &mut rng);
+    rng.shuffle(&mut chat);
+    let tokens = interleave(code, chat, chat_fraction);
     Ok(Corpus {
         tokens,
         seq_len,
         corpus_tokens,
         files: files.len(),
         hash,
+        chat_docs,
+        chat_tokens,
     })
 }
 
@@ -246,6 +346,27 @@ mod tests {
         assert_ne!(a, (0..100).collect::<Vec<_>>());
         a.sort_unstable();
         assert_eq!(a, (0..100).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn chat_sequences_come_at_the_asked_fraction() {
+        let code: Vec<Vec<u32>> = (0..6).map(|i| vec![i; 2]).collect();
+        let chat: Vec<Vec<u32>> = (0..2).map(|i| vec![100 + i; 2]).collect();
+        // Every fourth sequence is a chat one, repeating the two until the code runs out.
+        let seqs: Vec<u32> = interleave(code.clone(), chat.clone(), 0.25)
+            .chunks(2)
+            .map(|c| c[0])
+            .collect();
+        assert_eq!(seqs, vec![0, 1, 2, 100, 3, 4, 5]);
+        // A half: alternate.
+        let seqs: Vec<u32> = interleave(code.clone(), chat.clone(), 0.5)
+            .chunks(2)
+            .map(|c| c[0])
+            .collect();
+        assert_eq!(seqs, vec![0, 100, 1, 101, 2, 100, 3, 101, 4, 100, 5]);
+        // No chat data or a zero fraction: the code alone, in order.
+        assert_eq!(interleave(code.clone(), vec![], 0.5), code.concat());
+        assert_eq!(interleave(code.clone(), chat, 0.0), code.concat());
     }
 
     #[test]

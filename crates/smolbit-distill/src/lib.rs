@@ -138,6 +138,14 @@ pub struct Settings {
     pub stdlib: bool,
     /// The user's data files.
     pub data: Vec<PathBuf>,
+    /// Train the blocks' RMSNorm weights too (at the scale learning rate, no weight decay).
+    #[serde(default)]
+    pub train_norms: bool,
+    /// Fraction of the training sequences that are chat-formatted (tasks from the corpus's
+    /// docstrings, answered with the functions' code, in the teacher's chat template); ignored
+    /// when the teacher has no chat template.
+    #[serde(default)]
+    pub chat_fraction: f64,
 }
 
 /// Everything [`distill`] needs.
@@ -255,6 +263,8 @@ pub fn state_dir(out: &Path) -> PathBuf {
 /// The student: blocks with [`Lin::Student`] linears on the autodiff device.
 pub(crate) struct Student {
     pub blocks: Vec<NetBlock>,
+    /// The blocks' RMSNorm weights are trained too.
+    pub train_norms: bool,
 }
 
 impl Student {
@@ -263,7 +273,7 @@ impl Student {
         self.blocks
             .iter_mut()
             .enumerate()
-            .flat_map(|(i, b)| stages::block_params(b, i))
+            .flat_map(|(i, b)| stages::block_params(b, i, self.train_norms))
             .collect()
     }
 
@@ -281,6 +291,26 @@ impl Student {
             for (j, l) in b.lins.iter().enumerate() {
                 if let Lin::Student(s) = l {
                     out.insert(net::linear_name(i, j), fitted_matrix(s));
+                }
+            }
+        }
+        out
+    }
+
+    /// The RMSNorm weights by HF name when they are trained (they replace the teacher's in
+    /// the output), else nothing.
+    pub fn norms(&self) -> std::collections::BTreeMap<String, Vec<f32>> {
+        let mut out = std::collections::BTreeMap::new();
+        if self.train_norms {
+            for (i, b) in self.blocks.iter().enumerate() {
+                for (name, t) in [
+                    ("input_layernorm", &b.attn_norm),
+                    ("post_attention_layernorm", &b.mlp_norm),
+                ] {
+                    out.insert(
+                        format!("model.layers.{i}.{name}.weight"),
+                        host(t.clone().detach().inner()),
+                    );
                 }
             }
         }
@@ -317,6 +347,7 @@ fn init_student(
     teacher: &[NetBlock],
     scheme: &Scheme,
     iters: usize,
+    train_norms: bool,
     device: &Device,
 ) -> Result<Student, DistillError> {
     let c = &md.config;
@@ -347,14 +378,24 @@ fn init_student(
             lins.push(Lin::Student(lin));
         }
         md.weights.release();
+        let norm = |t: &Tensor<1>| {
+            if train_norms {
+                t.clone().require_grad()
+            } else {
+                t.clone()
+            }
+        };
         blocks.push(NetBlock {
-            attn_norm: tb.attn_norm.clone(),
-            mlp_norm: tb.mlp_norm.clone(),
+            attn_norm: norm(&tb.attn_norm),
+            mlp_norm: norm(&tb.mlp_norm),
             lins,
             use_rope: tb.use_rope,
         });
     }
-    Ok(Student { blocks })
+    Ok(Student {
+        blocks,
+        train_norms,
+    })
 }
 
 /// Mean negative log-likelihood of `tokens` (one sequence) under the network, on `device`.
@@ -501,14 +542,39 @@ pub fn distill(opts: &DistillOptions) -> Result<DistillReport, DistillError> {
             );
         }
     };
+    let chat = match (st.chat_fraction > 0.0)
+        .then(|| smolbit_generate::load_chat_template(&opts.teacher))
+        .transpose()
+        .map_err(|e| DistillError::Input {
+            path: opts.teacher.clone(),
+            what: e.to_string(),
+        })?
+        .flatten()
+    {
+        Some((template, render)) => {
+            say("making chat-formatted pairs from the corpus's docstrings");
+            data::chat_docs(&files, &template, &render, &tokenizer)?
+        }
+        None => Vec::new(),
+    };
     say(&format!("tokenizing {} files", files.len()));
-    let corpus = data::build(&files, &tokenizer, sep, st.seq_len, st.seed)?;
+    let corpus = data::build(
+        &files,
+        &tokenizer,
+        sep,
+        st.seq_len,
+        st.seed,
+        chat,
+        st.chat_fraction,
+    )?;
     let info = state::DataInfo {
         files: corpus.files,
         corpus_tokens: corpus.corpus_tokens as u64,
         sequences: corpus.sequences(),
         sha256: corpus.hash.clone(),
         excluded,
+        chat_docs: corpus.chat_docs,
+        chat_tokens: corpus.chat_tokens as u64,
     };
     if let Some(r) = &resumed
         && r.meta.data.sha256 != info.sha256
@@ -519,8 +585,13 @@ pub fn distill(opts: &DistillOptions) -> Result<DistillReport, DistillError> {
         });
     }
     say(&format!(
-        "corpus: {} files, {} tokens, {} sequences of {}",
-        info.files, info.corpus_tokens, info.sequences, st.seq_len
+        "corpus: {} files, {} tokens; {} chat pairs, {} tokens; {} sequences of {}",
+        info.files,
+        info.corpus_tokens,
+        info.chat_docs,
+        info.chat_tokens,
+        info.sequences,
+        st.seq_len
     ));
 
     say("loading the teacher");
@@ -529,7 +600,7 @@ pub fn distill(opts: &DistillOptions) -> Result<DistillReport, DistillError> {
         "fitting {} (post-training initialisation)",
         scheme
     ));
-    let mut student = init_student(&md, &teacher, &scheme, st.iters, &device)?;
+    let mut student = init_student(&md, &teacher, &scheme, st.iters, st.train_norms, &device)?;
     let mut meta = match resumed {
         Some(r) => {
             state::restore_params(&r, &mut student)?;
@@ -603,6 +674,7 @@ pub fn distill(opts: &DistillOptions) -> Result<DistillReport, DistillError> {
     });
     let fitted_ref = smolbit_weights::quantize::Fitted {
         matrices: &fitted,
+        tensors: student.norms(),
         distillation: record,
     };
     let (mut bits, mut weights) = (0f64, 0f64);

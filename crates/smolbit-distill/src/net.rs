@@ -313,6 +313,8 @@ impl NetBlock {
                 s.s = s.s.clone().detach();
             }
         }
+        b.attn_norm = b.attn_norm.detach();
+        b.mlp_norm = b.mlp_norm.detach();
         b
     }
 

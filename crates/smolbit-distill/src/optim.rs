@@ -5,11 +5,13 @@ use std::collections::BTreeMap;
 use burn::prelude::*;
 use burn::tensor::Gradients;
 
-/// A trained tensor: a student linear's latent weights (`M`) or its scales (`S`).
+/// A trained tensor: a student linear's latent weights (`M`), its scales (`S`), or an RMSNorm
+/// weight (`N`, with `--train-norms`).
 #[derive(Debug)]
 pub(crate) enum ParamRef<'a> {
     M(&'a mut Tensor<2>),
     S(&'a mut Tensor<3>),
+    N(&'a mut Tensor<1>),
 }
 
 impl ParamRef<'_> {
@@ -17,6 +19,7 @@ impl ParamRef<'_> {
         match self {
             ParamRef::M(t) => t.dims().iter().product(),
             ParamRef::S(t) => t.dims().iter().product(),
+            ParamRef::N(t) => t.dims()[0],
         }
     }
 
@@ -26,11 +29,13 @@ impl ParamRef<'_> {
         let g = match self {
             ParamRef::M(t) => t.grad(grads).map(|g| g.reshape([n])),
             ParamRef::S(t) => t.grad(grads).map(|g| g.reshape([n])),
+            ParamRef::N(t) => t.grad(grads),
         };
         g.unwrap_or_else(|| {
             let device = match self {
                 ParamRef::M(t) => t.device(),
                 ParamRef::S(t) => t.device(),
+                ParamRef::N(t) => t.device(),
             };
             Tensor::zeros([n], &device.inner())
         })
@@ -42,6 +47,7 @@ impl ParamRef<'_> {
         match self {
             ParamRef::M(t) => (*t).clone().detach().inner().reshape([n]),
             ParamRef::S(t) => (*t).clone().detach().inner().reshape([n]),
+            ParamRef::N(t) => (*t).clone().detach().inner(),
         }
     }
 
@@ -56,11 +62,13 @@ impl ParamRef<'_> {
                 let d = t.dims();
                 **t = v.reshape(d).autodiff().require_grad();
             }
+            ParamRef::N(t) => **t = v.autodiff().require_grad(),
         }
     }
 
+    /// Scales and norm weights: the scale learning rate, no weight decay.
     fn is_scale(&self) -> bool {
-        matches!(self, ParamRef::S(_))
+        matches!(self, ParamRef::S(_) | ParamRef::N(_))
     }
 }
 

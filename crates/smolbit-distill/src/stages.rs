@@ -194,7 +194,7 @@ impl Run<'_> {
                 let grads = loss.backward();
                 let value = f64::from(host(loss.detach()).first().copied().unwrap_or(0.0));
                 let factor = schedule(step, steps_per_block, st.warmup);
-                let mut params = block_params(&mut student.blocks[b], b);
+                let mut params = block_params(&mut student.blocks[b], b, student.train_norms);
                 adam.step(
                     &mut params,
                     &grads,
@@ -395,7 +395,13 @@ impl Run<'_> {
 }
 
 /// The trained tensors of one block.
-pub(crate) fn block_params(b: &mut NetBlock, layer: usize) -> Vec<(String, optim::ParamRef<'_>)> {
+/// A block's trained tensors with their names: each student linear's latent weights and
+/// scales, then (with `norms`) the two RMSNorm weights under their HF names.
+pub(crate) fn block_params(
+    b: &mut NetBlock,
+    layer: usize,
+    norms: bool,
+) -> Vec<(String, optim::ParamRef<'_>)> {
     let mut out = Vec::new();
     for (j, l) in b.lins.iter_mut().enumerate() {
         if let Lin::Student(s) = l {
@@ -404,6 +410,16 @@ pub(crate) fn block_params(b: &mut NetBlock, layer: usize) -> Vec<(String, optim
             out.push((format!("{base}.latent"), optim::ParamRef::M(&mut s.w)));
             out.push((format!("{base}.scales"), optim::ParamRef::S(&mut s.s)));
         }
+    }
+    if norms {
+        out.push((
+            format!("model.layers.{layer}.input_layernorm.weight"),
+            optim::ParamRef::N(&mut b.attn_norm),
+        ));
+        out.push((
+            format!("model.layers.{layer}.post_attention_layernorm.weight"),
+            optim::ParamRef::N(&mut b.mlp_norm),
+        ));
     }
     out
 }

@@ -38,6 +38,11 @@ pub struct DataInfo {
     /// Standard-library modules left out because the held-out text holds them.
     #[serde(default)]
     pub excluded: Vec<String>,
+    /// Chat-formatted documents made from the corpus, and their tokens.
+    #[serde(default)]
+    pub chat_docs: usize,
+    #[serde(default)]
+    pub chat_tokens: u64,
 }
 
 /// The block-wise stage's progress and curves.

@@ -106,6 +106,8 @@ fn tiny_options(dir: &Path, teacher: &Path, scheme: &str, out: &str) -> DistillO
             iters: 10,
             stdlib: false,
             data: vec![data],
+            chat_fraction: 0.0,
+            train_norms: false,
         },
         ppl_text: testdata("../datasets/text/heldout-code.py"),
         eval_tokens: 256,
@@ -534,4 +536,115 @@ fn trains_on_wgpu_as_on_the_cpu() {
             b.value
         );
     }
+}
+
+#[test]
+fn chat_pairs_are_documented_public_functions_in_the_template() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let py = dir.path().join("m.py");
+    std::fs::write(
+        &py,
+        "def area(w, h=1):\n    \"\"\"Return the area of a w by h rectangle.\n\n    More.\"\"\"\n    return w * h\n\n\
+         def _hidden(x):\n    \"\"\"A private helper that is left out.\"\"\"\n    return x\n\n\
+         def bare(x):\n    y = x\n    return y\n",
+    )
+    .expect("write m.py");
+    let template = smolbit_generate::ChatTemplate::new(
+        "{% for m in messages %}<{{ m.role }}>{{ m.content }}</>{% endfor %}",
+    )
+    .expect("template");
+    let teacher = tiny_teacher(dir.path());
+    let tokenizer =
+        tokenizers::Tokenizer::from_file(teacher.join("tokenizer.json")).expect("tokenizer");
+    let files = vec![("m.py".to_string(), py)];
+    let docs =
+        data::chat_docs(&files, &template, &Default::default(), &tokenizer).expect("chat docs");
+    assert_eq!(docs.len(), 1, "only area() is public and documented");
+    let text = tokenizer.decode(&docs[0], false).expect("decode");
+    assert_eq!(
+        text,
+        "<user>Write a Python function area(w, h=1). Return the area of a w by h rectangle.</>\
+         <assistant>```python\ndef area(w, h=1):\n    \"\"\"Return the area of a w by h rectangle.\n\n    \
+         More.\"\"\"\n    return w * h\n```</>"
+    );
+}
+
+#[test]
+fn trained_norms_are_written() {
+    // --train-norms: the output holds the trained RMSNorm weights, so smolbit-model's
+    // perplexity of the written checkpoint (f32 head) equals the training network's own figure
+    // for the trained student within relative 1e-4 (f32 sums in another order; measured 6e-9).
+    // The same run with frozen norms ends 0.8 % away, so a dropped norm would show.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let teacher = tiny_teacher(tmp.path());
+    let mut o = tiny_options(tmp.path(), &teacher, "b158:af", "norms");
+    o.settings.tokens = 20 * 4 * 32;
+    o.settings.train_norms = true;
+    o.settings.scale_lr = 1e-2;
+    let r = distill(&o).expect("distill");
+    let name = "model.layers.0.input_layernorm.weight";
+    let read = |dir: &Path| {
+        let md = smolbit_weights::ModelDir::open(dir).expect("open");
+        let n = md.weights.entry(name).expect("entry").shape[0];
+        md.tensor_f32(name, &[n]).expect("norm")
+    };
+    let (before, after) = (read(&teacher), read(&o.out));
+    let moved = before
+        .iter()
+        .zip(&after)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(moved > 1e-3, "layer 0's norm did not move ({moved})");
+
+    let dev = smolbit_model::device("cpu").expect("cpu");
+    let nll_ppl = |dir: &Path| {
+        // An f32 head: the default 8-bit one for ternary checkpoints moves the figure by 4e-4.
+        let lo = smolbit_model::LoadOptions {
+            head: smolbit_model::HeadPolicy::F32,
+            ..Default::default()
+        };
+        let m = smolbit_model::Model::load_with(dir, &dev, lo).expect("load");
+        let text = std::fs::read(testdata("../datasets/text/heldout-code.py")).expect("text");
+        let ids: Vec<u32> = text[..o.eval_tokens]
+            .iter()
+            .map(|&b| u32::from(b))
+            .collect();
+        let v = m.config().vocab_size;
+        // Windows of the model's context (at most 512), as distill scores them.
+        let ctx = m.config().max_position_embeddings.min(512);
+        let (mut nll, mut n) = (0f64, 0usize);
+        for w in ids.chunks(ctx).filter(|w| w.len() >= 2) {
+            let l = smolbit_model::tensor_to_vec(m.forward(w, &mut m.new_cache()).expect("fwd"));
+            for i in 0..w.len() - 1 {
+                let x = &l[i * v..(i + 1) * v];
+                let mx = x.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+                let z: f64 = x.iter().map(|&y| f64::from(y - mx).exp()).sum();
+                nll += z.ln() - f64::from(x[w[i + 1] as usize] - mx);
+                n += 1;
+            }
+        }
+        (nll / n as f64).exp()
+    };
+    let written = nll_ppl(&o.out);
+    let network = r.final_perplexity.expect("final perplexity");
+    let mut frozen = tiny_options(tmp.path(), &teacher, "b158:af", "frozen-norms");
+    frozen.settings.tokens = 20 * 4 * 32;
+    frozen.settings.scale_lr = 1e-2;
+    let other = distill(&frozen)
+        .expect("distill")
+        .final_perplexity
+        .expect("ppl");
+    let other_written = nll_ppl(&frozen.out);
+    eprintln!(
+        "perplexity: network {network}, written {written}; frozen norms {other} written {other_written}"
+    );
+    assert!(
+        (written - network).abs() <= 1e-4 * network,
+        "written {written} vs network {network}"
+    );
+    assert!(
+        (other - network).abs() > 1e-3 * network
+            && (other_written - written).abs() > 1e-3 * written,
+        "norms changed nothing"
+    );
 }

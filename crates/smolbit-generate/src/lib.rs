@@ -187,6 +187,39 @@ fn ids_of(v: &serde_json::Value) -> Vec<u32> {
     }
 }
 
+/// The chat template source of a model directory: `chat_template.jinja`, else
+/// `tokenizer_config.json`'s `chat_template` (a string, or the list entry named `default`).
+fn chat_template_source(dir: &Path, tc: &serde_json::Value) -> Option<String> {
+    match std::fs::read_to_string(dir.join("chat_template.jinja")) {
+        Ok(t) => Some(t),
+        Err(_) => match tc.get("chat_template") {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(serde_json::Value::Array(named)) => named
+                .iter()
+                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+                .and_then(|t| t.get("template").and_then(|s| s.as_str()).map(String::from)),
+            _ => None,
+        },
+    }
+}
+
+/// A model directory's chat template with the BOS and EOS texts its tokenizer config names
+/// (what [`Generator::render_chat`] uses), without loading the model; `None` when it has none.
+pub fn load_chat_template(
+    dir: &Path,
+) -> Result<Option<(ChatTemplate, RenderOptions)>, GenerateError> {
+    let tc = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
+    let Some(src) = chat_template_source(dir, &tc) else {
+        return Ok(None);
+    };
+    let opts = RenderOptions {
+        bos_token: tc.get("bos_token").and_then(token_text),
+        eos_token: tc.get("eos_token").and_then(token_text),
+        ..RenderOptions::default()
+    };
+    Ok(Some((ChatTemplate::new(&src)?, opts)))
+}
+
 impl Generator {
     /// Load a model directory onto `device`.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, GenerateError> {
@@ -212,19 +245,8 @@ impl Generator {
             what: e.to_string(),
         })?;
         let model = Model::load_with(dir, device, opts)?;
-        let tc_path = dir.join("tokenizer_config.json");
-        let tc = read_json(&tc_path)?.unwrap_or_default();
-        let template_src = match std::fs::read_to_string(dir.join("chat_template.jinja")) {
-            Ok(t) => Some(t),
-            Err(_) => match tc.get("chat_template") {
-                Some(serde_json::Value::String(s)) => Some(s.clone()),
-                Some(serde_json::Value::Array(named)) => named
-                    .iter()
-                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                    .and_then(|t| t.get("template").and_then(|s| s.as_str()).map(String::from)),
-                _ => None,
-            },
-        };
+        let tc = read_json(&dir.join("tokenizer_config.json"))?.unwrap_or_default();
+        let template_src = chat_template_source(dir, &tc);
         let template = template_src.as_deref().map(ChatTemplate::new).transpose()?;
         let mut eos = model.config().eos_token_ids.clone();
         if let Some(gc) = read_json(&dir.join("generation_config.json"))?

@@ -291,6 +291,9 @@ pub fn quantize_model(
 pub struct Fitted<'a> {
     /// One matrix per block linear, in `opts.scheme`'s planes and granularity.
     pub matrices: &'a BTreeMap<String, TernaryMatrix>,
+    /// Kept (not quantized) tensors that replace the input's, by HF name, in f32 (written in
+    /// the input tensor's dtype): trained norm weights.
+    pub tensors: BTreeMap<String, Vec<f32>>,
     /// Recorded as `quantization_config.distillation`.
     pub distillation: serde_json::Value,
 }
@@ -362,6 +365,17 @@ fn write_quantized(
             });
             kept.push(base_name(&n.hf_name).to_string());
         }
+    }
+    if let Some(f) = fitted
+        && let Some(name) = f
+            .tensors
+            .keys()
+            .find(|k| !specs.iter().any(|s| &s.name == *k))
+    {
+        return Err(QuantizeError::Invalid {
+            path: md.path.clone(),
+            what: format!("{name}: a replacement for a tensor the output does not keep"),
+        });
     }
     let mut layers = Vec::new();
     let mut current: Option<TernaryMatrix> = None;
@@ -465,6 +479,14 @@ fn write_quantized(
             }
         } else if spec.name.ends_with(".row_scales") {
             Ok(safetensors::encode_f32(&row_scales, Dtype::F32))
+        } else if let Some(v) = fitted.and_then(|f| f.tensors.get(&spec.name)) {
+            if v.len() != spec.shape.iter().product::<usize>() {
+                return Err(QuantizeError::Invalid {
+                    path: md.path.clone(),
+                    what: format!("{}: replacement has {} values", spec.name, v.len()),
+                });
+            }
+            Ok(safetensors::encode_f32(v, spec.dtype))
         } else {
             Ok(md.weights.bytes(&spec.name)?.to_vec())
         }

@@ -24,6 +24,14 @@ pub struct DistillArgs {
     /// Train on --data only, without the standard library.
     #[arg(long)]
     no_stdlib: bool,
+    /// Fraction of training sequences in the teacher's chat format (tasks from the corpus's
+    /// docstrings answered with the functions' code; 0 for raw code only). Ignored when the
+    /// teacher has no chat template.
+    #[arg(long, default_value_t = 0.25)]
+    chat_fraction: f64,
+    /// Train the blocks' RMSNorm weights too (embeddings and head stay frozen).
+    #[arg(long)]
+    train_norms: bool,
     /// Tokens of the end-to-end stage.
     #[arg(long, default_value_t = 262_144)]
     tokens: u64,
@@ -141,6 +149,8 @@ pub fn distill(a: DistillArgs) -> Result<()> {
             iters: a.iters,
             stdlib: !a.no_stdlib,
             data: a.data.clone(),
+            chat_fraction: a.chat_fraction,
+            train_norms: a.train_norms,
         },
         ppl_text: a.ppl_text,
         eval_tokens: a.eval_tokens,
