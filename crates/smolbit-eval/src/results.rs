@@ -89,6 +89,41 @@ pub struct Settings {
     pub perplexity_max_tokens: usize,
     /// Window length.
     pub perplexity_ctx: usize,
+    /// The prompt style asked for (`None`: each model's default, in its [`ModelResult`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_style: Option<PromptStyle>,
+}
+
+/// How a code stub is put to a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PromptStyle {
+    /// The stub inside an instruction, through the model's chat template; the answer's code
+    /// block is the solution (the stub's imports kept). Instruction tasks are always asked so.
+    Chat,
+    /// The model continues the stub verbatim, stopped at OpenAI's HumanEval stop sequences; the
+    /// stub plus the continuation is the solution. For base models.
+    Completion,
+}
+
+impl std::str::FromStr for PromptStyle {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "chat" => Ok(PromptStyle::Chat),
+            "completion" => Ok(PromptStyle::Completion),
+            _ => Err(format!("unknown prompt style '{s}' (chat, completion)")),
+        }
+    }
+}
+
+impl std::fmt::Display for PromptStyle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PromptStyle::Chat => "chat",
+            PromptStyle::Completion => "completion",
+        })
+    }
 }
 
 /// The machine and software.
@@ -188,6 +223,10 @@ pub struct ModelResult {
     /// `distill.json`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distillation: Option<Distillation>,
+    /// How stub tasks were put to this model (absent in results from before prompt styles,
+    /// which asked every task in chat).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_style: Option<PromptStyle>,
 }
 
 /// A distilled student's training curves: `[training tokens, value]` points.

@@ -17,20 +17,22 @@ use smolbit_generate::{GenerateParams, Generator, Message, SamplingParams};
 
 use crate::check::{Execution, Outcome, check};
 use crate::extract::{degeneration, extract_code, python_block_closed};
+use crate::humaneval;
+use crate::results::PromptStyle;
 use crate::results::{
     DatasetInfo, Environment, ModelResult, Quality, Results, SCHEMA, SampleResult, Settings,
     Summary, TaskResult,
 };
 use crate::sandbox::{Isolation, Limits, Sandbox, SandboxError};
-use crate::{DatasetError, Task, load_suite};
+use crate::{DatasetError, DatasetSource, Task, load_dataset};
 
 /// What to evaluate and how.
 #[derive(Debug, Clone)]
 pub struct EvalOptions {
     /// Model directories; the first is the reference for KL and top-1 agreement.
     pub models: Vec<PathBuf>,
-    /// The suite (JSONL).
-    pub dataset: PathBuf,
+    /// The suite.
+    pub dataset: DatasetSource,
     /// Where to write the results.
     pub out: PathBuf,
     /// Token limit per answer.
@@ -54,11 +56,47 @@ pub struct EvalOptions {
     /// Stop generating once the answer is far past degenerate (see `degenerate_tail`).
     pub stop_on_degeneration: bool,
     /// Held-out text for perplexity/KL, if any.
-    pub perplexity_text: Option<PathBuf>,
+    pub perplexity_text: Option<TextSource>,
+    /// How tasks are put to the model; `None`: chat when the model has a chat template, else
+    /// completion. Tasks that are not code stubs are always asked in chat.
+    pub prompt_style: Option<PromptStyle>,
     /// Score at most this many tokens of it (0 = all).
     pub perplexity_max_tokens: usize,
     /// Window length for perplexity.
     pub perplexity_ctx: usize,
+}
+
+/// A text that is either compiled in or read from a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TextSource {
+    /// [`crate::HELDOUT_TEXT`].
+    Builtin,
+    /// A file.
+    File(PathBuf),
+}
+
+impl TextSource {
+    /// The name results record and the text.
+    fn read(&self) -> Result<(String, String), EvalError> {
+        match self {
+            TextSource::Builtin => Ok((
+                crate::HELDOUT_TEXT_NAME.to_string(),
+                crate::HELDOUT_TEXT.to_string(),
+            )),
+            TextSource::File(p) => Ok((
+                p.display().to_string(),
+                std::fs::read_to_string(p).map_err(io_err(p))?,
+            )),
+        }
+    }
+}
+
+/// The instruction a chat-style prompt wraps a code stub in.
+pub fn stub_instruction(stub: &str) -> String {
+    format!(
+        "Complete the following Python function. Answer with the whole function in one Python \
+         code block.\n\n```python\n{stub}```"
+    )
 }
 
 /// Progress of a run, for a progress display.
@@ -314,6 +352,7 @@ fn describe_model(path: &Path) -> Result<ModelResult, EvalError> {
         |n| n.to_string_lossy().into(),
     );
     Ok(ModelResult {
+        prompt_style: None,
         name,
         path: path.display().to_string(),
         scheme,
@@ -339,7 +378,10 @@ fn answer(
     task: &Task,
     opts: &EvalOptions,
     sample: usize,
+    style: PromptStyle,
 ) -> SampleResult {
+    // Tasks that are not code stubs are instructions: always asked in chat.
+    let completion = task.stub && style == PromptStyle::Completion;
     let mut seed_hash = Sha256::new();
     seed_hash.update(task.id.as_bytes());
     let digest = seed_hash.finalize();
@@ -351,14 +393,18 @@ fn answer(
             seed: opts.seed ^ task_seed ^ (sample as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ..SamplingParams::default()
         },
-        stop: Vec::new(),
+        stop: if completion {
+            humaneval::STOP_SEQUENCES.map(String::from).to_vec()
+        } else {
+            Vec::new()
+        },
     };
     let generated = std::panic::catch_unwind(AssertUnwindSafe(|| {
-        let prompt = g.chat_prompt(&[Message::new("user", &task.prompt)], Some(false))?;
+        let prompt = prompt_ids(g, task, style)?;
         let mut text = String::new();
         g.generate_until(&prompt, &params, &mut |chunk| {
             text.push_str(chunk);
-            !(opts.stop_after_code && python_block_closed(&text)
+            !(!completion && opts.stop_after_code && python_block_closed(&text)
                 || opts.stop_on_degeneration && degenerate_tail(&text))
         })
     }));
@@ -374,7 +420,17 @@ fn answer(
             return failed_sample(format!("generation panicked: {msg}"));
         }
     };
-    let code = extract_code(&generation.text);
+    let code = if completion {
+        format!(
+            "{}{}",
+            task.prompt,
+            humaneval::truncate_completion(&generation.text)
+        )
+    } else if task.stub {
+        stub_solution(task, &extract_code(&generation.text))
+    } else {
+        extract_code(&generation.text)
+    };
     let exec = match check(sandbox, task, &code) {
         Ok(e) => e,
         Err(e) => Execution {
@@ -410,6 +466,44 @@ fn answer(
             .and_then(|v| v.as_str().map(String::from))
             .unwrap_or_default(),
         check_ms: exec.wall_ms,
+    }
+}
+
+/// The prompt a task is put to the model with, as token ids: a code stub in completion style
+/// verbatim with the tokenizer's own special tokens (as OpenAI's harness and transformers'
+/// `tokenizer(prompt)` do); otherwise a user turn through the chat template, thinking off (a
+/// stub inside [`stub_instruction`]).
+pub fn prompt_ids(
+    g: &Generator,
+    task: &Task,
+    style: PromptStyle,
+) -> Result<Vec<u32>, smolbit_generate::GenerateError> {
+    if task.stub && style == PromptStyle::Completion {
+        g.encode(&task.prompt, true)
+    } else if task.stub {
+        g.chat_prompt(
+            &[Message::new("user", &stub_instruction(&task.prompt))],
+            Some(false),
+        )
+    } else {
+        g.chat_prompt(&[Message::new("user", &task.prompt)], Some(false))
+    }
+}
+
+/// The program a chat answer to a stub task makes: the stub's imports and the answer's code
+/// when it defines the entry point, else the stub followed by the answer (a body on its own).
+pub fn stub_solution(task: &Task, code: &str) -> String {
+    let defines = code.lines().any(|l| {
+        let l = l.trim_start();
+        ["def ", "async def ", "class "].iter().any(|k| {
+            l.strip_prefix(k)
+                .is_some_and(|r| r.starts_with(task.entry_point.as_str()))
+        })
+    });
+    if defines {
+        format!("{}{code}", humaneval::stub_imports(&task.prompt))
+    } else {
+        format!("{}{code}", task.prompt)
     }
 }
 
@@ -519,8 +613,18 @@ pub fn run(opts: &EvalOptions, on_event: &mut dyn FnMut(Event)) -> Result<Result
             "--samples above 1 needs --temperature above 0 (greedy answers are identical)".into(),
         ));
     }
-    let all = load_suite(&opts.dataset)?;
-    let tasks = select_tasks(&all, opts.shard, opts.per_category);
+    let ds = load_dataset(&opts.dataset)?;
+    let all = &ds.tasks;
+    let tasks = select_tasks(all, opts.shard, opts.per_category);
+    if opts.prompt_style == Some(PromptStyle::Completion)
+        && let Some((_, t)) = tasks.iter().find(|(_, t)| !t.stub)
+    {
+        return Err(EvalError::Options(format!(
+            "--prompt-style completion needs code stubs to complete (HumanEval); task '{}' of {} \
+             is an instruction",
+            t.id, ds.name
+        )));
+    }
     let sandbox = Sandbox::new(opts.limits)?;
     let python = sandbox
         .run(&[], &["-c", "import sys; print(sys.version.split()[0])"])?
@@ -533,7 +637,7 @@ pub fn run(opts: &EvalOptions, on_event: &mut dyn FnMut(Event)) -> Result<Result
         let ex = check(&sandbox, t, &t.canonical_solution)?;
         if !ex.passed {
             return Err(EvalError::BadTask {
-                path: opts.dataset.clone(),
+                path: PathBuf::from(&ds.name),
                 id: t.id.clone(),
                 outcome: ex.outcome,
                 error: ex.error.unwrap_or_default(),
@@ -541,14 +645,17 @@ pub fn run(opts: &EvalOptions, on_event: &mut dyn FnMut(Event)) -> Result<Result
         }
     }
 
-    let ppl_text = match &opts.perplexity_text {
-        Some(p) if opts.shard.is_none_or(|(i, _)| i == 0) => Some((
-            p,
-            std::fs::read_to_string(p).map_err(io_err(p))?,
-            sha256_file(p)?,
-        )),
-        _ => None,
+    let ppl_source = match &opts.perplexity_text {
+        Some(src) => {
+            let (name, text) = src.read()?;
+            let sha = hex(&Sha256::digest(text.as_bytes()));
+            Some((name, text, sha))
+        }
+        None => None,
     };
+    let ppl_text = ppl_source
+        .as_ref()
+        .filter(|_| opts.shard.is_none_or(|(i, _)| i == 0));
     let settings = Settings {
         max_new_tokens: opts.max_new_tokens,
         temperature: opts.temperature,
@@ -563,20 +670,15 @@ pub fn run(opts: &EvalOptions, on_event: &mut dyn FnMut(Event)) -> Result<Result
             Isolation::Namespaces => "namespaces".into(),
             Isolation::RlimitsOnly => "rlimits_only".into(),
         },
-        perplexity_text: opts
-            .perplexity_text
-            .as_ref()
-            .map(|p| p.display().to_string()),
-        perplexity_text_sha256: match &opts.perplexity_text {
-            Some(p) => Some(sha256_file(p)?),
-            None => None,
-        },
+        perplexity_text: ppl_source.as_ref().map(|(name, _, _)| name.clone()),
+        perplexity_text_sha256: ppl_source.as_ref().map(|(_, _, sha)| sha.clone()),
+        prompt_style: opts.prompt_style,
         perplexity_max_tokens: opts.perplexity_max_tokens,
         perplexity_ctx: opts.perplexity_ctx,
     };
     let dataset = DatasetInfo {
-        path: opts.dataset.display().to_string(),
-        sha256: sha256_file(&opts.dataset)?,
+        path: ds.name.clone(),
+        sha256: ds.sha256.clone(),
         tasks: all.len(),
         shard: opts.shard.map(|(i, n)| [i, n]),
     };
@@ -684,9 +786,15 @@ pub fn run(opts: &EvalOptions, on_event: &mut dyn FnMut(Event)) -> Result<Result
             what: e.to_string(),
         })?;
         result.load_ms = start.elapsed().as_secs_f64() * 1e3;
+        let style = opts.prompt_style.unwrap_or(if g.has_chat_template() {
+            PromptStyle::Chat
+        } else {
+            PromptStyle::Completion
+        });
+        result.prompt_style = Some(style);
         for (i, task) in todo {
             let answers: Vec<SampleResult> = (0..samples)
-                .map(|s| answer(&g, &sandbox, task, opts, s))
+                .map(|s| answer(&g, &sandbox, task, opts, s, style))
                 .collect();
             let first = &answers[0];
             let tr = TaskResult {

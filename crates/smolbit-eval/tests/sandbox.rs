@@ -46,6 +46,7 @@ fn task(tests: &[&str]) -> Task {
         test_setup: String::new(),
         tests: tests.iter().map(|s| s.to_string()).collect(),
         canonical_solution: String::new(),
+        stub: false,
     }
 }
 

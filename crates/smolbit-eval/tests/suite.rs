@@ -1,5 +1,6 @@
-//! The committed coding suite: loads, covers every category, and every canonical solution passes
-//! its tests in the sandbox (CPython) while a wrong solution (the entry point as a stub) fails them.
+//! The committed coding suite and HumanEval: they load, the suite covers every category, and
+//! every canonical solution passes its tests in the sandbox (CPython) while a wrong solution (the
+//! entry point as a stub) fails them.
 
 use std::path::{Path, PathBuf};
 
@@ -25,6 +26,70 @@ fn stub(t: &Task) -> String {
     } else {
         format!("def {name}(*args, **kwargs):\n    return None\n")
     }
+}
+
+#[test]
+fn builtin_suite_is_the_committed_file() {
+    let text = std::fs::read_to_string(suite_path()).expect("suite");
+    assert_eq!(smolbit_eval::BUILTIN_SUITE, text);
+    let d = smolbit_eval::load_dataset(&smolbit_eval::DatasetSource::Builtin).expect("builtin");
+    assert_eq!(d.tasks, load_suite(&suite_path()).expect("suite"));
+}
+
+/// HumanEval from the cache (`cargo xtask fetch-model` fetches it with the model); `None`, with
+/// a note, when it is missing, unless `SMOLBIT_REQUIRE_MODEL=1` (`.ci/run`).
+fn humaneval() -> Option<Vec<Task>> {
+    let path = smolbit_eval::humaneval::cached_path();
+    if !path.is_file() {
+        assert_ne!(
+            std::env::var("SMOLBIT_REQUIRE_MODEL").as_deref(),
+            Ok("1"),
+            "{}: missing; run `cargo xtask fetch-model`",
+            path.display()
+        );
+        eprintln!(
+            "skipped: {} not found (run `cargo xtask fetch-model`)",
+            path.display()
+        );
+        return None;
+    }
+    let d = smolbit_eval::load_dataset(&smolbit_eval::DatasetSource::HumanEval).expect("loads");
+    Some(d.tasks)
+}
+
+#[test]
+fn humaneval_canonical_solutions_pass_and_stubs_fail() {
+    let Some(tasks) = humaneval() else { return };
+    assert_eq!(tasks.len(), 164);
+    let sb = Sandbox::new(Limits::default()).expect("python3 runs");
+    // Two sandboxed processes per problem: spread them over the cores.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let failures: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = tasks
+            .chunks(tasks.len().div_ceil(threads))
+            .map(|part| {
+                let sb = &sb;
+                s.spawn(move || {
+                    let mut f = Vec::new();
+                    for t in part {
+                        if !passes(sb, t, &t.canonical_solution) {
+                            f.push(format!("{}: canonical solution fails", t.id));
+                        }
+                        // The stub alone: the prompt with `pass` as the body.
+                        if passes(sb, t, &format!("{}    pass\n", t.prompt)) {
+                            f.push(format!("{}: the bare stub passes", t.id));
+                        }
+                    }
+                    f
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("thread"))
+            .collect()
+    });
+    assert!(failures.is_empty(), "{failures:#?}");
 }
 
 #[test]
@@ -69,9 +134,12 @@ fn malformed_suites_name_the_line() {
     let good = r#"{"id": "a", "category": "bug_fixing", "prompt": "p", "entry_point": "f", "test_setup": "", "tests": ["assert f()"], "canonical_solution": "def f():\n    return 1\n"}"#;
     assert_eq!(parse_suite(good, Path::new("s")).expect("parses").len(), 1);
     check_bad(&format!("{good}\n{{not json"), "suite.jsonl:2: not a task");
+    // Any category name loads (reports group by the ones present); an empty one does not.
+    let poetry = parse_suite(&good.replace("bug_fixing", "poetry"), Path::new("s")).expect("any");
+    assert_eq!(poetry[0].category, "poetry");
     check_bad(
-        &format!("\n{}", good.replace("bug_fixing", "poetry")),
-        "suite.jsonl:2: task 'a' has unknown category 'poetry'",
+        &format!("\n{}", good.replace("bug_fixing", "")),
+        "suite.jsonl:2: task 'a' has no category",
     );
     check_bad(
         &good.replace(r#""tests": ["assert f()"]"#, r#""tests": []"#),

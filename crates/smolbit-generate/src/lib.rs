@@ -310,6 +310,11 @@ impl Generator {
         &self.eos
     }
 
+    /// Whether the model has a chat template.
+    pub fn has_chat_template(&self) -> bool {
+        self.template.is_some()
+    }
+
     /// Render a conversation with the model's chat template.
     pub fn render_chat(
         &self,

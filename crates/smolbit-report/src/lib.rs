@@ -21,7 +21,7 @@ use minijinja::value::{Serde, Value};
 use minijinja::{Environment, syntax::SyntaxConfig};
 use serde::Serialize;
 use serde_json::json;
-use smolbit_eval::results::{ModelResult, Results};
+use smolbit_eval::results::{ModelResult, PromptStyle, Results};
 
 /// The built-in template.
 pub const DEFAULT_TEMPLATE: &str = include_str!("../templates/report.md.j2");
@@ -433,6 +433,11 @@ fn context(
                 o.insert("is_reference".into(), json!(i == 0));
                 o.insert("weight_mb".into(), json!(m.weight_bytes as f64 / 1e6));
                 o.insert("params_m".into(), json!(m.parameters as f64 / 1e6));
+                // Results from before prompt styles asked every task in chat.
+                o.insert(
+                    "prompt_style".into(),
+                    json!(m.prompt_style.unwrap_or(PromptStyle::Chat).to_string()),
+                );
             }
             v
         })

@@ -201,3 +201,27 @@ fn distilled_students_get_a_perplexity_curve() {
     );
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
 }
+
+#[test]
+fn any_categories_and_the_prompt_style_are_reported() {
+    // A suite of its own categories (HumanEval's single one here) is grouped by the categories
+    // present, and each model's prompt style is printed.
+    let mut res = fixture();
+    res.dataset.path = "humaneval".into();
+    for m in &mut res.models {
+        for t in &mut m.tasks {
+            t.category = "humaneval".into();
+        }
+        m.prompt_style = Some(smolbit_eval::results::PromptStyle::Completion);
+    }
+    res.models[0].prompt_style = None;
+    let r = render(&res, &opts()).expect("renders");
+    let md = &r.markdown;
+    assert!(md.contains("| humaneval |"), "{md}");
+    assert!(!md.contains("| function generation |"), "{md}");
+    let row = |name: &str, style: &str| format!("| {name} | {style} |");
+    // Results from before prompt styles asked in chat.
+    assert!(md.contains(&row(&res.models[0].name, "chat")), "{md}");
+    assert!(md.contains(&row(&res.models[1].name, "completion")), "{md}");
+    assert!(md.contains("Suite: humaneval."), "{md}");
+}

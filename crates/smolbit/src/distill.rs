@@ -84,9 +84,10 @@ pub struct DistillArgs {
     /// Alternating least-squares iterations of the initial fit (as `quantize --iters`).
     #[arg(long, default_value_t = 10)]
     iters: usize,
-    /// Held-out text for perplexity (its modules are left out of the training data).
-    #[arg(long, default_value = "datasets/text/heldout-code.py")]
-    ppl_text: PathBuf,
+    /// Held-out text for perplexity; its modules are left out of the training data (default:
+    /// the compiled-in `datasets/text/heldout-code.py`).
+    #[arg(long)]
+    ppl_text: Option<PathBuf>,
     /// Held-out tokens scored per evaluation (0: all).
     #[arg(long, default_value_t = 2048)]
     eval_tokens: usize,
@@ -152,7 +153,13 @@ pub fn distill(a: DistillArgs) -> Result<()> {
             chat_fraction: a.chat_fraction,
             train_norms: a.train_norms,
         },
-        ppl_text: a.ppl_text,
+        ppl_contents: a
+            .ppl_text
+            .is_none()
+            .then(|| smolbit_eval::HELDOUT_TEXT.to_string()),
+        ppl_text: a
+            .ppl_text
+            .unwrap_or_else(|| PathBuf::from(smolbit_eval::HELDOUT_TEXT_NAME)),
         eval_tokens: a.eval_tokens,
         eval_every: a.eval_every,
         checkpoint_every: a.checkpoint_every,

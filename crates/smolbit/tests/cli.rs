@@ -643,3 +643,85 @@ fn eval_native_models_with_and_without_a_shared_vocabulary() {
         "no KL for another vocabulary"
     );
 }
+
+#[test]
+fn eval_runs_humaneval_and_any_suite_from_any_directory() {
+    // An installed binary run from `/`: the built-in held-out text, HumanEval from the cache
+    // (fetched by `cargo xtask fetch-model`), and a suite with categories of its own.
+    let Some(f32_dir) = real_model() else {
+        eprintln!("skipped: default model not cached");
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let t = |p: &Path| p.to_str().expect("utf8").to_string();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_smolbit"))
+            .current_dir("/")
+            .args(args)
+            .output()
+            .expect("run smolbit");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p).expect("results")).expect("json")
+    };
+    let he = tmp.path().join("he.json");
+    run(&[
+        "eval",
+        "--model",
+        &t(f32_dir),
+        "--dataset",
+        "humaneval",
+        "--prompt-style",
+        "completion",
+        "--per-category",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--perplexity-max-tokens",
+        "64",
+        "--out",
+        &t(&he),
+    ]);
+    let r = read(&he);
+    assert_eq!(r["dataset"]["path"], "humaneval");
+    assert_eq!(r["dataset"]["tasks"], 164);
+    assert_eq!(r["settings"]["perplexity_text"], "builtin:heldout-code.py");
+    let m = &r["models"][0];
+    assert_eq!(m["prompt_style"], "completion");
+    let tasks = m["tasks"].as_array().expect("tasks");
+    assert_eq!(tasks.len(), 2);
+    assert!(tasks.iter().all(|t| t["category"] == "humaneval"));
+    // A completion answer is the stub plus the continuation: always defines the entry point.
+    let code = tasks[0]["samples"][0]["code"].as_str().expect("code");
+    assert!(code.contains("def has_close_elements("), "{code}");
+    assert!(m["quality"]["perplexity"].as_f64().is_some());
+
+    let suite = tmp.path().join("poems.jsonl");
+    std::fs::write(
+        &suite,
+        r#"{"id": "p1", "category": "poetry", "prompt": "Write a Python function haiku() that returns the string 'old pond'.", "entry_point": "haiku", "tests": ["assert haiku() == 'old pond'"], "canonical_solution": "def haiku():\n    return 'old pond'\n"}"#,
+    )
+    .expect("write");
+    let own = tmp.path().join("own.json");
+    run(&[
+        "eval",
+        "--model",
+        &t(f32_dir),
+        "--dataset",
+        &t(&suite),
+        "--max-new-tokens",
+        "24",
+        "--no-perplexity",
+        "--out",
+        &t(&own),
+    ]);
+    let r = read(&own);
+    assert_eq!(r["models"][0]["prompt_style"], "chat");
+    assert_eq!(r["models"][0]["tasks"][0]["category"], "poetry");
+    assert_eq!(r["models"][0]["summary"]["categories"]["poetry"][0], 1);
+}
