@@ -1,0 +1,200 @@
+//! Matrix products for inference on the CPU, one module per weight format, one per ISA.
+//!
+//! | module | format | activations |
+//! |---|---|---|
+//! | [`ternary`] | [`PackedTernary`]: trit planes at 2 bits a weight, a scale per plane, row and group | int8 (W1.58A8) or f32 |
+//! | [`q8`] | [`Q8Matrix`]: int8 with a scale per row (head, embedding) | int8 |
+//! | [`q4`] | [`Q4Matrix`]: 4 bits with a binary16 step per 32 columns (head, embedding) | int8 |
+//! | [`dense`] | [`F16Matrix`] (binary16) and the f32 dot product | f32 |
+//!
+//! Each format's module holds its scalar reference beside the function that picks the kernel
+//! for an [`Isa`]; the kernels themselves live in `x86` (AVX2, AVX-512 VNNI, F16C, FMA) and
+//! `arm` (NEON, NEON with `sdot`). [`Isa::detect`] is the one place the implementation is chosen,
+//! once per process; every product takes it (or an explicit [`Isa`], for tests and benchmarks).
+//! The integer paths equal their scalar references bit for bit (tests beside each format, on
+//! every ISA the CPU offers, and aarch64 under qemu-user: `scripts/test-aarch64.sh`).
+//!
+//! `rows` is the parallel machinery they share: chunks of rows on rayon's persistent pool, each
+//! writing its outputs straight into the `[tokens, rows]` result. `QuantizedInput` is the
+//! per-token int8 quantization of activations (absmax, [`crate::act::quantize_token`]) with
+//! per-group sums, shared by the int8 formats.
+
+#[cfg(target_arch = "aarch64")]
+mod arm;
+pub mod dense;
+pub mod q4;
+pub mod q8;
+mod rows;
+pub mod ternary;
+#[cfg(test)]
+mod test_util;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use rayon::prelude::*;
+
+pub(crate) use dense::dot_f32_portable;
+pub use dense::{F16Matrix, dot_f16_portable};
+pub use q4::{Q4_GROUP, Q4Matrix, q4_row_dot_scalar};
+pub use q8::Q8Matrix;
+pub use ternary::{BLOCK, PackError, PackedTernary, code_at, row_dot_f32_scalar, row_dot_scalar};
+
+/// Which implementation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// Portable Rust.
+    Scalar,
+    /// x86-64 AVX2.
+    Avx2,
+    /// x86-64 AVX-512 VNNI with 256-bit vectors (AVX-512 VL).
+    Avx512Vnni,
+    /// aarch64 NEON (`smull` + pairwise add).
+    Neon,
+    /// aarch64 NEON with the dot-product extension (`sdot`).
+    NeonDot,
+}
+
+impl Isa {
+    /// The best implementation this CPU supports (`SMOLBIT_ISA=scalar|avx2|neon` caps it),
+    /// decided once per process: every product asks, so the decode loop must not read the
+    /// environment each time.
+    pub fn detect() -> Isa {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = detect_cpu();
+            match std::env::var("SMOLBIT_ISA").as_deref() {
+                Ok("scalar") => Isa::Scalar,
+                Ok("avx2") if best != Isa::Scalar => Isa::Avx2,
+                Ok("neon") if best != Isa::Scalar => Isa::Neon,
+                _ => best,
+            }
+        })
+    }
+
+    /// Every implementation this CPU supports, scalar first.
+    pub fn available() -> Vec<Isa> {
+        let best = detect_cpu();
+        let mut v = vec![Isa::Scalar];
+        if matches!(best, Isa::Avx2 | Isa::Avx512Vnni) {
+            v.push(Isa::Avx2);
+        }
+        if best == Isa::Avx512Vnni {
+            v.push(Isa::Avx512Vnni);
+        }
+        if matches!(best, Isa::Neon | Isa::NeonDot) {
+            v.push(Isa::Neon);
+        }
+        if best == Isa::NeonDot {
+            v.push(Isa::NeonDot);
+        }
+        v
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+            Isa::Neon => "neon",
+            Isa::NeonDot => "neon-dotprod",
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_cpu() -> Isa {
+    if is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx2")
+    {
+        Isa::Avx512Vnni
+    } else if is_x86_feature_detected!("avx2") {
+        Isa::Avx2
+    } else {
+        Isa::Scalar
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+fn detect_cpu() -> Isa {
+    if std::arch::is_aarch64_feature_detected!("dotprod") {
+        Isa::NeonDot
+    } else {
+        Isa::Neon
+    }
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+fn detect_cpu() -> Isa {
+    Isa::Scalar
+}
+
+/// A compact `[rows, cols]` table (output head, embedding): [`Q8Matrix`] and [`Q4Matrix`]
+/// (against int8 activations), [`F16Matrix`] (float activations).
+pub trait QuantizedTable: std::fmt::Debug + Send + Sync {
+    /// Quantize a row-major `[rows, cols]` f32 matrix.
+    fn quantize(w: &[f32], rows: usize, cols: usize) -> Self
+    where
+        Self: Sized;
+    /// Rows.
+    fn rows(&self) -> usize;
+    /// Row `r` dequantized (an embedding lookup).
+    fn row(&self, r: usize) -> Vec<f32>;
+    /// Bytes held.
+    fn bytes(&self) -> usize;
+    /// Append the rows of `other` (the same columns), for tables read in pieces.
+    fn append(&mut self, other: Self)
+    where
+        Self: Sized;
+    /// `y = x Wᵀ` for `x: [tokens, cols]` with a chosen implementation; returns `[tokens, rows]`.
+    fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32>;
+    /// `y = x Wᵀ` with the best implementation this CPU supports.
+    fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
+        self.matmul_with(Isa::detect(), x, tokens)
+    }
+}
+
+/// Tokens quantized to int8, padded, with per-group sums.
+pub(crate) struct QuantizedInput {
+    pub(crate) values: Vec<i8>,
+    pub(crate) scales: Vec<f32>,
+    pub(crate) group_sums: Vec<i32>,
+}
+
+impl QuantizedInput {
+    pub(crate) fn new(x: &[f32], tokens: usize, cols: usize, padded: usize, group: usize) -> Self {
+        let groups = padded / group;
+        let mut values = vec![0i8; tokens * padded];
+        let mut group_sums = vec![0i32; tokens * groups];
+        let one = |(t, (v, gs)): (usize, (&mut [i8], &mut [i32]))| {
+            let s = crate::act::quantize_token_into(&x[t * cols..][..cols], v);
+            for (g, chunk) in v.chunks(group).enumerate() {
+                gs[g] = chunk.iter().map(|&v| i32::from(v)).sum();
+            }
+            s
+        };
+        // Tokens in parallel for prefill (a few per task); one token inline.
+        let scales = if tokens > 1 {
+            values
+                .par_chunks_mut(padded)
+                .zip(group_sums.par_chunks_mut(groups))
+                .enumerate()
+                .with_min_len(4)
+                .map(one)
+                .collect()
+        } else {
+            values
+                .chunks_mut(padded)
+                .zip(group_sums.chunks_mut(groups))
+                .enumerate()
+                .map(one)
+                .collect()
+        };
+        QuantizedInput {
+            values,
+            scales,
+            group_sums,
+        }
+    }
+}

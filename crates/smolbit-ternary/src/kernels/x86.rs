@@ -1,0 +1,502 @@
+//! x86-64 kernels: AVX2 (`maddubs`), AVX-512 VNNI (`vpdpbusd` on 256-bit vectors), F16C and
+//! FMA; each equals its format's scalar reference (bit for bit for the integer products).
+use std::arch::x86_64::*;
+
+use super::ternary::{BLOCK, BLOCK_BYTES};
+
+#[inline(always)]
+unsafe fn hsum(v: __m256i) -> i32 {
+    // SAFETY: register-only AVX2 operations.
+    unsafe {
+        let lo = _mm256_castsi256_si128(v);
+        let hi = _mm256_extracti128_si256(v, 1);
+        let s = _mm_add_epi32(lo, hi);
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        _mm_cvtsi128_si32(s)
+    }
+}
+
+// Partial products of 32 codes with 32 activations, accumulated in a "small" register and
+// flushed into i32 lanes. AVX2: `maddubs` gives i16 pairs (|p| <= 2 · 2 · 127 = 508), summed
+// in i16 for at most FLUSH = 64 products (64 · 508 = 32512 < 2^15), then widened with
+// `madd`. VNNI: `vpdpbusd` sums four u8 × i8 products straight into i32 lanes.
+const FLUSH: usize = 64;
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn prod_avx2(small: __m256i, c: __m256i, x: __m256i) -> __m256i {
+    _mm256_add_epi16(small, _mm256_maddubs_epi16(c, x))
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn flush_avx2(small: __m256i) -> __m256i {
+    _mm256_madd_epi16(small, _mm256_set1_epi16(1))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+unsafe fn prod_vnni(small: __m256i, c: __m256i, x: __m256i) -> __m256i {
+    _mm256_dpbusd_epi32(small, c, x)
+}
+
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn flush_vnni(small: __m256i) -> __m256i {
+    small
+}
+
+macro_rules! row_dot_n {
+    ($name:ident, $features:literal, $prod:ident, $flush:ident) => {
+        /// `N` tokens against one packed row: each block's codes are unpacked once and used
+        /// for every token; per group, the exact integer sum minus the activation sum, times
+        /// the group's scale. With groups of whole blocks, only the first `quarters` (0 to
+        /// 4) 32-column quarters of the last block are computed: the caller passes how many
+        /// hold real columns (the rest is padding, which adds nothing).
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name<const N: usize>(
+            codes: &[u8],
+            scales: &[f32],
+            xs: [&[i8]; N],
+            sums: [&[i32]; N],
+            group: usize,
+            quarters: usize,
+        ) -> [f32; N] {
+            let blocks = codes.len() / BLOCK_BYTES;
+            for t in 0..N {
+                assert!(xs[t].len() >= blocks * BLOCK && sums[t].len() >= scales.len());
+            }
+            assert!(scales.len() * group >= blocks * BLOCK && group.is_multiple_of(32));
+            let mask = _mm256_set1_epi8(3);
+            let cp = codes.as_ptr();
+            let xp: [*const i8; N] = std::array::from_fn(|t| xs[t].as_ptr());
+            let mut y = [0f32; N];
+            // Four code vectors of block b.
+            let unpack = |b: usize| {
+                // SAFETY: b < blocks: 32 code bytes in bounds.
+                let v = unsafe { _mm256_loadu_si256(cp.add(b * BLOCK_BYTES).cast()) };
+                [
+                    _mm256_and_si256(v, mask),
+                    _mm256_and_si256(_mm256_srli_epi16(v, 2), mask),
+                    _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+                    _mm256_and_si256(_mm256_srli_epi16(v, 6), mask),
+                ]
+            };
+            if group >= BLOCK {
+                // Whole blocks per group; the small accumulators are flushed every
+                // FLUSH / 4 blocks.
+                let per = group / BLOCK;
+                for g in 0..scales.len() {
+                    let mut big = [_mm256_setzero_si256(); N];
+                    let end = ((g + 1) * per).min(blocks);
+                    let mut b = g * per;
+                    while b < end {
+                        let stop = (b + FLUSH / 4).min(end);
+                        let mut small = [_mm256_setzero_si256(); N];
+                        while b < stop {
+                            let parts = unpack(b);
+                            if b + 1 == blocks && quarters < 4 {
+                                // The last block's padding quarters (code 1, activation
+                                // 0) add nothing: skipped.
+                                for t in 0..N {
+                                    for (k, part) in parts.iter().enumerate().take(quarters) {
+                                        // SAFETY: as below.
+                                        small[t] = unsafe {
+                                            $prod(
+                                                small[t],
+                                                *part,
+                                                _mm256_loadu_si256(
+                                                    xp[t].add(b * BLOCK + 32 * k).cast(),
+                                                ),
+                                            )
+                                        };
+                                    }
+                                }
+                                b += 1;
+                                continue;
+                            }
+                            for t in 0..N {
+                                // SAFETY: 128 activations of block b in bounds (asserted);
+                                // the helpers need only this function's features.
+                                unsafe {
+                                    let xb = xp[t].add(b * BLOCK);
+                                    small[t] =
+                                        $prod(small[t], parts[0], _mm256_loadu_si256(xb.cast()));
+                                    small[t] = $prod(
+                                        small[t],
+                                        parts[1],
+                                        _mm256_loadu_si256(xb.add(32).cast()),
+                                    );
+                                    small[t] = $prod(
+                                        small[t],
+                                        parts[2],
+                                        _mm256_loadu_si256(xb.add(64).cast()),
+                                    );
+                                    small[t] = $prod(
+                                        small[t],
+                                        parts[3],
+                                        _mm256_loadu_si256(xb.add(96).cast()),
+                                    );
+                                }
+                            }
+                            b += 1;
+                        }
+                        for t in 0..N {
+                            // SAFETY: register-only.
+                            big[t] = _mm256_add_epi32(big[t], unsafe { $flush(small[t]) });
+                        }
+                    }
+                    for t in 0..N {
+                        // SAFETY: register-only.
+                        let s = unsafe { hsum(big[t]) };
+                        y[t] += scales[g] * (s - sums[t][g]) as f32;
+                    }
+                }
+            } else {
+                // 32 or 64 columns per group: 4 or 2 groups per block.
+                let q = group / 32;
+                for b in 0..blocks {
+                    let parts = unpack(b);
+                    for j in 0..4 / q {
+                        let g = b * (4 / q) + j;
+                        for t in 0..N {
+                            let mut small = _mm256_setzero_si256();
+                            for k in j * q..(j + 1) * q {
+                                // SAFETY: as above.
+                                small = unsafe {
+                                    $prod(
+                                        small,
+                                        parts[k],
+                                        _mm256_loadu_si256(xp[t].add(b * BLOCK + 32 * k).cast()),
+                                    )
+                                };
+                            }
+                            // SAFETY: register-only.
+                            let s = unsafe { hsum($flush(small)) };
+                            y[t] += scales[g] * (s - sums[t][g]) as f32;
+                        }
+                    }
+                }
+            }
+            y
+        }
+    };
+}
+
+/// One token against one [`super::Q4Matrix`] row: eight groups at a time, two groups per
+/// 32-byte load of codes (low nibbles: columns 0-15 of both, high: 16-31, against the two
+/// groups' activations rearranged by lane), each pair's products summed in 16 bits (at most
+/// 2 · 2 · 15 · 128, no saturation) and widened once, the eight groups' sums reduced to one
+/// vector in group order, less the code offsets, converted and multiplied by the steps
+/// (F16C), then added to the lanes: the reference's f32 operations in its order.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn q4_row_dot_avx2(codes: &[u8], scales: &[u16], x: &[i8], off: &[i32]) -> f32 {
+    use super::q4::{Q4_GROUP, Q4_LANES};
+    let groups = scales.len();
+    assert!(groups.is_multiple_of(Q4_LANES) && off.len() >= groups);
+    assert!(codes.len() >= groups * Q4_GROUP / 2 && x.len() >= groups * Q4_GROUP);
+    let low = _mm256_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    // After the reduction the lanes hold groups 0, 2, 4, 6, 1, 3, 5, 7.
+    let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    let mut acc = _mm256_setzero_ps();
+    for g0 in (0..groups).step_by(Q4_LANES) {
+        let mut v = [_mm256_setzero_si256(); Q4_LANES / 2];
+        for (p, vp) in v.iter_mut().enumerate() {
+            let g = g0 + 2 * p;
+            // SAFETY: groups g and g + 1: 32 code bytes and 64 activations in bounds
+            // (asserted; g + 1 < groups as groups is a multiple of eight).
+            unsafe {
+                let b = _mm256_loadu_si256(codes.as_ptr().add(g * Q4_GROUP / 2).cast());
+                let lo = _mm256_and_si256(b, low);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(b, 4), low);
+                let xa = _mm256_loadu_si256(x.as_ptr().add(g * Q4_GROUP).cast());
+                let xb = _mm256_loadu_si256(x.as_ptr().add((g + 1) * Q4_GROUP).cast());
+                let xlo = _mm256_permute2x128_si256(xa, xb, 0x20);
+                let xhi = _mm256_permute2x128_si256(xa, xb, 0x31);
+                let s16 =
+                    _mm256_add_epi16(_mm256_maddubs_epi16(lo, xlo), _mm256_maddubs_epi16(hi, xhi));
+                // Lanes 0-3: group g's four partial sums; 4-7: group g + 1's.
+                *vp = _mm256_madd_epi16(s16, ones);
+            }
+        }
+        let h01 = _mm256_hadd_epi32(v[0], v[1]);
+        let h23 = _mm256_hadd_epi32(v[2], v[3]);
+        let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(h01, h23), order);
+        // SAFETY: eight offsets and steps at g0 are in bounds (asserted).
+        let (o, d) = unsafe {
+            (
+                _mm256_loadu_si256(off.as_ptr().add(g0).cast()),
+                _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g0).cast())),
+            )
+        };
+        let ints = _mm256_cvtepi32_ps(_mm256_sub_epi32(sums, o));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(d, ints));
+    }
+    let mut lanes = [0f32; Q4_LANES];
+    // SAFETY: eight f32 into an array of eight.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    lanes.iter().fold(0f32, |a, &v| a + v)
+}
+
+/// Four i32 vectors summed horizontally: `[Σa, Σb, Σc, Σd]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum4(v: [__m256i; 4]) -> [i32; 4] {
+    let ab = _mm256_hadd_epi32(v[0], v[1]);
+    let cd = _mm256_hadd_epi32(v[2], v[3]);
+    let abcd = _mm256_hadd_epi32(ab, cd);
+    let s = _mm_add_epi32(
+        _mm256_castsi256_si128(abcd),
+        _mm256_extracti128_si256(abcd, 1),
+    );
+    let mut out = [0i32; 4];
+    // SAFETY: 16 bytes into a 4 x i32 array.
+    unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), s) };
+    out
+}
+
+macro_rules! rows_dot {
+    ($name:ident, $features:literal, $prod:ident, $flush:ident) => {
+        /// One token against `M` packed rows (groups of whole blocks): each block's 128
+        /// activations are loaded once for all rows; the rows' integer sums per group are
+        /// reduced together; then, per row, the group sum minus the activation sum times
+        /// the group's scale, as in the one-row kernel.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name<const M: usize>(
+            codes: [&[u8]; M],
+            scales: [&[f32]; M],
+            x: &[i8],
+            sums: &[i32],
+            group: usize,
+        ) -> [f32; M] {
+            const { assert!(M == 4) };
+            let blocks = codes[0].len() / BLOCK_BYTES;
+            let groups = scales[0].len();
+            for r in 0..M {
+                assert!(codes[r].len() == blocks * BLOCK_BYTES && scales[r].len() == groups);
+            }
+            assert!(x.len() >= blocks * BLOCK && sums.len() >= groups);
+            assert!(group.is_multiple_of(BLOCK) && groups * group >= blocks * BLOCK);
+            let mask = _mm256_set1_epi8(3);
+            let cp: [*const u8; M] = std::array::from_fn(|r| codes[r].as_ptr());
+            let xp = x.as_ptr();
+            // The next M rows (where a caller walking down the matrix goes next): fetched
+            // into the cache while these are computed, at the pace they are consumed. Decode
+            // stalls on memory latency without it (measured: 16 -> 25.5 GB/s in the stream
+            // bench). A prefetch never faults; the address may lie past the matrix.
+            let ahead = cp[M - 1].wrapping_add(blocks * BLOCK_BYTES);
+            let per = group / BLOCK;
+            let mut y = [0f32; M];
+            for g in 0..groups {
+                let mut big = [_mm256_setzero_si256(); M];
+                let end = ((g + 1) * per).min(blocks);
+                let mut b = g * per;
+                while b < end {
+                    let stop = (b + FLUSH / 4).min(end);
+                    let mut small = [_mm256_setzero_si256(); M];
+                    while b < stop {
+                        let pf = ahead.wrapping_add(b * M * BLOCK_BYTES);
+                        for line in (0..M * BLOCK_BYTES).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(line).cast());
+                        }
+                        // SAFETY: b < blocks: 128 activations and 32 code bytes per row in
+                        // bounds (asserted); the helpers need only this function's
+                        // features.
+                        unsafe {
+                            let xb = xp.add(b * BLOCK);
+                            let xv = [
+                                _mm256_loadu_si256(xb.cast()),
+                                _mm256_loadu_si256(xb.add(32).cast()),
+                                _mm256_loadu_si256(xb.add(64).cast()),
+                                _mm256_loadu_si256(xb.add(96).cast()),
+                            ];
+                            for r in 0..M {
+                                let v = _mm256_loadu_si256(cp[r].add(b * BLOCK_BYTES).cast());
+                                let mut acc = small[r];
+                                acc = $prod(acc, _mm256_and_si256(v, mask), xv[0]);
+                                acc = $prod(
+                                    acc,
+                                    _mm256_and_si256(_mm256_srli_epi16(v, 2), mask),
+                                    xv[1],
+                                );
+                                acc = $prod(
+                                    acc,
+                                    _mm256_and_si256(_mm256_srli_epi16(v, 4), mask),
+                                    xv[2],
+                                );
+                                acc = $prod(
+                                    acc,
+                                    _mm256_and_si256(_mm256_srli_epi16(v, 6), mask),
+                                    xv[3],
+                                );
+                                small[r] = acc;
+                            }
+                        }
+                        b += 1;
+                    }
+                    for r in 0..M {
+                        // SAFETY: register-only.
+                        big[r] = _mm256_add_epi32(big[r], unsafe { $flush(small[r]) });
+                    }
+                }
+                // SAFETY: register-only.
+                let s = unsafe { hsum4([big[0], big[1], big[2], big[3]]) };
+                for r in 0..M {
+                    y[r] += scales[r][g] * (s[r] - sums[g]) as f32;
+                }
+            }
+            y
+        }
+    };
+}
+
+rows_dot!(rows_dot_avx2, "avx2", prod_avx2, flush_avx2);
+
+rows_dot!(
+    rows_dot_vnni,
+    "avx2,avx512f,avx512vl,avx512vnni",
+    prod_vnni,
+    flush_vnni
+);
+
+row_dot_n!(row_dot_n_avx2, "avx2", prod_avx2, flush_avx2);
+row_dot_n!(
+    row_dot_n_vnni,
+    "avx2,avx512f,avx512vl,avx512vnni",
+    prod_vnni,
+    flush_vnni
+);
+
+/// `Σ w·x` of int8 vectors: |w| as u8 times x with w's sign, pairs to i16 (at most
+/// 2 · 127 · 127, no saturation), then to i32.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn dot_i8_avx2(w: &[i8], x: &[i8]) -> i32 {
+    assert!(w.len() == x.len() && w.len().is_multiple_of(32));
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_si256();
+    for i in (0..w.len()).step_by(32) {
+        // SAFETY: i + 32 <= len for both (asserted).
+        let (wv, xv) = unsafe {
+            (
+                _mm256_loadu_si256(w.as_ptr().add(i).cast()),
+                _mm256_loadu_si256(x.as_ptr().add(i).cast()),
+            )
+        };
+        let p = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+    }
+    // SAFETY: register-only.
+    unsafe { hsum(acc) }
+}
+
+/// `Σ w·x` for binary16 `w`: eight weights converted with `vcvtph2ps` per FMA, four
+/// independent accumulators, the tail in scalar code.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_f16_avx2(w: &[u16], x: &[f32]) -> f32 {
+    let n = w.len().min(x.len());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, a) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8j + 8 <= n for both slices.
+            unsafe {
+                let h = _mm_loadu_si128(w.as_ptr().add(i + 8 * j).cast());
+                let xv = _mm256_loadu_ps(x.as_ptr().add(i + 8 * j));
+                *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), xv, *a);
+            }
+        }
+        i += 32;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    // SAFETY: register-only.
+    let mut total = unsafe { hsum_ps(s) };
+    for k in i..n {
+        total += half::f16::from_bits(w[k]).to_f32() * x[k];
+    }
+    total
+}
+
+#[inline(always)]
+unsafe fn hsum_ps(v: __m256) -> f32 {
+    // SAFETY: register-only AVX operations.
+    unsafe {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+/// Four independent 8-lane FMA chains.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, lane) in acc.iter_mut().enumerate() {
+            // SAFETY: i + 8j + 8 <= n for both slices.
+            unsafe {
+                let x = _mm256_loadu_ps(a.as_ptr().add(i + 8 * j));
+                let y = _mm256_loadu_ps(b.as_ptr().add(i + 8 * j));
+                *lane = _mm256_fmadd_ps(x, y, *lane);
+            }
+        }
+        i += 32;
+    }
+    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    // SAFETY: register-only.
+    let mut total = unsafe { hsum_ps(s) };
+    for k in i..n {
+        total += a[k] * b[k];
+    }
+    total
+}
+
+/// Float activations: codes widened to f32 eight at a time, fused multiply-add with x.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn row_dot_f32_avx2(
+    codes: &[u8],
+    scales: &[f32],
+    x: &[f32],
+    sums: &[f32],
+    group: usize,
+) -> f32 {
+    assert!(x.len() >= codes.len() * 4);
+    let mask = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_ps();
+    let mut y = 0f32;
+    let mut g = 0;
+    let mut filled = 0;
+    let mut lanes = [0u8; 32];
+    for b in 0..codes.len() / BLOCK_BYTES {
+        // SAFETY: (b + 1) * 32 <= codes.len().
+        let v = unsafe { _mm256_loadu_si256(codes.as_ptr().add(b * BLOCK_BYTES).cast()) };
+        for k in 0..4 {
+            let c = _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(2 * k as i32)), mask);
+            // SAFETY: lanes is 32 bytes.
+            unsafe { _mm256_storeu_si256(lanes.as_mut_ptr().cast(), c) };
+            let off = b * BLOCK + 32 * k;
+            for e in 0..4 {
+                // SAFETY: 8 bytes of lanes at 8e; off + 8e + 8 <= x.len() (asserted).
+                unsafe {
+                    let c8 = _mm_loadl_epi64(lanes.as_ptr().add(8 * e).cast());
+                    let cf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(c8));
+                    let xv = _mm256_loadu_ps(x.as_ptr().add(off + 8 * e));
+                    acc = _mm256_fmadd_ps(cf, xv, acc);
+                }
+            }
+            filled += 32;
+            if filled == group {
+                filled = 0;
+                // SAFETY: register-only.
+                y += scales[g] * (unsafe { hsum_ps(acc) } - sums[g]);
+                acc = _mm256_setzero_ps();
+                g += 1;
+            }
+        }
+    }
+    y
+}
