@@ -105,6 +105,13 @@ fn cache_and_attend<E: smolbit_ternary::attention::KvElement>(
 /// Tokens from which float-activation ternary layers use a transient dense GEMM.
 const DENSE_PREFILL: usize = 16;
 
+/// Tokens from which float tables (f32/f16/bf16 linears) use a transient f32 copy and burn's
+/// GEMM instead of their own tiled kernels. At 128 prompt tokens on the 135M model the GEMM
+/// ran at 305 (f32) and 253 (f16) tokens/s against 176 and 196 for the tiles, but the copy costs
+/// about 0.09 s a prompt in f16, so below about 48 tokens the tiles are faster
+/// (`smolbit --threads 1 bench --prompt-tokens 128`, measured beside a distillation run).
+const TABLE_GEMM: usize = 48;
+
 /// A linear layer's weight.
 // A burn tensor is ~580 bytes with the wgpu backend compiled in; a model holds seven linears a
 // layer, built once and never moved on the hot path, so boxing would buy nothing.
@@ -127,6 +134,9 @@ pub enum Linear {
         /// int8 activations (W1.58A8) or float.
         act8: bool,
     },
+    /// A dense linear on the host kernels (CPU): f32, binary16 or bfloat16 weights against
+    /// float activations, or int8/int4 weights against int8 activations.
+    Table(HostTable),
     /// Packed ternary weights on a CubeCL device (wgpu), run by the kernels in `gpu`.
     #[cfg(feature = "wgpu")]
     Gpu {
@@ -145,16 +155,151 @@ pub enum Linear {
     },
 }
 
-impl Linear {
-    /// The packed weights and activation mode when `tokens` tokens run through the host
-    /// kernels: packed CPU weights, except float activations from [`DENSE_PREFILL`] tokens on,
-    /// which take burn's GEMM on a transient dense copy.
-    fn host_kernels(
-        &self,
-        tokens: usize,
-    ) -> Option<(&smolbit_ternary::kernels::PackedTernary, bool)> {
+/// The weights of a dense linear on the host kernels (`smolbit_ternary::kernels`).
+#[derive(Debug)]
+pub enum HostTable {
+    /// f32 (an f32 checkpoint's weights as stored).
+    F32(smolbit_ternary::kernels::F32Matrix),
+    /// binary16.
+    F16(smolbit_ternary::kernels::F16Matrix),
+    /// bfloat16.
+    Bf16(smolbit_ternary::kernels::Bf16Matrix),
+    /// int8, a scale per row, int8 activations.
+    Q8(smolbit_ternary::kernels::Q8Matrix),
+    /// 4-bit, a binary16 step per 32 columns, int8 activations.
+    Q4(smolbit_ternary::kernels::Q4Matrix),
+}
+
+impl HostTable {
+    /// `w: [rows, cols]` (HF's `[out, in]`) stored as `kind`.
+    pub fn new(kind: crate::LinearStorage, w: &[f32], rows: usize, cols: usize) -> Self {
+        use crate::LinearStorage as S;
+        use smolbit_ternary::kernels::{
+            Bf16Matrix, F16Matrix, F32Matrix, Q4Matrix, Q8Matrix, QuantizedTable,
+        };
+        match kind {
+            S::F32 => HostTable::F32(F32Matrix::quantize(w, rows, cols)),
+            S::F16 => HostTable::F16(F16Matrix::quantize(w, rows, cols)),
+            S::Bf16 => HostTable::Bf16(Bf16Matrix::quantize(w, rows, cols)),
+            S::Q8 => HostTable::Q8(Q8Matrix::quantize(w, rows, cols)),
+            S::Q4 => HostTable::Q4(Q4Matrix::quantize(w, rows, cols)),
+        }
+    }
+
+    fn table(&self) -> &dyn smolbit_ternary::kernels::QuantizedTable {
         match self {
-            Linear::Ternary { w, act8 } if *act8 || tokens < DENSE_PREFILL => Some((w, *act8)),
+            HostTable::F32(m) => m,
+            HostTable::F16(m) => m,
+            HostTable::Bf16(m) => m,
+            HostTable::Q8(m) => m,
+            HostTable::Q4(m) => m,
+        }
+    }
+
+    /// How it is stored.
+    pub fn storage(&self) -> crate::LinearStorage {
+        use crate::LinearStorage as S;
+        match self {
+            HostTable::F32(_) => S::F32,
+            HostTable::F16(_) => S::F16,
+            HostTable::Bf16(_) => S::Bf16,
+            HostTable::Q8(_) => S::Q8,
+            HostTable::Q4(_) => S::Q4,
+        }
+    }
+
+    /// The rows of `parts` stacked in order, when they are stored alike with the same columns
+    /// (products then equal the parts' side by side: rows are independent in every format).
+    fn concat(parts: &[&HostTable]) -> Option<HostTable> {
+        use smolbit_ternary::kernels::QuantizedTable;
+        fn stack<T: QuantizedTable + Clone>(parts: &[Option<&T>]) -> Option<T> {
+            let first = (*parts.first()?)?;
+            let mut out = first.clone();
+            for p in &parts[1..] {
+                let p = (*p)?;
+                if p.cols() != first.cols() {
+                    return None;
+                }
+                out.append(p.clone());
+            }
+            Some(out)
+        }
+        macro_rules! by {
+            ($v:ident) => {
+                stack(
+                    &parts
+                        .iter()
+                        .map(|p| match p {
+                            HostTable::$v(m) => Some(m),
+                            _ => None,
+                        })
+                        .collect::<Vec<_>>(),
+                )
+                .map(HostTable::$v)
+            };
+        }
+        match parts.first()? {
+            HostTable::F32(_) => by!(F32),
+            HostTable::F16(_) => by!(F16),
+            HostTable::Bf16(_) => by!(Bf16),
+            HostTable::Q8(_) => by!(Q8),
+            HostTable::Q4(_) => by!(Q4),
+        }
+    }
+
+    /// The `[rows, cols]` f32 values it stands for.
+    pub(crate) fn dequantize(&self) -> Vec<f32> {
+        self.table().dequantize()
+    }
+
+    /// Float activations (f32, f16, bf16): many tokens go through burn's GEMM instead.
+    fn float_activations(&self) -> bool {
+        matches!(
+            self,
+            HostTable::F32(_) | HostTable::F16(_) | HostTable::Bf16(_)
+        )
+    }
+}
+
+/// Weights run by the host kernels, and how.
+#[derive(Clone, Copy)]
+enum HostWeights<'a> {
+    /// Packed ternary, with int8 activations or not.
+    Packed(&'a smolbit_ternary::kernels::PackedTernary, bool),
+    /// A dense table.
+    Table(&'a dyn smolbit_ternary::kernels::QuantizedTable),
+}
+
+impl HostWeights<'_> {
+    fn rows(self) -> usize {
+        match self {
+            HostWeights::Packed(w, _) => w.rows,
+            HostWeights::Table(w) => w.rows(),
+        }
+    }
+
+    /// The product on host rows `x: [T, in]`: `[T, out]` row-major.
+    fn product(self, x: &[f32], t: usize) -> Vec<f32> {
+        match self {
+            HostWeights::Packed(w, true) => w.matmul_i8(x, t),
+            HostWeights::Packed(w, false) => w.matmul_f32(x, t),
+            HostWeights::Table(w) => w.matmul(x, t),
+        }
+    }
+}
+
+impl Linear {
+    /// The weights when `tokens` tokens run through the host kernels: packed ternary and
+    /// dense tables on the CPU, except float activations from [`DENSE_PREFILL`] (ternary) or
+    /// [`TABLE_GEMM`] (tables) tokens on, which take burn's GEMM on a transient dense copy.
+    fn host_kernels(&self, tokens: usize) -> Option<HostWeights<'_>> {
+        match self {
+            Linear::Ternary { w, act8 } if *act8 || tokens < DENSE_PREFILL => {
+                Some(HostWeights::Packed(w, *act8))
+            }
+            Linear::Table(w) if !w.float_activations() || tokens < TABLE_GEMM => {
+                Some(HostWeights::Table(w.table()))
+            }
             _ => None,
         }
     }
@@ -162,10 +307,10 @@ impl Linear {
     /// `x: [T, in]` -> `[T, out]`.
     pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
         let t = x.dims()[0];
-        if let Some((w, act8)) = self.host_kernels(t) {
+        if let Some(w) = self.host_kernels(t) {
             let device = x.device();
-            let y = host_product(w, act8, x, None);
-            return Tensor::from_data(TensorData::new(y, [t, w.rows]), &device);
+            let y = host_product(w, x, None);
+            return Tensor::from_data(TensorData::new(y, [t, w.rows()]), &device);
         }
         match self {
             Linear::PreNormed { norm, inner } => inner.forward(norm.apply(x)),
@@ -180,6 +325,15 @@ impl Linear {
                 let dense = Tensor::<2>::from_data(
                     TensorData::new(w.dequantize(), [w.rows, w.cols]),
                     &device,
+                );
+                x.matmul(dense.transpose())
+            }
+            Linear::Table(w) => {
+                // Many tokens with float activations: as above, a transient f32 copy.
+                let w = w.table();
+                let dense = Tensor::<2>::from_data(
+                    TensorData::new(w.dequantize(), [w.rows(), w.cols()]),
+                    &x.device(),
                 );
                 x.matmul(dense.transpose())
             }
@@ -207,11 +361,25 @@ impl Linear {
             norm.apply_host(&mut x);
             return inner.forward_host(x, t, device);
         }
-        if let Some((w, act8)) = self.host_kernels(t) {
-            return packed_product(w, act8, &x, t);
+        if let Some(w) = self.host_kernels(t) {
+            return w.product(&x, t);
         }
         let cols = x.len() / t.max(1);
         crate::tensor_to_vec(self.forward(crate::upload2(x, t, cols, device)))
+    }
+
+    /// How the weight is stored and run: "ternary" (packed, CPU kernels), "ternary-gpu",
+    /// "burn-f32" (burn's matmul), or a host table's storage ("f32", "f16", "bf16", "q8",
+    /// "q4").
+    pub fn storage(&self) -> &'static str {
+        match self {
+            Linear::Dense { .. } => "burn-f32",
+            Linear::Ternary { .. } => "ternary",
+            Linear::Table(w) => w.storage().name(),
+            #[cfg(feature = "wgpu")]
+            Linear::Gpu { .. } => "ternary-gpu",
+            Linear::PreNormed { inner, .. } => inner.storage(),
+        }
     }
 
     /// Bytes of weight data held.
@@ -219,6 +387,7 @@ impl Linear {
         match self {
             Linear::Dense { w, .. } => w.dims().iter().product::<usize>() * 4,
             Linear::Ternary { w, .. } => w.bytes(),
+            Linear::Table(w) => w.table().bytes(),
             #[cfg(feature = "wgpu")]
             Linear::Gpu { w, .. } => w.bytes(),
             Linear::PreNormed { inner, .. } => inner.bytes(),
@@ -226,34 +395,15 @@ impl Linear {
     }
 }
 
-/// The packed CPU kernels on `x: [T, in]` (RMS-normalized first on the host when `norm` is
-/// given), on the host: `[T, out]` row-major.
-fn host_product(
-    w: &smolbit_ternary::kernels::PackedTernary,
-    act8: bool,
-    x: Tensor<2>,
-    norm: Option<&Norm>,
-) -> Vec<f32> {
+/// The host kernels on `x: [T, in]` (RMS-normalized first on the host when `norm` is given),
+/// on the host: `[T, out]` row-major.
+fn host_product(w: HostWeights<'_>, x: Tensor<2>, norm: Option<&Norm>) -> Vec<f32> {
     let t = x.dims()[0];
     let mut host = crate::tensor_to_vec(x);
     if let Some(n) = norm {
         n.apply_host(&mut host);
     }
-    packed_product(w, act8, &host, t)
-}
-
-/// The packed CPU kernels on host rows `x: [T, in]`: int8 or float activations.
-fn packed_product(
-    w: &smolbit_ternary::kernels::PackedTernary,
-    act8: bool,
-    x: &[f32],
-    t: usize,
-) -> Vec<f32> {
-    if act8 {
-        w.matmul_i8(x, t)
-    } else {
-        w.matmul_f32(x, t)
-    }
+    w.product(&host, t)
 }
 
 /// Linears applied to the same input (q, k, v; gate, up). Packed ternary ones of one shape run
@@ -293,11 +443,24 @@ impl Fused {
                 );
             }
         }
+        let tables: Option<Vec<&HostTable>> = parts
+            .iter()
+            .map(|l| match l {
+                Linear::Table(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        if let Some(tables) = tables
+            && let Some(w) = HostTable::concat(&tables)
+        {
+            let outs = tables.iter().map(|w| w.table().rows()).collect();
+            return Fused::Stacked(Linear::Table(w), outs);
+        }
         Fused::Separate(parts)
     }
 
-    /// The stacked packed weights when this runs on the host kernels for `tokens` tokens.
-    fn host(&self, tokens: usize) -> Option<(&smolbit_ternary::kernels::PackedTernary, bool)> {
+    /// The stacked weights when this runs on the host kernels for `tokens` tokens.
+    fn host(&self, tokens: usize) -> Option<HostWeights<'_>> {
         match self {
             Fused::Stacked(l, _) => l.host_kernels(tokens),
             Fused::Separate(_) => None,
@@ -315,10 +478,10 @@ impl Fused {
         let parts: Vec<Tensor<2>> = match self {
             Fused::Stacked(l, outs) => {
                 let y = match self.host(t) {
-                    Some((w, act8)) => {
+                    Some(w) => {
                         let device = x.device();
-                        let y = host_product(w, act8, x, norm);
-                        Tensor::from_data(TensorData::new(y, [t, w.rows]), &device)
+                        let y = host_product(w, x, norm);
+                        Tensor::from_data(TensorData::new(y, [t, w.rows()]), &device)
                     }
                     None => l.forward(Norm::maybe(norm, x)),
                 };
@@ -348,13 +511,13 @@ impl Fused {
     /// otherwise with burn's ops.
     pub(crate) fn swiglu(&self, x: Tensor<2>, norm: Option<&Norm>, act: HiddenAct) -> Tensor<2> {
         let t = x.dims()[0];
-        if let (Some((w, act8)), Fused::Stacked(_, outs)) = (self.host(t), self)
+        if let (Some(w), Fused::Stacked(_, outs)) = (self.host(t), self)
             && outs.len() == 2
             && outs[0] == outs[1]
         {
             let f = outs[0];
             let device = x.device();
-            let y = host_product(w, act8, x, norm);
+            let y = host_product(w, x, norm);
             let inner = host_glu(&y, f, act);
             return Tensor::from_data(TensorData::new(inner, [t, f]), &device);
         }
@@ -643,6 +806,12 @@ impl Block {
     /// Bytes of linear weights held.
     pub fn linear_bytes(&self) -> usize {
         self.qkv.bytes() + self.wo.bytes() + self.gate_up.bytes() + self.down.bytes()
+    }
+
+    /// How the down projection is stored (as [`Linear::storage`]): what the block's
+    /// linears run on.
+    pub fn linear_storage(&self) -> &'static str {
+        self.down.storage()
     }
 
     /// `x: [T, hidden]` -> `[T, hidden]`.

@@ -13,7 +13,9 @@
 //! directories and converted TQ1_0 / TQ2_0 / I2_S GGUFs) keep their linears packed at 2 bits
 //! on the CPU and run them through `smolbit_ternary::kernels` ([`Linear::Ternary`]: int8 per-token activations for
 //! `:a8` schemes, float otherwise), and on wgpu through the CubeCL kernels of the `gpu` module
-//! (`Linear::Gpu`); everything else stays in burn. With [`LoadOptions::reference_linears`] (or a
+//! (`Linear::Gpu`). Dense linears on the CPU run on the host kernels too ([`Linear::Table`]: the
+//! checkpoint's f32, binary16 or bfloat16 weights as stored, or by [`LoadOptions::linears`] int8
+//! or int4 ones); everything else stays in burn. With [`LoadOptions::reference_linears`] (or a
 //! group size the packed layout does not take), trits are unpacked to f32 at load and `:a8`
 //! inputs are fake-quantized to int8 (the reference path the kernels are tested against).
 //! [`Model::calibrate`] records each linear's input statistics for calibrated schemes.
@@ -38,7 +40,7 @@ use smolbit_ternary::kernels::{F16Matrix, Q4Matrix, Q8Matrix, QuantizedTable};
 use smolbit_weights::{LoadError, ModelConfig, ModelDir};
 
 pub use burn::prelude::Device;
-pub use layers::{Block, InputRecorder, KvCache, Linear};
+pub use layers::{Block, HostTable, InputRecorder, KvCache, Linear};
 
 pub use smolbit_weights::quantize::{Calibration, InputStats, QuantConfig};
 
@@ -128,6 +130,92 @@ pub struct LoadOptions {
     pub burn_ops: bool,
     /// Element type of the KV cache on the host path (other paths keep f32).
     pub kv_cache: KvStorage,
+    /// Storage of dense linears on the CPU host path.
+    pub linears: LinearPolicy,
+}
+
+/// How a dense linear's weights are stored on the host kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinearStorage {
+    /// f32.
+    F32,
+    /// IEEE binary16 (rounded to nearest even).
+    F16,
+    /// bfloat16 (rounded to nearest even).
+    Bf16,
+    /// int8 with a scale per row (`smolbit_ternary::kernels::Q8Matrix`), int8 activations.
+    Q8,
+    /// 4-bit with a binary16 step per 32 columns (`smolbit_ternary::kernels::Q4Matrix`), int8
+    /// activations.
+    Q4,
+}
+
+impl LinearStorage {
+    /// Whether its kernels quantize activations to int8 (q8, q4).
+    pub fn int8_activations(self) -> bool {
+        matches!(self, LinearStorage::Q8 | LinearStorage::Q4)
+    }
+
+    /// Its name: "f32", "f16", "bf16", "q8" or "q4".
+    pub fn name(self) -> &'static str {
+        match self {
+            LinearStorage::F32 => "f32",
+            LinearStorage::F16 => "f16",
+            LinearStorage::Bf16 => "bf16",
+            LinearStorage::Q8 => "q8",
+            LinearStorage::Q4 => "q4",
+        }
+    }
+}
+
+/// How dense (not ternary) linears are stored and run on the CPU host path.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LinearPolicy {
+    /// The checkpoint's own precision on the host kernels: binary16 and bfloat16 weights as
+    /// stored, anything else in f32.
+    #[default]
+    Auto,
+    /// f32 through burn's matmul (the path before the host kernels; for comparison).
+    Burn,
+    /// This storage (converted at load).
+    Store(LinearStorage),
+}
+
+impl std::str::FromStr for LinearPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        use LinearStorage as S;
+        Ok(match s {
+            "auto" => LinearPolicy::Auto,
+            "burn" => LinearPolicy::Burn,
+            "f32" => LinearPolicy::Store(S::F32),
+            "f16" => LinearPolicy::Store(S::F16),
+            "bf16" => LinearPolicy::Store(S::Bf16),
+            "q8" => LinearPolicy::Store(S::Q8),
+            "q4" => LinearPolicy::Store(S::Q4),
+            other => {
+                return Err(format!(
+                    "unknown linear storage '{other}' (auto, burn, f32, f16, bf16, q8, q4)"
+                ));
+            }
+        })
+    }
+}
+
+impl LinearPolicy {
+    /// The storage of a dense linear whose checkpoint stores it as `dtype` (`None`: burn).
+    fn storage(self, dtype: Option<smolbit_weights::safetensors::Dtype>) -> Option<LinearStorage> {
+        use smolbit_weights::safetensors::Dtype;
+        match self {
+            LinearPolicy::Burn => None,
+            LinearPolicy::Store(s) => Some(s),
+            LinearPolicy::Auto => Some(match dtype {
+                Some(Dtype::F16) => LinearStorage::F16,
+                Some(Dtype::BF16) => LinearStorage::Bf16,
+                _ => LinearStorage::F32,
+            }),
+        }
+    }
 }
 
 /// How the KV cache stores keys and values.
@@ -165,7 +253,8 @@ impl std::str::FromStr for KvStorage {
 /// How the embedding and output head are stored.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum HeadPolicy {
-    /// 8-bit for ternary checkpoints on the CPU kernels, f32 otherwise.
+    /// On the CPU kernels: 8-bit for ternary checkpoints, for dense ones the storage of their
+    /// linears ([`LoadOptions::linears`]: f16, q8 or q4; f32 for f32 and bf16); f32 elsewhere.
     #[default]
     Auto,
     /// f32 (as loaded).
@@ -231,8 +320,20 @@ impl Model {
         let reference = opts.reference_linears || std::env::var_os("SMOLBIT_REFERENCE").is_some();
         let kernels = *device == Device::flex() && !reference;
         let cpu = *device == Device::flex();
+        let host = cpu && !opts.burn_ops && std::env::var_os("SMOLBIT_BURN_OPS").is_none();
         let head_policy = match opts.head {
             HeadPolicy::Auto if kernels && md.quant.is_some() => HeadPolicy::Q8,
+            // A dense checkpoint on the host kernels: the head in the linears' storage (an f16
+            // checkpoint reads its f16 head as stored; `--linears q4` makes a 4-bit model).
+            HeadPolicy::Auto if kernels && host => {
+                let embed = md.weights.entry("model.embed_tokens.weight").ok();
+                match opts.linears.storage(embed.map(|e| e.dtype)) {
+                    Some(LinearStorage::F16) => HeadPolicy::F16,
+                    Some(LinearStorage::Q8) => HeadPolicy::Q8,
+                    Some(LinearStorage::Q4) => HeadPolicy::Q4,
+                    _ => HeadPolicy::F32,
+                }
+            }
             HeadPolicy::Auto => HeadPolicy::F32,
             // The quantized tables run on the CPU kernels only.
             HeadPolicy::F16 | HeadPolicy::Q8 | HeadPolicy::Q4 if !cpu => HeadPolicy::F32,
@@ -271,7 +372,6 @@ impl Model {
             as_head(&table("lm_head.weight")?)
         };
         let norm = layers::Norm::new(get1("model.norm.weight", c.hidden_size)?, c.rms_norm_eps);
-        let host = cpu && !opts.burn_ops && std::env::var_os("SMOLBIT_BURN_OPS").is_none();
         let load_linear = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {
             // int8 activations for the ternary linears of an `:a8` checkpoint only (a linear
             // left in floating point, as transformers' `modules_to_not_convert`, takes floats).
@@ -292,6 +392,31 @@ impl Model {
                     }
                 }
                 _ => {}
+            }
+            // A dense linear (or a ternary one the packed layout does not take, dequantized) on
+            // the host kernels, unless `:a8` fake quantization is asked. Where the host kernels
+            // do not run (the reference path, burn's ops, other devices) a storage the user
+            // chose still decides the weights: burn's matmul on its dequantized values, with
+            // int8 fake-quantized inputs for q8 and q4 (the reference the kernels are tested
+            // against).
+            let dtype = md.weights.entry(name).ok().map(|e| e.dtype);
+            let storage = if act8 {
+                None
+            } else {
+                opts.linears.storage(dtype)
+            };
+            if let Some(kind) = storage
+                && (host && !reference || matches!(opts.linears, LinearPolicy::Store(_)))
+            {
+                let w = md.linear_f32(name, rows, cols)?;
+                let table = layers::HostTable::new(kind, &w, rows, cols);
+                if host && !reference {
+                    return Ok(Linear::Table(table));
+                }
+                return Ok(Linear::Dense {
+                    w: upload2(table.dequantize(), rows, cols, device).transpose(),
+                    act8: kind.int8_activations(),
+                });
             }
             Ok(Linear::Dense {
                 w: Model::upload_linear(&md, name, rows, cols, device)?.transpose(),
@@ -344,10 +469,16 @@ impl Model {
         ))
     }
 
-    /// Bytes held by the decoder blocks' linear weights (packed for ternary kernels, f32
-    /// otherwise).
+    /// Bytes held by the decoder blocks' linear weights (as stored: packed ternary, a host
+    /// table's format, or f32).
     pub fn linear_bytes(&self) -> usize {
         self.layers.iter().map(Block::linear_bytes).sum()
+    }
+
+    /// How the blocks' linears are stored and run ([`Linear::storage`] of the first block's
+    /// down projection).
+    pub fn linear_storage(&self) -> &'static str {
+        self.layers.first().map_or("none", Block::linear_storage)
     }
 
     /// How the output head is stored: "f32", "f16", "q8" or "q4".

@@ -404,6 +404,91 @@ fn host_path_matches_burn_ops() {
     }
 }
 
+/// Dense linears on the host kernels (`LoadOptions::linears`), on the f16 tiny Llama whose
+/// golden logits transformers computed in float32 from the stored binary16 weights (the head
+/// kept in f32 here; by default it follows the linears' storage, checked first). `auto` keeps
+/// the weights as stored (binary16 tables), `f32` widens them exactly and `burn` runs them
+/// through burn's matmul: all three hold the golden 1e-4 (only summation order differs).
+///
+/// bf16, q8 and q4 round the weights again, q8 and q4 the activations to int8 too, so their
+/// logits move away from transformers' (printed: on this random model q4 moves them by about a
+/// third of the largest logit, as the 4-bit head does in `packed_kernels_match_the_reference_path`).
+/// Each is held instead to the reference path of the same storage (`reference_linears`: burn's
+/// matmul on the dequantized weights, int8 fake-quantized inputs for q8 and q4), at the golden
+/// 1e-4, on 8 tokens and one cached step (as for the packed kernels: longer inputs eventually
+/// flip an int8 rounding legitimately). A misread table or a wrong row order in the stacked
+/// projections moves logits by as much as the logits themselves.
+#[test]
+fn dense_linears_run_on_the_host_kernels() {
+    let dev = device("cpu").expect("cpu");
+    let g = golden("tiny-llama/logits.json");
+    let load_head = |linears: &str, reference_linears: bool, head| {
+        let opts = smolbit_model::LoadOptions {
+            linears: linears.parse().expect("policy"),
+            reference_linears,
+            head,
+            ..Default::default()
+        };
+        Model::load_with(&testdata("tiny-llama"), &dev, opts).expect("load")
+    };
+    // By default the head follows the linears' storage (an f16 checkpoint's f16 head as stored).
+    for (policy, head) in [
+        ("auto", "f16"),
+        ("f32", "f32"),
+        ("burn", "f32"),
+        ("q8", "q8"),
+    ] {
+        let m = load_head(policy, false, smolbit_model::HeadPolicy::Auto);
+        assert_eq!(m.head_storage(), head, "{policy}");
+    }
+    let load = |linears: &str, reference_linears: bool| {
+        load_head(linears, reference_linears, smolbit_model::HeadPolicy::F32)
+    };
+    for (policy, storage) in [("auto", "f16"), ("f32", "f32"), ("burn", "burn-f32")] {
+        let m = load(policy, false);
+        assert_eq!(m.linear_storage(), storage, "{policy}");
+        let worst = check_model(&m, &g, policy);
+        eprintln!("linears {policy}: max |diff| {worst:e}");
+    }
+    // 60 tokens: from 48 on, float tables run through burn's GEMM on a transient f32 copy.
+    let long: Vec<u32> = g.tokens.iter().cycle().take(60).copied().collect();
+    let (tables, burn) = (load("auto", false), load("burn", false));
+    let a = tensor_to_vec(tables.forward(&long, &mut tables.new_cache()).expect("forward"));
+    let b = tensor_to_vec(burn.forward(&long, &mut burn.new_cache()).expect("forward"));
+    assert_close(&a, &b, "60 tokens, f16 tables against burn");
+    let scale = g.logits.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
+    let tokens = &g.tokens[..8];
+    let logits = |m: &Model| {
+        let mut cache = m.new_cache();
+        let mut out = tensor_to_vec(m.forward(tokens, &mut cache).expect("forward"));
+        out.extend(tensor_to_vec(m.forward(&[3], &mut cache).expect("step")));
+        out
+    };
+    let max_diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let vocab = load("auto", false).config().vocab_size;
+    for policy in ["bf16", "q8", "q4"] {
+        let (fast, reference) = (load(policy, false), load(policy, true));
+        assert_eq!(fast.linear_storage(), policy);
+        assert_eq!(reference.linear_storage(), "burn-f32");
+        let (a, b) = (logits(&fast), logits(&reference));
+        let worst = max_diff(&a, &b);
+        let golden: Vec<f32> = g.logits[..8].iter().flatten().copied().collect();
+        let off = max_diff(&a[..8 * vocab], &golden);
+        eprintln!(
+            "linears {policy}: max |diff| {worst:e} from its reference path, {:.1} % of the \
+             largest logit from transformers",
+            100.0 * off / scale
+        );
+        assert!(worst < 1e-4, "{policy}: max |diff| {worst}");
+        assert!(off > 1e-3, "{policy}: the storage changed nothing");
+    }
+}
+
 /// The f16 KV cache (`LoadOptions::kv_cache`) on the tiny SmolLM3 against transformers' golden
 /// logits, prefill then one token at a time through the cache. Keys and values are rounded to
 /// binary16 (relative error up to 2^-11 = 4.9e-4 each) and that is the only difference from the

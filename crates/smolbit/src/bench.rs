@@ -17,6 +17,7 @@ pub struct BenchArgs<'a> {
     pub device: &'a str,
     pub head: smolbit_model::HeadPolicy,
     pub kv_cache: smolbit_model::KvStorage,
+    pub linears: smolbit_model::LinearPolicy,
     pub json: bool,
 }
 
@@ -40,6 +41,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let opts = smolbit_model::LoadOptions {
         head: a.head,
         kv_cache: a.kv_cache,
+        linears: a.linears,
         ..Default::default()
     };
     let model = smolbit_model::Model::load_with(a.model, &dev, opts)?;
@@ -80,12 +82,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         println!(
             "{}: prefill {p:.1} tok/s ({} tokens), decode {d:.1} tok/s ({} tokens), time to first \
              token {t:.1} ms, peak RSS {}, load {load_ms:.0} ms; medians of {} runs, {threads} \
-             threads, kernels {isa}, head {}, KV cache {}",
+             threads, kernels {isa}, linears {}, head {}, KV cache {}",
             a.model.display(),
             prompt.len(),
             a.new_tokens,
             rss.map_or("n/a".into(), |m| format!("{m:.0} MB")),
             a.repeats.max(1),
+            model.linear_storage(),
             model.head_storage(),
             model.kv_storage().name(),
         );
@@ -106,6 +109,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             "threads": threads,
             "isa": isa,
             "device": a.device,
+            "linears": model.linear_storage(),
             "head": model.head_storage(),
             "kv_cache": model.kv_storage().name(),
         })

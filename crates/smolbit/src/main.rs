@@ -142,6 +142,11 @@ enum Command {
         /// attention reads; other paths keep f32).
         #[arg(long, default_value = "f32")]
         kv_cache: smolbit_model::KvStorage,
+        /// Dense linears on the CPU: auto (the checkpoint's f32, f16 or bf16 on the host
+        /// kernels), burn (f32 through burn's matmul), or f32, f16, bf16, q8 (int8, a scale per
+        /// row) or q4 (a binary16 step per 32 columns), converted at load.
+        #[arg(long, default_value = "auto")]
+        linears: smolbit_model::LinearPolicy,
         /// Print one JSON object as the last line only.
         #[arg(long)]
         json: bool,
@@ -193,6 +198,10 @@ enum Command {
         /// Device: cpu or, in builds with the wgpu feature, wgpu.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Dense linears of --model (not the reference): auto, burn, f32, f16, bf16, q8 or q4
+        /// (as on `generate`).
+        #[arg(long, default_value = "auto")]
+        linears: smolbit_model::LinearPolicy,
     },
     /// Interactive multi-turn chat in the terminal (`/reset` clears the history, `/exit` quits).
     Chat {
@@ -244,6 +253,11 @@ struct GenOpts {
     /// attention reads, for long conversations; other paths keep f32).
     #[arg(long, default_value = "f32")]
     kv_cache: smolbit_model::KvStorage,
+    /// Dense linears on the CPU: auto (the checkpoint's f32, f16 or bf16 on the host
+    /// kernels), burn (f32 through burn's matmul), or f32, f16, bf16, q8 (int8, a scale per
+    /// row) or q4 (a binary16 step per 32 columns), converted at load.
+    #[arg(long, default_value = "auto")]
+    linears: smolbit_model::LinearPolicy,
 }
 
 impl GenOpts {
@@ -372,6 +386,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             device,
             head,
             kv_cache,
+            linears,
             json,
         } => bench::bench(&bench::BenchArgs {
             model: &model,
@@ -381,6 +396,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             device: &device,
             head,
             kv_cache,
+            linears,
             json,
         }),
         Command::Report {
@@ -416,6 +432,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             max_tokens,
             json,
             device,
+            linears,
         } => perplexity(
             &model,
             &text,
@@ -424,6 +441,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             max_tokens,
             json,
             &device,
+            linears,
         ),
     }
 }
@@ -432,6 +450,7 @@ fn load_generator(model: &Path, opts: &GenOpts) -> Result<smolbit_generate::Gene
     let device = smolbit_model::device(&opts.device)?;
     let load = smolbit_model::LoadOptions {
         kv_cache: opts.kv_cache,
+        linears: opts.linears,
         ..Default::default()
     };
     Ok(smolbit_generate::Generator::load_with(
@@ -707,6 +726,7 @@ fn quantize(
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 fn perplexity(
     model: &Path,
     text: &Path,
@@ -715,9 +735,14 @@ fn perplexity(
     max_tokens: usize,
     json: bool,
     device: &str,
+    linears: smolbit_model::LinearPolicy,
 ) -> Result<()> {
     let dev = smolbit_model::device(device)?;
-    let g = smolbit_generate::Generator::load(model, &dev)?;
+    let opts = smolbit_model::LoadOptions {
+        linears,
+        ..Default::default()
+    };
+    let g = smolbit_generate::Generator::load_with(model, &dev, opts)?;
     let mut ids = g.encode(&read_text(text)?, false)?;
     if max_tokens > 0 {
         ids.truncate(max_tokens);

@@ -5,7 +5,7 @@
 //! | [`ternary`] | [`PackedTernary`]: trit planes at 2 bits a weight, a scale per plane, row and group | int8 (W1.58A8) or f32 |
 //! | [`q8`] | [`Q8Matrix`]: int8 with a scale per row (head, embedding) | int8 |
 //! | [`q4`] | [`Q4Matrix`]: 4 bits with a binary16 step per 32 columns (head, embedding) | int8 |
-//! | [`dense`] | [`F16Matrix`] (binary16) and the f32 dot product | f32 |
+//! | [`dense`] | [`F16Matrix`] (binary16), [`Bf16Matrix`], [`F32Matrix`] (dense checkpoints' linears, the f16 head) | f32 |
 //!
 //! Each format's module holds its scalar reference beside the function that picks the kernel
 //! for an [`Isa`]; the kernels themselves live in `x86` (AVX2, AVX-512 VNNI, F16C, FMA) and
@@ -34,7 +34,9 @@ mod x86;
 use rayon::prelude::*;
 
 pub(crate) use dense::dot_f32_portable;
-pub use dense::{F16Matrix, dot_f16_portable};
+pub use dense::{
+    Bf16Matrix, Bfloat16, Binary16, F16Matrix, F32Matrix, FloatFormat, FloatMatrix, Single,
+};
 pub use q4::{Q4_GROUP, Q4Matrix, q4_row_dot_scalar};
 pub use q8::Q8Matrix;
 pub use ternary::{BLOCK, PackError, PackedTernary, code_at, row_dot_f32_scalar, row_dot_scalar};
@@ -130,8 +132,9 @@ fn detect_cpu() -> Isa {
     Isa::Scalar
 }
 
-/// A compact `[rows, cols]` table (output head, embedding): [`Q8Matrix`] and [`Q4Matrix`]
-/// (against int8 activations), [`F16Matrix`] (float activations).
+/// A `[rows, cols]` weight table on the host kernels (output head, embedding, dense linears):
+/// [`Q8Matrix`] and [`Q4Matrix`] (against int8 activations), [`F16Matrix`], [`Bf16Matrix`] and
+/// [`F32Matrix`] (float activations).
 pub trait QuantizedTable: std::fmt::Debug + Send + Sync {
     /// Quantize a row-major `[rows, cols]` f32 matrix.
     fn quantize(w: &[f32], rows: usize, cols: usize) -> Self
@@ -139,8 +142,20 @@ pub trait QuantizedTable: std::fmt::Debug + Send + Sync {
         Self: Sized;
     /// Rows.
     fn rows(&self) -> usize;
+    /// Columns.
+    fn cols(&self) -> usize;
     /// Row `r` dequantized (an embedding lookup).
     fn row(&self, r: usize) -> Vec<f32>;
+    /// The whole `[rows, cols]` matrix dequantized, rows in parallel (for a transient dense
+    /// GEMM over many tokens).
+    fn dequantize(&self) -> Vec<f32> {
+        let cols = self.cols();
+        let mut out = vec![0f32; self.rows() * cols];
+        out.par_chunks_mut(cols.max(1))
+            .enumerate()
+            .for_each(|(r, row)| row.copy_from_slice(&self.row(r)));
+        out
+    }
     /// Bytes held.
     fn bytes(&self) -> usize;
     /// Append the rows of `other` (the same columns), for tables read in pieces.

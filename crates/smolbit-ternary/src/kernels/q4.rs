@@ -99,6 +99,10 @@ impl QuantizedTable for Q4Matrix {
         self.rows
     }
 
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
     fn append(&mut self, other: Self) {
         assert_eq!(
             other.padded, self.padded,

@@ -58,6 +58,10 @@ impl QuantizedTable for Q8Matrix {
         self.rows
     }
 
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
     fn append(&mut self, other: Self) {
         assert_eq!(
             other.padded, self.padded,

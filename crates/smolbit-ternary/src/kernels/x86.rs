@@ -391,32 +391,126 @@ pub(super) unsafe fn dot_i8_avx2(w: &[i8], x: &[i8]) -> i32 {
     unsafe { hsum(acc) }
 }
 
-/// `Σ w·x` for binary16 `w`: eight weights converted with `vcvtph2ps` per FMA, four
-/// independent accumulators, the tail in scalar code.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn dot_f16_avx2(w: &[u16], x: &[f32]) -> f32 {
-    let n = w.len().min(x.len());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (j, a) in acc.iter_mut().enumerate() {
-            // SAFETY: i + 8j + 8 <= n for both slices.
-            unsafe {
-                let h = _mm_loadu_si128(w.as_ptr().add(i + 8 * j).cast());
-                let xv = _mm256_loadu_ps(x.as_ptr().add(i + 8 * j));
-                *a = _mm256_fmadd_ps(_mm256_cvtph_ps(h), xv, *a);
-            }
-        }
-        i += 32;
-    }
-    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    // SAFETY: register-only.
-    let mut total = unsafe { hsum_ps(s) };
-    for k in i..n {
-        total += half::f16::from_bits(w[k]).to_f32() * x[k];
-    }
-    total
+/// Eight f32 values from eight binary16 ones (F16C).
+#[inline(always)]
+unsafe fn widen_f16(p: *const u16) -> __m256 {
+    // SAFETY: the caller has F16C and eight readable values at `p`.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast())) }
 }
+
+/// Eight f32 values from eight bfloat16 ones (zero-extend, shift left 16).
+#[inline(always)]
+unsafe fn widen_bf16(p: *const u16) -> __m256 {
+    // SAFETY: the caller has AVX2 and eight readable values at `p`.
+    unsafe {
+        _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128(p.cast())),
+            16,
+        ))
+    }
+}
+
+/// Eight f32 values.
+#[inline(always)]
+unsafe fn widen_f32(p: *const f32) -> __m256 {
+    // SAFETY: the caller has AVX and eight readable values at `p`.
+    unsafe { _mm256_loadu_ps(p) }
+}
+
+/// Dot products of `R` weight rows with `N` tokens: per step of eight columns, each row's
+/// weights are widened once and each token's activations loaded once, for `R · N` FMAs into as
+/// many accumulators (independent chains); then each is summed horizontally, and the columns
+/// past the last multiple of eight are added in scalar code.
+macro_rules! float_tile {
+    ($name:ident, $w:ty, $features:literal, $widen:ident, $scalar:expr) => {
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name<const R: usize, const N: usize>(
+            ws: [&[$w]; R],
+            xs: [&[f32]; N],
+        ) -> [[f32; N]; R] {
+            let n = ws[0].len();
+            assert!(
+                ws.iter().all(|w| w.len() == n) && xs.iter().all(|x| x.len() >= n),
+                "rows of one length, activations at least as long"
+            );
+            let mut acc = [[_mm256_setzero_ps(); N]; R];
+            let mut i = 0;
+            while i + 8 <= n {
+                // SAFETY: i + 8 <= n for every row and token (asserted above).
+                unsafe {
+                    let xv: [__m256; N] =
+                        std::array::from_fn(|t| _mm256_loadu_ps(xs[t].as_ptr().add(i)));
+                    for (a, w) in acc.iter_mut().zip(&ws) {
+                        let wv = $widen(w.as_ptr().add(i));
+                        for (a, x) in a.iter_mut().zip(&xv) {
+                            *a = _mm256_fmadd_ps(wv, *x, *a);
+                        }
+                    }
+                }
+                i += 8;
+            }
+            let widen = $scalar;
+            std::array::from_fn(|r| {
+                std::array::from_fn(|t| {
+                    // SAFETY: register-only.
+                    let mut y = unsafe { hsum_ps(acc[r][t]) };
+                    for k in i..n {
+                        y += widen(ws[r][k]) * xs[t][k];
+                    }
+                    y
+                })
+            })
+        }
+    };
+}
+
+/// `Σ w·x` for one row of float weights: eight weights widened per FMA, four independent
+/// accumulators, the tail in scalar code.
+macro_rules! float_dot {
+    ($name:ident, $w:ty, $features:literal, $widen:ident, $scalar:expr) => {
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name(w: &[$w], x: &[f32]) -> f32 {
+            let n = w.len().min(x.len());
+            let mut acc = [_mm256_setzero_ps(); 4];
+            let mut i = 0;
+            while i + 32 <= n {
+                for (j, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: i + 8j + 8 <= n for both slices.
+                    unsafe {
+                        let wv = $widen(w.as_ptr().add(i + 8 * j));
+                        let xv = _mm256_loadu_ps(x.as_ptr().add(i + 8 * j));
+                        *a = _mm256_fmadd_ps(wv, xv, *a);
+                    }
+                }
+                i += 32;
+            }
+            let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            // SAFETY: register-only.
+            let mut total = unsafe { hsum_ps(s) };
+            let widen = $scalar;
+            for k in i..n {
+                total += widen(w[k]) * x[k];
+            }
+            total
+        }
+    };
+}
+
+float_dot!(dot_f16_avx2, u16, "avx2,fma,f16c", widen_f16, |b: u16| {
+    half::f16::from_bits(b).to_f32()
+});
+float_dot!(dot_bf16_avx2, u16, "avx2,fma", widen_bf16, |b: u16| {
+    f32::from_bits(u32::from(b) << 16)
+});
+float_dot!(dot_f32_avx2, f32, "avx2,fma", widen_f32, |v: f32| v);
+
+float_tile!(tile_f16_avx2, u16, "avx2,fma,f16c", widen_f16, |b: u16| {
+    half::f16::from_bits(b).to_f32()
+});
+float_tile!(tile_bf16_avx2, u16, "avx2,fma", widen_bf16, |b: u16| {
+    f32::from_bits(u32::from(b) << 16)
+});
+float_tile!(tile_f32_avx2, f32, "avx2,fma", widen_f32, |v: f32| v);
 
 #[inline(always)]
 unsafe fn hsum_ps(v: __m256) -> f32 {
@@ -427,32 +521,6 @@ unsafe fn hsum_ps(v: __m256) -> f32 {
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
     }
-}
-
-/// Four independent 8-lane FMA chains.
-#[target_feature(enable = "avx2,fma")]
-pub(super) unsafe fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (j, lane) in acc.iter_mut().enumerate() {
-            // SAFETY: i + 8j + 8 <= n for both slices.
-            unsafe {
-                let x = _mm256_loadu_ps(a.as_ptr().add(i + 8 * j));
-                let y = _mm256_loadu_ps(b.as_ptr().add(i + 8 * j));
-                *lane = _mm256_fmadd_ps(x, y, *lane);
-            }
-        }
-        i += 32;
-    }
-    let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    // SAFETY: register-only.
-    let mut total = unsafe { hsum_ps(s) };
-    for k in i..n {
-        total += a[k] * b[k];
-    }
-    total
 }
 
 /// Float activations: codes widened to f32 eight at a time, fused multiply-add with x.
