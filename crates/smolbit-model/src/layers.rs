@@ -164,8 +164,8 @@ pub enum HostTable {
     F16(smolbit_ternary::kernels::F16Matrix),
     /// bfloat16.
     Bf16(smolbit_ternary::kernels::Bf16Matrix),
-    /// int8, a scale per row, int8 activations.
-    Q8(smolbit_ternary::kernels::Q8Matrix),
+    /// int8, a binary16 step per 32 columns (as llama.cpp's Q8_0), int8 activations.
+    Q8(smolbit_ternary::kernels::Q8BlockMatrix),
     /// 4-bit, a binary16 step per 32 columns, int8 activations.
     Q4(smolbit_ternary::kernels::Q4Matrix),
 }
@@ -175,13 +175,13 @@ impl HostTable {
     pub fn new(kind: crate::LinearStorage, w: &[f32], rows: usize, cols: usize) -> Self {
         use crate::LinearStorage as S;
         use smolbit_ternary::kernels::{
-            Bf16Matrix, F16Matrix, F32Matrix, Q4Matrix, Q8Matrix, QuantizedTable,
+            Bf16Matrix, F16Matrix, F32Matrix, Q4Matrix, Q8BlockMatrix, QuantizedTable,
         };
         match kind {
             S::F32 => HostTable::F32(F32Matrix::quantize(w, rows, cols)),
             S::F16 => HostTable::F16(F16Matrix::quantize(w, rows, cols)),
             S::Bf16 => HostTable::Bf16(Bf16Matrix::quantize(w, rows, cols)),
-            S::Q8 => HostTable::Q8(Q8Matrix::quantize(w, rows, cols)),
+            S::Q8 => HostTable::Q8(Q8BlockMatrix::quantize(w, rows, cols)),
             S::Q4 => HostTable::Q4(Q4Matrix::quantize(w, rows, cols)),
         }
     }

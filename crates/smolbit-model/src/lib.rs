@@ -143,7 +143,8 @@ pub enum LinearStorage {
     F16,
     /// bfloat16 (rounded to nearest even).
     Bf16,
-    /// int8 with a scale per row (`smolbit_ternary::kernels::Q8Matrix`), int8 activations.
+    /// int8 with a binary16 step per 32 columns (`smolbit_ternary::kernels::Q8BlockMatrix`, as
+    /// llama.cpp's Q8_0), int8 activations (the head in q8 keeps a scale per row).
     Q8,
     /// 4-bit with a binary16 step per 32 columns (`smolbit_ternary::kernels::Q4Matrix`), int8
     /// activations.

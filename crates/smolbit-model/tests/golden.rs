@@ -453,7 +453,11 @@ fn dense_linears_run_on_the_host_kernels() {
     // 60 tokens: from 48 on, float tables run through burn's GEMM on a transient f32 copy.
     let long: Vec<u32> = g.tokens.iter().cycle().take(60).copied().collect();
     let (tables, burn) = (load("auto", false), load("burn", false));
-    let a = tensor_to_vec(tables.forward(&long, &mut tables.new_cache()).expect("forward"));
+    let a = tensor_to_vec(
+        tables
+            .forward(&long, &mut tables.new_cache())
+            .expect("forward"),
+    );
     let b = tensor_to_vec(burn.forward(&long, &mut burn.new_cache()).expect("forward"));
     assert_close(&a, &b, "60 tokens, f16 tables against burn");
     let scale = g.logits.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));

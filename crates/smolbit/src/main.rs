@@ -143,8 +143,8 @@ enum Command {
         #[arg(long, default_value = "f32")]
         kv_cache: smolbit_model::KvStorage,
         /// Dense linears on the CPU: auto (the checkpoint's f32, f16 or bf16 on the host
-        /// kernels), burn (f32 through burn's matmul), or f32, f16, bf16, q8 (int8, a scale per
-        /// row) or q4 (a binary16 step per 32 columns), converted at load.
+        /// kernels), burn (f32 through burn's matmul), or f32, f16, bf16, q8 (int8, a step per 32
+        /// columns, as Q8_0) or q4 (4-bit, a step per 32 columns, as Q4_0), converted at load.
         #[arg(long, default_value = "auto")]
         linears: smolbit_model::LinearPolicy,
         /// Print one JSON object as the last line only.
@@ -254,8 +254,8 @@ struct GenOpts {
     #[arg(long, default_value = "f32")]
     kv_cache: smolbit_model::KvStorage,
     /// Dense linears on the CPU: auto (the checkpoint's f32, f16 or bf16 on the host
-    /// kernels), burn (f32 through burn's matmul), or f32, f16, bf16, q8 (int8, a scale per
-    /// row) or q4 (a binary16 step per 32 columns), converted at load.
+    /// kernels), burn (f32 through burn's matmul), or f32, f16, bf16, q8 (int8, a step per 32
+    /// columns, as Q8_0) or q4 (4-bit, a step per 32 columns, as Q4_0), converted at load.
     #[arg(long, default_value = "auto")]
     linears: smolbit_model::LinearPolicy,
 }

@@ -4,7 +4,8 @@
 //! |---|---|---|
 //! | [`ternary`] | [`PackedTernary`]: trit planes at 2 bits a weight, a scale per plane, row and group | int8 (W1.58A8) or f32 |
 //! | [`q8`] | [`Q8Matrix`]: int8 with a scale per row (head, embedding) | int8 |
-//! | [`q4`] | [`Q4Matrix`]: 4 bits with a binary16 step per 32 columns (head, embedding) | int8 |
+//! | [`q8_0`] | [`Q8BlockMatrix`]: int8 with a binary16 step per 32 columns (dense linears, as Q8_0) | int8 |
+//! | [`q4`] | [`Q4Matrix`]: 4 bits with a binary16 step per 32 columns (head, embedding, dense linears; as Q4_0) | int8 |
 //! | [`dense`] | [`F16Matrix`] (binary16), [`Bf16Matrix`], [`F32Matrix`] (dense checkpoints' linears, the f16 head) | f32 |
 //!
 //! Each format's module holds its scalar reference beside the function that picks the kernel
@@ -24,6 +25,7 @@ mod arm;
 pub mod dense;
 pub mod q4;
 pub mod q8;
+pub mod q8_0;
 mod rows;
 pub mod ternary;
 #[cfg(test)]
@@ -39,6 +41,7 @@ pub use dense::{
 };
 pub use q4::{Q4_GROUP, Q4Matrix, q4_row_dot_scalar};
 pub use q8::Q8Matrix;
+pub use q8_0::{Q8_GROUP, Q8BlockMatrix, q8_block_row_dot_scalar};
 pub use ternary::{BLOCK, PackError, PackedTernary, code_at, row_dot_f32_scalar, row_dot_scalar};
 
 /// Which implementation runs.

@@ -35,7 +35,13 @@ pub struct Q4Matrix {
 /// The binary16 step for a group whose largest magnitude is `max`: `max / 7` rounded up, so
 /// that `max / d <= 7` (no code is clamped), finite.
 fn q4_step(max: f32) -> half::f16 {
-    let want = (max / 7.0).min(half::f16::MAX.to_f32());
+    step_at_or_above(max, 7.0)
+}
+
+/// The binary16 step `d` at or just above `max / top`, so that `max / d <= top` (no code is
+/// clamped), finite.
+pub(super) fn step_at_or_above(max: f32, top: f32) -> half::f16 {
+    let want = (max / top).min(half::f16::MAX.to_f32());
     let d = half::f16::from_f32(want);
     if d.to_f32() < want {
         half::f16::from_bits(d.to_bits() + 1)

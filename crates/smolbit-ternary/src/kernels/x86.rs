@@ -240,6 +240,52 @@ pub(super) unsafe fn q4_row_dot_avx2(codes: &[u8], scales: &[u16], x: &[i8], off
     lanes.iter().fold(0f32, |a, &v| a + v)
 }
 
+/// One token against one [`super::Q8BlockMatrix`] row: eight groups at a time, each group's
+/// 32 products as in `dot_i8_avx2` (|w| times x with w's sign, pairs summed in 16 bits, at most
+/// 2 · 127 · 127, no saturation, then widened), the eight groups' sums reduced to one vector in
+/// group order, converted and multiplied by the steps (F16C), then added to the lanes: the
+/// reference's f32 operations in its order.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn q8_block_row_dot_avx2(codes: &[i8], scales: &[u16], x: &[i8]) -> f32 {
+    use super::q8_0::{Q8_GROUP, Q8_LANES};
+    let groups = scales.len();
+    assert!(groups.is_multiple_of(Q8_LANES));
+    assert!(codes.len() >= groups * Q8_GROUP && x.len() >= groups * Q8_GROUP);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    for g0 in (0..groups).step_by(Q8_LANES) {
+        let v: [__m256i; Q8_LANES] = std::array::from_fn(|k| {
+            let at = (g0 + k) * Q8_GROUP;
+            // SAFETY: group g0 + k's 32 codes and activations are in bounds (asserted).
+            unsafe {
+                let w = _mm256_loadu_si256(codes.as_ptr().add(at).cast());
+                let xv = _mm256_loadu_si256(x.as_ptr().add(at).cast());
+                let p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w));
+                _mm256_madd_epi16(p, ones)
+            }
+        });
+        // Pairwise sums: each 128-bit half of h0123 holds groups 0-3's sums over that half.
+        let h0123 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+        let h4567 = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+        let s0123 = _mm_add_epi32(
+            _mm256_castsi256_si128(h0123),
+            _mm256_extracti128_si256(h0123, 1),
+        );
+        let s4567 = _mm_add_epi32(
+            _mm256_castsi256_si128(h4567),
+            _mm256_extracti128_si256(h4567, 1),
+        );
+        let sums = _mm256_set_m128i(s4567, s0123);
+        // SAFETY: eight steps at g0 are in bounds (asserted).
+        let d = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g0).cast())) };
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sums)));
+    }
+    let mut lanes = [0f32; Q8_LANES];
+    // SAFETY: eight f32 into an array of eight.
+    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+    lanes.iter().fold(0f32, |a, &v| a + v)
+}
+
 /// Four i32 vectors summed horizontally: `[Σa, Σb, Σc, Σd]`.
 #[inline]
 #[target_feature(enable = "avx2")]

@@ -1,0 +1,202 @@
+//! [`Q8BlockMatrix`]: 8-bit weights with a binary16 step per 32 columns (llama.cpp's Q8_0
+//! layout of scales), against int8 activations.
+
+use super::q4::step_at_or_above;
+use super::rows::par_rows;
+#[cfg(target_arch = "x86_64")]
+use super::x86;
+use super::{Isa, QuantizedInput, QuantizedTable};
+
+/// Columns per 8-bit scale group.
+pub const Q8_GROUP: usize = 32;
+/// Groups reduced together (one vector of eight sums).
+pub(super) const Q8_LANES: usize = 8;
+
+/// An 8-bit matrix for dense linears (as llama.cpp's Q8_0): per group of 32 columns of a row,
+/// `w ≈ q · d` with `d` the binary16 value at or just above `max|w| / 127` and `q` in
+/// -127..=127. Columns are padded to a multiple of 256 (eight groups, one vector of group sums
+/// in the kernel). 8.5 bits a weight.
+#[derive(Debug, Clone)]
+pub struct Q8BlockMatrix {
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// `cols` rounded up to a multiple of 256.
+    pub padded: usize,
+    /// `rows * padded` codes.
+    pub data: Vec<i8>,
+    /// `rows * padded / 32` group steps `d`, binary16 bit patterns.
+    pub scales: Vec<u16>,
+}
+
+impl QuantizedTable for Q8BlockMatrix {
+    fn quantize(w: &[f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(w.len(), rows * cols, "w must be [rows, cols]");
+        let padded = cols.div_ceil(Q8_GROUP * Q8_LANES) * Q8_GROUP * Q8_LANES;
+        let groups = padded / Q8_GROUP;
+        let mut data = vec![0i8; rows * padded];
+        let mut scales = vec![0u16; rows * groups];
+        for r in 0..rows {
+            let row = &w[r * cols..][..cols];
+            for g in 0..cols.div_ceil(Q8_GROUP) {
+                let vals = &row[g * Q8_GROUP..((g + 1) * Q8_GROUP).min(cols)];
+                let max = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let step = step_at_or_above(max, 127.0);
+                scales[r * groups + g] = step.to_bits();
+                let d = step.to_f32();
+                let codes = &mut data[r * padded + g * Q8_GROUP..][..vals.len()];
+                for (q, &v) in codes.iter_mut().zip(vals) {
+                    *q = if d > 0.0 {
+                        crate::act::round_half_even(v / d).clamp(-127.0, 127.0) as i8
+                    } else {
+                        0
+                    };
+                }
+            }
+        }
+        Q8BlockMatrix {
+            rows,
+            cols,
+            padded,
+            data,
+            scales,
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn append(&mut self, other: Self) {
+        assert_eq!(
+            other.padded, self.padded,
+            "appended rows must have the same columns"
+        );
+        self.rows += other.rows;
+        self.data.extend_from_slice(&other.data);
+        self.scales.extend_from_slice(&other.scales);
+    }
+
+    fn row(&self, r: usize) -> Vec<f32> {
+        let groups = self.padded / Q8_GROUP;
+        (0..self.cols)
+            .map(|c| {
+                let d = half::f16::from_bits(self.scales[r * groups + c / Q8_GROUP]).to_f32();
+                f32::from(self.data[r * self.padded + c]) * d
+            })
+            .collect()
+    }
+
+    fn bytes(&self) -> usize {
+        self.data.len() + self.scales.len() * 2
+    }
+
+    /// Per group the exact integer `Σ q·x`; group `g` times its step is added to partial sum
+    /// `g mod 8` (a multiply, then an add), and the eight partial sums are added in order at the
+    /// end, in every implementation alike, so all give identical results.
+    fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
+        assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
+        let q = QuantizedInput::new(x, tokens, self.cols, self.padded, Q8_GROUP);
+        let groups = self.padded / Q8_GROUP;
+        #[cfg(target_arch = "x86_64")]
+        let isa = match isa {
+            // The AVX2 kernel widens the steps with F16C.
+            Isa::Avx2 | Isa::Avx512Vnni if !is_x86_feature_detected!("f16c") => Isa::Scalar,
+            other => other,
+        };
+        par_rows(self.rows, tokens, |r, out| {
+            let codes = &self.data[r * self.padded..][..self.padded];
+            let scales = &self.scales[r * groups..][..groups];
+            for (t, o) in out.iter_mut().enumerate() {
+                let xt = &q.values[t * self.padded..][..self.padded];
+                *o = q8_block_row_dot(isa, codes, scales, xt) / q.scales[t];
+            }
+        })
+    }
+}
+
+fn q8_block_row_dot(isa: Isa, codes: &[i8], scales: &[u16], x: &[i8]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
+        // SAFETY: AVX2 is present whenever Isa is not Scalar, and F16C was checked by the
+        // caller (`Q8BlockMatrix::matmul_with`).
+        return unsafe { x86::q8_block_row_dot_avx2(codes, scales, x) };
+    }
+    let _ = isa;
+    q8_block_row_dot_scalar(codes, scales, x)
+}
+
+/// The reference for [`Q8BlockMatrix`] products (see [`Q8BlockMatrix::matmul_with`] for the
+/// order).
+pub fn q8_block_row_dot_scalar(codes: &[i8], scales: &[u16], x: &[i8]) -> f32 {
+    let mut lanes = [0f32; Q8_LANES];
+    for (g, &d) in scales.iter().enumerate() {
+        let d = half::f16::from_bits(d).to_f32();
+        let acc: i32 = codes[g * Q8_GROUP..][..Q8_GROUP]
+            .iter()
+            .zip(&x[g * Q8_GROUP..][..Q8_GROUP])
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .sum();
+        lanes[g % Q8_LANES] += d * acc as f32;
+    }
+    lanes.iter().fold(0f32, |a, &v| a + v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::test_util::{SHAPES, random_x};
+
+    #[test]
+    fn q8_blocks_match_scalar_and_dense() {
+        for (i, (rows, cols)) in SHAPES.into_iter().chain([(5, 2048), (3, 700)]).enumerate() {
+            let w = random_x(rows * cols, 31 + i as u64);
+            let m = Q8BlockMatrix::quantize(&w, rows, cols);
+            for tokens in [1, 2] {
+                let x = random_x(tokens * cols, 32);
+                let want = m.matmul_with(Isa::Scalar, &x, tokens);
+                for isa in Isa::available() {
+                    assert!(
+                        m.matmul_with(isa, &x, tokens) == want,
+                        "{isa:?} {rows}x{cols}"
+                    );
+                }
+                // Against the f32 product, computed independently: weights rounded to half a
+                // step of max|w|/127 per group, activations to half a step of max|x|/127, so
+                // the error is below (|w|max · |x|max / 127) · cols (plus f32 rounding, far
+                // smaller).
+                for t in 0..tokens {
+                    let xt = &x[t * cols..][..cols];
+                    let xm = xt.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    for r in 0..rows {
+                        let wr = &w[r * cols..][..cols];
+                        let wm = wr.iter().fold(0f32, |a, v| a.max(v.abs()));
+                        let dense: f64 = wr.iter().zip(xt).map(|(a, b)| f64::from(a * b)).sum();
+                        let bound = f64::from(wm * xm) / 127.0 * cols as f64;
+                        let got = f64::from(want[t * rows + r]);
+                        assert!(
+                            (got - dense).abs() <= bound,
+                            "{rows}x{cols}: {got} vs {dense}"
+                        );
+                    }
+                }
+            }
+            // Lookup: each value within half a step of its group; stacking keeps the rows.
+            let groups = m.padded / Q8_GROUP;
+            for r in 0..rows {
+                for (c, v) in m.row(r).into_iter().enumerate() {
+                    let d = half::f16::from_bits(m.scales[r * groups + c / Q8_GROUP]).to_f32();
+                    assert!((v - w[r * cols + c]).abs() <= 0.5 * d * 1.0001 + 1e-6);
+                }
+            }
+            let mut stacked = m.clone();
+            stacked.append(m.clone());
+            assert_eq!(stacked.row(rows), m.row(0));
+        }
+    }
+}
