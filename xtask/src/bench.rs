@@ -258,7 +258,7 @@ pub fn run(args: &[String]) -> Result<()> {
     if long {
         return long_context(&bin, &root, llama.as_deref(), &ggufs);
     }
-    let mut cases: Vec<(String, PathBuf, usize, usize, &str)> = Vec::new();
+    let mut cases: Vec<(String, PathBuf, usize, usize, Vec<&str>)> = Vec::new();
     let models = root.join("models");
     for entry in std::fs::read_dir(&models)
         .with_context(|| format!("{}: run the pipeline first", models.display()))?
@@ -301,18 +301,27 @@ pub fn run(args: &[String]) -> Result<()> {
             let q4_too = (big && !dense_big)
                 || size_class(&name) == 1
                 || d.file_name().is_some_and(|n| n == "b158");
-            let heads: &[&str] = if q4_too { &["auto", "q4"] } else { &["auto"] };
-            for &head in heads {
+            // Dense small checkpoints also with their linears (and head) in 8 and 4 bits, as
+            // llama.cpp's Q8_0 and Q4_0 rows (`--linears q8|q4`).
+            let dense_small = !big && !d.join("quantization.json").is_file();
+            let variants: &[(&str, &[&str])] = if q4_too {
+                &[("", &[]), (" (q4 head)", &["--head", "q4"])]
+            } else if dense_small {
+                &[
+                    ("", &[]),
+                    (" (q8 linears)", &["--linears", "q8"]),
+                    (" (q4 linears)", &["--linears", "q4"]),
+                ]
+            } else {
+                &[("", &[])]
+            };
+            for &(suffix, options) in variants {
                 for threads in [1, 2] {
                     if dense_big && threads == 1 {
                         continue;
                     }
-                    let label = if head == "auto" {
-                        name.clone()
-                    } else {
-                        format!("{name} ({head} head)")
-                    };
-                    cases.push((label, d.clone(), threads, new_tokens, head));
+                    let label = format!("{name}{suffix}");
+                    cases.push((label, d.clone(), threads, new_tokens, options.to_vec()));
                 }
             }
         }
@@ -335,15 +344,16 @@ pub fn run(args: &[String]) -> Result<()> {
     // than across the whole run (this machine's speed drifts within a run); the table keeps
     // smolbit rows first.
     enum Job<'a> {
-        Smolbit(String, PathBuf, usize, usize, &'a str),
+        /// A label, a model directory, threads, new tokens, `smolbit bench` options.
+        Smolbit(String, PathBuf, usize, usize, Vec<&'a str>),
         /// An engine's name, its llama-bench, a GGUF, threads.
         Peer(&'static str, PathBuf, PathBuf, usize),
     }
     let mut jobs: Vec<(u8, Job)> = Vec::new();
-    for (name, dir, threads, new_tokens, head) in cases {
+    for (name, dir, threads, new_tokens, options) in cases {
         jobs.push((
             size_class(&name),
-            Job::Smolbit(name, dir, threads, new_tokens, head),
+            Job::Smolbit(name, dir, threads, new_tokens, options),
         ));
     }
     for (engine, exe, files) in [
@@ -412,9 +422,8 @@ pub fn run(args: &[String]) -> Result<()> {
     for round in 0..rounds {
         for &i in &order {
             let (label, wb, per_token, threads, sample) = match &jobs[i].1 {
-                Job::Smolbit(name, dir, threads, new_tokens, head) => {
-                    let (name, dir, threads, new_tokens, head) =
-                        (name, dir, *threads, *new_tokens, *head);
+                Job::Smolbit(name, dir, threads, new_tokens, options) => {
+                    let (name, dir, threads, new_tokens) = (name, dir, *threads, *new_tokens);
                     eprintln!("[bench] round {round}: {name}, {threads} thread(s)");
                     let repeats = if new_tokens <= 4 {
                         "1"
@@ -428,7 +437,7 @@ pub fn run(args: &[String]) -> Result<()> {
                         &bin,
                         &root,
                         threads,
-                        &["--repeats", repeats, "--head", head],
+                        &[&["--repeats", repeats][..], options].concat(),
                         &["--prompt-tokens", "128", "--new-tokens", &new],
                         dir,
                     )?;
