@@ -125,6 +125,8 @@ pub enum Linear {
         w: Tensor<2>,
         /// Fake-quantize inputs to int8.
         act8: bool,
+        /// With `act8`: one scale per group of this many columns (0: one per token).
+        act_group: usize,
     },
     /// Packed ternary weights run by `smolbit_ternary::kernels` (CPU): the input goes to the
     /// host, through the kernel, and back as a tensor.
@@ -314,8 +316,12 @@ impl Linear {
         }
         match self {
             Linear::PreNormed { norm, inner } => inner.forward(norm.apply(x)),
-            Linear::Dense { w, act8 } => {
-                let x = if *act8 { act_quant(x) } else { x };
+            Linear::Dense { w, act8, act_group } => {
+                let x = match (*act8, *act_group) {
+                    (false, _) => x,
+                    (true, 0) => act_quant(x),
+                    (true, g) => act_quant_groups(x, g),
+                };
                 x.matmul(w.clone())
             }
             Linear::Ternary { w, .. } => {
@@ -596,6 +602,22 @@ fn host_glu(gu: &[f32], f: usize, act: HiddenAct) -> Vec<f32> {
 pub(crate) fn act_quant(x: Tensor<2>) -> Tensor<2> {
     let (q, scale) = act_quant_parts(x);
     q.div(scale)
+}
+
+/// [`act_quant`] applied to each group of `group` columns of each token on its own (the int8
+/// activations of the q8 and q4 tables; a last partial group is padded with zeros).
+pub(crate) fn act_quant_groups(x: Tensor<2>, group: usize) -> Tensor<2> {
+    let [t, c] = x.dims();
+    let padded = c.div_ceil(group) * group;
+    let x = if padded > c {
+        let device = x.device();
+        Tensor::cat(vec![x, Tensor::zeros([t, padded - c], &device)], 1)
+    } else {
+        x
+    };
+    act_quant(x.reshape([t * padded / group, group]))
+        .reshape([t, padded])
+        .narrow(1, 0, c)
 }
 
 /// [`act_quant`] before the division: the integers `q` (as f32) and each token's `scale`

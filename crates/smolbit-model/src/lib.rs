@@ -398,8 +398,8 @@ impl Model {
             // the host kernels, unless `:a8` fake quantization is asked. Where the host kernels
             // do not run (the reference path, burn's ops, other devices) a storage the user
             // chose still decides the weights: burn's matmul on its dequantized values, with
-            // int8 fake-quantized inputs for q8 and q4 (the reference the kernels are tested
-            // against).
+            // inputs fake-quantized to int8 per 32 columns for q8 and q4 (the reference the
+            // kernels are tested against).
             let dtype = md.weights.entry(name).ok().map(|e| e.dtype);
             let storage = if act8 {
                 None
@@ -417,11 +417,16 @@ impl Model {
                 return Ok(Linear::Dense {
                     w: upload2(table.dequantize(), rows, cols, device).transpose(),
                     act8: kind.int8_activations(),
+                    act_group: match kind {
+                        LinearStorage::Q4 => smolbit_ternary::kernels::Q4_GROUP,
+                        _ => smolbit_ternary::kernels::Q8_GROUP,
+                    },
                 });
             }
             Ok(Linear::Dense {
                 w: Model::upload_linear(&md, name, rows, cols, device)?.transpose(),
                 act8,
+                act_group: 0,
             })
         };
         let lin = |name: &str, rows: usize, cols: usize| -> Result<Linear, ModelError> {

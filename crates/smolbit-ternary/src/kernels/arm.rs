@@ -179,10 +179,16 @@ macro_rules! kernels {
         /// One token against one Q4 row: per group the exact integer sum (codes 0..=15 as
         /// signed bytes), then the reference's f32 operations in the reference's order.
         #[target_feature(enable = $features)]
-        pub(super) unsafe fn $q4(codes: &[u8], scales: &[u16], x: &[i8], off: &[i32]) -> f32 {
+        pub(super) unsafe fn $q4(
+            codes: &[u8],
+            scales: &[u16],
+            x: &[i8],
+            off: &[i32],
+            steps: &[f32],
+        ) -> f32 {
             use super::q4::Q4_LANES;
             let groups = scales.len();
-            assert!(off.len() >= groups);
+            assert!(off.len() >= groups && steps.len() >= groups);
             assert!(codes.len() >= groups * Q4_GROUP / 2 && x.len() >= groups * Q4_GROUP);
             let low = vdupq_n_u8(0x0F);
             let mut lanes = [0f32; Q4_LANES];
@@ -196,7 +202,7 @@ macro_rules! kernels {
                     let acc = $prod(vdupq_n_s32(0), lo, vld1q_s8(xp));
                     vaddvq_s32($prod(acc, hi, vld1q_s8(xp.add(16))))
                 };
-                let d = half::f16::from_bits(scales[g]).to_f32();
+                let d = half::f16::from_bits(scales[g]).to_f32() * steps[g];
                 lanes[g % Q4_LANES] += d * (s - off[g]) as f32;
             }
             lanes.iter().fold(0f32, |a, &v| a + v)

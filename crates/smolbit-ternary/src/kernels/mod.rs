@@ -17,7 +17,8 @@
 //!
 //! `rows` is the parallel machinery they share: chunks of rows on rayon's persistent pool, each
 //! writing its outputs straight into the `[tokens, rows]` result. `QuantizedInput` is the
-//! per-token int8 quantization of activations (absmax, [`crate::act::quantize_token`]) with
+//! int8 quantization of activations (absmax, [`crate::act::quantize_token`], per token for the
+//! ternary and per-row 8-bit formats, per 32 columns for the blocked 8- and 4-bit ones) with
 //! per-group sums, shared by the int8 formats.
 
 #[cfg(target_arch = "aarch64")]
@@ -173,14 +174,21 @@ pub trait QuantizedTable: std::fmt::Debug + Send + Sync {
     }
 }
 
-/// Tokens quantized to int8, padded, with per-group sums.
+/// Tokens quantized to int8, padded, with per-group sums: one scale per token (BitNet's
+/// per-token absmax, [`QuantizedInput::new`]) or one per group ([`QuantizedInput::per_group`]:
+/// the same absmax rule applied to each group of a token, as llama.cpp's Q8_0 activations).
 pub(crate) struct QuantizedInput {
     pub(crate) values: Vec<i8>,
+    /// Per token, `127 / absmax` (per-token mode; empty otherwise).
     pub(crate) scales: Vec<f32>,
+    /// Per token and group, the step `absmax / 127` as `1 / (127 / absmax)` (per-group mode;
+    /// empty otherwise).
+    pub(crate) steps: Vec<f32>,
     pub(crate) group_sums: Vec<i32>,
 }
 
 impl QuantizedInput {
+    /// One scale per token.
     pub(crate) fn new(x: &[f32], tokens: usize, cols: usize, padded: usize, group: usize) -> Self {
         let groups = padded / group;
         let mut values = vec![0i8; tokens * padded];
@@ -212,6 +220,56 @@ impl QuantizedInput {
         QuantizedInput {
             values,
             scales,
+            steps: Vec::new(),
+            group_sums,
+        }
+    }
+
+    /// One scale per group of `group` columns of each token (groups past `cols` are zero, with
+    /// step 0).
+    pub(crate) fn per_group(
+        x: &[f32],
+        tokens: usize,
+        cols: usize,
+        padded: usize,
+        group: usize,
+    ) -> Self {
+        let groups = padded / group;
+        let mut values = vec![0i8; tokens * padded];
+        let mut group_sums = vec![0i32; tokens * groups];
+        let mut steps = vec![0f32; tokens * groups];
+        let one = |(t, ((v, gs), st)): (usize, ((&mut [i8], &mut [i32]), &mut [f32]))| {
+            let xt = &x[t * cols..][..cols];
+            for (g, chunk) in v.chunks_mut(group).enumerate() {
+                let start = g * group;
+                if start >= cols {
+                    break;
+                }
+                let s = crate::act::quantize_token_into(&xt[start..cols.min(start + group)], chunk);
+                st[g] = 1.0 / s;
+                gs[g] = chunk.iter().map(|&v| i32::from(v)).sum();
+            }
+        };
+        if tokens > 1 {
+            values
+                .par_chunks_mut(padded)
+                .zip(group_sums.par_chunks_mut(groups))
+                .zip(steps.par_chunks_mut(groups))
+                .enumerate()
+                .with_min_len(4)
+                .for_each(one);
+        } else {
+            values
+                .chunks_mut(padded)
+                .zip(group_sums.chunks_mut(groups))
+                .zip(steps.chunks_mut(groups))
+                .enumerate()
+                .for_each(one);
+        }
+        QuantizedInput {
+            values,
+            scales: Vec::new(),
+            steps,
             group_sums,
         }
     }

@@ -135,12 +135,13 @@ impl QuantizedTable for Q4Matrix {
         self.data.len() + self.scales.len() * 2
     }
 
-    /// Per group the exact integer `Σ q·x`; group `g` times its step is added to partial sum
-    /// `g mod 8` (a multiply, then an add), and the eight partial sums are added in order at the
-    /// end, in every implementation alike, so all give identical results.
+    /// Activations quantized per group of 32 (as the weights). Per group the exact integer
+    /// `Σ q·x` times the product of the weight step and the activation step (a multiply, then
+    /// another) is added to partial sum `g mod 8`, and the eight partial sums are added in order
+    /// at the end, in every implementation alike, so all give identical results.
     fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
-        let q = QuantizedInput::new(x, tokens, self.cols, self.padded, Q4_GROUP);
+        let q = QuantizedInput::per_group(x, tokens, self.cols, self.padded, Q4_GROUP);
         let groups = self.padded / Q4_GROUP;
         // 8 · Σx per group: the offset of the stored codes, removed per group.
         let off: Vec<i32> = q.group_sums.iter().map(|&s| 8 * s).collect();
@@ -156,36 +157,43 @@ impl QuantizedTable for Q4Matrix {
             for (t, o) in out.iter_mut().enumerate() {
                 let xt = &q.values[t * self.padded..][..self.padded];
                 let ot = &off[t * groups..][..groups];
-                *o = q4_row_dot(isa, codes, scales, xt, ot) / q.scales[t];
+                let st = &q.steps[t * groups..][..groups];
+                *o = q4_row_dot(isa, codes, scales, xt, ot, st);
             }
         })
     }
 }
 
-fn q4_row_dot(isa: Isa, codes: &[u8], scales: &[u16], x: &[i8], off: &[i32]) -> f32 {
+fn q4_row_dot(isa: Isa, codes: &[u8], scales: &[u16], x: &[i8], off: &[i32], steps: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
         // SAFETY: AVX2 is present whenever Isa is not Scalar, and F16C was checked by the
         // caller (`Q4Matrix::matmul_with`).
-        return unsafe { x86::q4_row_dot_avx2(codes, scales, x, off) };
+        return unsafe { x86::q4_row_dot_avx2(codes, scales, x, off, steps) };
     }
     #[cfg(target_arch = "aarch64")]
     match isa {
         // SAFETY: Isa::Neon/NeonDot are only produced on aarch64, NeonDot only with dotprod.
-        Isa::Neon => return unsafe { arm::q4_row_dot_neon(codes, scales, x, off) },
+        Isa::Neon => return unsafe { arm::q4_row_dot_neon(codes, scales, x, off, steps) },
         // SAFETY: as above.
-        Isa::NeonDot => return unsafe { arm::q4_row_dot_dot(codes, scales, x, off) },
+        Isa::NeonDot => return unsafe { arm::q4_row_dot_dot(codes, scales, x, off, steps) },
         _ => {}
     }
     let _ = isa;
-    q4_row_dot_scalar(codes, scales, x, off)
+    q4_row_dot_scalar(codes, scales, x, off, steps)
 }
 
 /// The reference for [`Q4Matrix`] products (see [`Q4Matrix::matmul_with`] for the order).
-pub fn q4_row_dot_scalar(codes: &[u8], scales: &[u16], x: &[i8], off: &[i32]) -> f32 {
+pub fn q4_row_dot_scalar(
+    codes: &[u8],
+    scales: &[u16],
+    x: &[i8],
+    off: &[i32],
+    steps: &[f32],
+) -> f32 {
     let mut lanes = [0f32; Q4_LANES];
-    for (g, (&d, &o)) in scales.iter().zip(off).enumerate() {
-        let d = half::f16::from_bits(d).to_f32();
+    for (g, ((&d, &o), &s)) in scales.iter().zip(off).zip(steps).enumerate() {
+        let d = half::f16::from_bits(d).to_f32() * s;
         let bytes = &codes[g * Q4_GROUP / 2..][..Q4_GROUP / 2];
         let xs = &x[g * Q4_GROUP..][..Q4_GROUP];
         let mut acc = 0i32;

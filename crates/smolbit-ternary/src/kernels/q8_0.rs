@@ -1,5 +1,5 @@
 //! [`Q8BlockMatrix`]: 8-bit weights with a binary16 step per 32 columns (llama.cpp's Q8_0
-//! layout of scales), against int8 activations.
+//! layout of scales), against int8 activations with a step per 32 columns too.
 
 use super::q4::step_at_or_above;
 use super::rows::par_rows;
@@ -96,12 +96,13 @@ impl QuantizedTable for Q8BlockMatrix {
         self.data.len() + self.scales.len() * 2
     }
 
-    /// Per group the exact integer `Σ q·x`; group `g` times its step is added to partial sum
-    /// `g mod 8` (a multiply, then an add), and the eight partial sums are added in order at the
-    /// end, in every implementation alike, so all give identical results.
+    /// Activations quantized per group of 32 (as the weights). Per group the exact integer
+    /// `Σ q·x` times the product of the weight step and the activation step (a multiply, then
+    /// another) is added to partial sum `g mod 8`, and the eight partial sums are added in order
+    /// at the end, in every implementation alike, so all give identical results.
     fn matmul_with(&self, isa: Isa, x: &[f32], tokens: usize) -> Vec<f32> {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
-        let q = QuantizedInput::new(x, tokens, self.cols, self.padded, Q8_GROUP);
+        let q = QuantizedInput::per_group(x, tokens, self.cols, self.padded, Q8_GROUP);
         let groups = self.padded / Q8_GROUP;
         #[cfg(target_arch = "x86_64")]
         let isa = match isa {
@@ -114,29 +115,30 @@ impl QuantizedTable for Q8BlockMatrix {
             let scales = &self.scales[r * groups..][..groups];
             for (t, o) in out.iter_mut().enumerate() {
                 let xt = &q.values[t * self.padded..][..self.padded];
-                *o = q8_block_row_dot(isa, codes, scales, xt) / q.scales[t];
+                let st = &q.steps[t * groups..][..groups];
+                *o = q8_block_row_dot(isa, codes, scales, xt, st);
             }
         })
     }
 }
 
-fn q8_block_row_dot(isa: Isa, codes: &[i8], scales: &[u16], x: &[i8]) -> f32 {
+fn q8_block_row_dot(isa: Isa, codes: &[i8], scales: &[u16], x: &[i8], steps: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx2 | Isa::Avx512Vnni) {
         // SAFETY: AVX2 is present whenever Isa is not Scalar, and F16C was checked by the
         // caller (`Q8BlockMatrix::matmul_with`).
-        return unsafe { x86::q8_block_row_dot_avx2(codes, scales, x) };
+        return unsafe { x86::q8_block_row_dot_avx2(codes, scales, x, steps) };
     }
     let _ = isa;
-    q8_block_row_dot_scalar(codes, scales, x)
+    q8_block_row_dot_scalar(codes, scales, x, steps)
 }
 
 /// The reference for [`Q8BlockMatrix`] products (see [`Q8BlockMatrix::matmul_with`] for the
 /// order).
-pub fn q8_block_row_dot_scalar(codes: &[i8], scales: &[u16], x: &[i8]) -> f32 {
+pub fn q8_block_row_dot_scalar(codes: &[i8], scales: &[u16], x: &[i8], steps: &[f32]) -> f32 {
     let mut lanes = [0f32; Q8_LANES];
-    for (g, &d) in scales.iter().enumerate() {
-        let d = half::f16::from_bits(d).to_f32();
+    for (g, (&d, &s)) in scales.iter().zip(steps).enumerate() {
+        let d = half::f16::from_bits(d).to_f32() * s;
         let acc: i32 = codes[g * Q8_GROUP..][..Q8_GROUP]
             .iter()
             .zip(&x[g * Q8_GROUP..][..Q8_GROUP])
@@ -167,9 +169,9 @@ mod tests {
                     );
                 }
                 // Against the f32 product, computed independently: weights rounded to half a
-                // step of max|w|/127 per group, activations to half a step of max|x|/127, so
-                // the error is below (|w|max · |x|max / 127) · cols (plus f32 rounding, far
-                // smaller).
+                // step of max|w|/127 per group, activations to half a step of their group's
+                // max|x|/127 (at most the token's), so the error is below
+                // (|w|max · |x|max / 127) · cols (plus f32 rounding, far smaller).
                 for t in 0..tokens {
                     let xt = &x[t * cols..][..cols];
                     let xm = xt.iter().fold(0f32, |a, v| a.max(v.abs()));

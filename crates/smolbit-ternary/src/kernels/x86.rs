@@ -188,13 +188,20 @@ macro_rules! row_dot_n {
 /// 32-byte load of codes (low nibbles: columns 0-15 of both, high: 16-31, against the two
 /// groups' activations rearranged by lane), each pair's products summed in 16 bits (at most
 /// 2 · 2 · 15 · 128, no saturation) and widened once, the eight groups' sums reduced to one
-/// vector in group order, less the code offsets, converted and multiplied by the steps
-/// (F16C), then added to the lanes: the reference's f32 operations in its order.
+/// vector in group order, less the code offsets, converted and multiplied by the weight steps
+/// (F16C) times the activation steps, then added to the lanes: the reference's f32 operations
+/// in its order.
 #[target_feature(enable = "avx2,f16c")]
-pub(super) unsafe fn q4_row_dot_avx2(codes: &[u8], scales: &[u16], x: &[i8], off: &[i32]) -> f32 {
+pub(super) unsafe fn q4_row_dot_avx2(
+    codes: &[u8],
+    scales: &[u16],
+    x: &[i8],
+    off: &[i32],
+    steps: &[f32],
+) -> f32 {
     use super::q4::{Q4_GROUP, Q4_LANES};
     let groups = scales.len();
-    assert!(groups.is_multiple_of(Q4_LANES) && off.len() >= groups);
+    assert!(groups.is_multiple_of(Q4_LANES) && off.len() >= groups && steps.len() >= groups);
     assert!(codes.len() >= groups * Q4_GROUP / 2 && x.len() >= groups * Q4_GROUP);
     let low = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
@@ -224,11 +231,15 @@ pub(super) unsafe fn q4_row_dot_avx2(codes: &[u8], scales: &[u16], x: &[i8], off
         let h01 = _mm256_hadd_epi32(v[0], v[1]);
         let h23 = _mm256_hadd_epi32(v[2], v[3]);
         let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(h01, h23), order);
-        // SAFETY: eight offsets and steps at g0 are in bounds (asserted).
+        // SAFETY: eight offsets, weight steps and activation steps at g0 are in bounds
+        // (asserted).
         let (o, d) = unsafe {
             (
                 _mm256_loadu_si256(off.as_ptr().add(g0).cast()),
-                _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g0).cast())),
+                _mm256_mul_ps(
+                    _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g0).cast())),
+                    _mm256_loadu_ps(steps.as_ptr().add(g0)),
+                ),
             )
         };
         let ints = _mm256_cvtepi32_ps(_mm256_sub_epi32(sums, o));
@@ -243,13 +254,18 @@ pub(super) unsafe fn q4_row_dot_avx2(codes: &[u8], scales: &[u16], x: &[i8], off
 /// One token against one [`super::Q8BlockMatrix`] row: eight groups at a time, each group's
 /// 32 products as in `dot_i8_avx2` (|w| times x with w's sign, pairs summed in 16 bits, at most
 /// 2 · 127 · 127, no saturation, then widened), the eight groups' sums reduced to one vector in
-/// group order, converted and multiplied by the steps (F16C), then added to the lanes: the
-/// reference's f32 operations in its order.
+/// group order, converted and multiplied by the weight steps (F16C) times the activation steps,
+/// then added to the lanes: the reference's f32 operations in its order.
 #[target_feature(enable = "avx2,f16c")]
-pub(super) unsafe fn q8_block_row_dot_avx2(codes: &[i8], scales: &[u16], x: &[i8]) -> f32 {
+pub(super) unsafe fn q8_block_row_dot_avx2(
+    codes: &[i8],
+    scales: &[u16],
+    x: &[i8],
+    steps: &[f32],
+) -> f32 {
     use super::q8_0::{Q8_GROUP, Q8_LANES};
     let groups = scales.len();
-    assert!(groups.is_multiple_of(Q8_LANES));
+    assert!(groups.is_multiple_of(Q8_LANES) && steps.len() >= groups);
     assert!(codes.len() >= groups * Q8_GROUP && x.len() >= groups * Q8_GROUP);
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
@@ -276,8 +292,13 @@ pub(super) unsafe fn q8_block_row_dot_avx2(codes: &[i8], scales: &[u16], x: &[i8
             _mm256_extracti128_si256(h4567, 1),
         );
         let sums = _mm256_set_m128i(s4567, s0123);
-        // SAFETY: eight steps at g0 are in bounds (asserted).
-        let d = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g0).cast())) };
+        // SAFETY: eight weight and activation steps at g0 are in bounds (asserted).
+        let d = unsafe {
+            _mm256_mul_ps(
+                _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g0).cast())),
+                _mm256_loadu_ps(steps.as_ptr().add(g0)),
+            )
+        };
         acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sums)));
     }
     let mut lanes = [0f32; Q8_LANES];
