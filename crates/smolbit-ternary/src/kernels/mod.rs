@@ -238,7 +238,8 @@ impl QuantizedInput {
         let mut values = vec![0i8; tokens * padded];
         let mut group_sums = vec![0i32; tokens * groups];
         let mut steps = vec![0f32; tokens * groups];
-        let one = |(t, ((v, gs), st)): (usize, ((&mut [i8], &mut [i32]), &mut [f32]))| {
+        // One token: each group quantized on its own, its step and code sum recorded.
+        let one = |t: usize, v: &mut [i8], gs: &mut [i32], st: &mut [f32]| {
             let xt = &x[t * cols..][..cols];
             for (g, chunk) in v.chunks_mut(group).enumerate() {
                 let start = g * group;
@@ -257,14 +258,14 @@ impl QuantizedInput {
                 .zip(steps.par_chunks_mut(groups))
                 .enumerate()
                 .with_min_len(4)
-                .for_each(one);
+                .for_each(|(t, ((v, gs), st))| one(t, v, gs, st));
         } else {
             values
                 .chunks_mut(padded)
                 .zip(group_sums.chunks_mut(groups))
                 .zip(steps.chunks_mut(groups))
                 .enumerate()
-                .for_each(one);
+                .for_each(|(t, ((v, gs), st))| one(t, v, gs, st));
         }
         QuantizedInput {
             values,
