@@ -209,49 +209,12 @@ pub fn q4_row_dot_scalar(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_util::{SHAPES, random_x};
 
     #[test]
     fn q4_matches_scalar_and_dense() {
-        for (i, (rows, cols)) in SHAPES.into_iter().chain([(5, 2048), (3, 700)]).enumerate() {
-            let w = random_x(rows * cols, 21 + i as u64);
-            let m = Q4Matrix::from_f32(&w, rows, cols);
-            for tokens in [1, 2] {
-                let x = random_x(tokens * cols, 22);
-                let want = m.matmul_with(Isa::Scalar, &x, tokens);
-                for isa in Isa::available() {
-                    assert!(
-                        m.matmul_with(isa, &x, tokens) == want,
-                        "{isa:?} {rows}x{cols}"
-                    );
-                }
-                // Against the f32 product, computed independently: weights rounded to half a
-                // step of max|w|/7 per group, activations to half a step of max|x|/127, so the
-                // error is below (|w|max/14 · |x|max + |w|max · |x|max/254) · cols (plus f32
-                // rounding, far smaller).
-                for t in 0..tokens {
-                    let xt = &x[t * cols..][..cols];
-                    let xm = xt.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    for r in 0..rows {
-                        let wr = &w[r * cols..][..cols];
-                        let wm = wr.iter().fold(0f32, |a, v| a.max(v.abs()));
-                        let dense: f64 = wr.iter().zip(xt).map(|(a, b)| f64::from(a * b)).sum();
-                        let bound = f64::from(wm * xm) * (1.0 / 14.0 + 1.0 / 254.0) * cols as f64;
-                        let got = f64::from(want[t * rows + r]);
-                        assert!(
-                            (got - dense).abs() <= bound,
-                            "{rows}x{cols}: {got} vs {dense}"
-                        );
-                    }
-                }
-            }
-            // Lookup: each value within half a step of its group.
-            let row = m.row(rows - 1);
+        crate::kernels::test_util::check_blocked_table::<Q4Matrix>(7.0, 21, |m, r, c| {
             let groups = m.padded / Q4_GROUP;
-            for (c, v) in row.iter().enumerate() {
-                let d = half::f16::from_bits(m.scales[(rows - 1) * groups + c / Q4_GROUP]).to_f32();
-                assert!((v - w[(rows - 1) * cols + c]).abs() <= 0.5 * d * 1.0001 + 1e-6);
-            }
-        }
+            half::f16::from_bits(m.scales[r * groups + c / Q4_GROUP]).to_f32()
+        });
     }
 }

@@ -152,53 +152,12 @@ pub fn q8_block_row_dot_scalar(codes: &[i8], scales: &[u16], x: &[i8], steps: &[
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_util::{SHAPES, random_x};
 
     #[test]
     fn q8_blocks_match_scalar_and_dense() {
-        for (i, (rows, cols)) in SHAPES.into_iter().chain([(5, 2048), (3, 700)]).enumerate() {
-            let w = random_x(rows * cols, 31 + i as u64);
-            let m = Q8BlockMatrix::quantize(&w, rows, cols);
-            for tokens in [1, 2] {
-                let x = random_x(tokens * cols, 32);
-                let want = m.matmul_with(Isa::Scalar, &x, tokens);
-                for isa in Isa::available() {
-                    assert!(
-                        m.matmul_with(isa, &x, tokens) == want,
-                        "{isa:?} {rows}x{cols}"
-                    );
-                }
-                // Against the f32 product, computed independently: weights rounded to half a
-                // step of max|w|/127 per group, activations to half a step of their group's
-                // max|x|/127 (at most the token's), so the error is below
-                // (|w|max · |x|max / 127) · cols (plus f32 rounding, far smaller).
-                for t in 0..tokens {
-                    let xt = &x[t * cols..][..cols];
-                    let xm = xt.iter().fold(0f32, |a, v| a.max(v.abs()));
-                    for r in 0..rows {
-                        let wr = &w[r * cols..][..cols];
-                        let wm = wr.iter().fold(0f32, |a, v| a.max(v.abs()));
-                        let dense: f64 = wr.iter().zip(xt).map(|(a, b)| f64::from(a * b)).sum();
-                        let bound = f64::from(wm * xm) / 127.0 * cols as f64;
-                        let got = f64::from(want[t * rows + r]);
-                        assert!(
-                            (got - dense).abs() <= bound,
-                            "{rows}x{cols}: {got} vs {dense}"
-                        );
-                    }
-                }
-            }
-            // Lookup: each value within half a step of its group; stacking keeps the rows.
+        crate::kernels::test_util::check_blocked_table::<Q8BlockMatrix>(127.0, 31, |m, r, c| {
             let groups = m.padded / Q8_GROUP;
-            for r in 0..rows {
-                for (c, v) in m.row(r).into_iter().enumerate() {
-                    let d = half::f16::from_bits(m.scales[r * groups + c / Q8_GROUP]).to_f32();
-                    assert!((v - w[r * cols + c]).abs() <= 0.5 * d * 1.0001 + 1e-6);
-                }
-            }
-            let mut stacked = m.clone();
-            stacked.append(m.clone());
-            assert_eq!(stacked.row(rows), m.row(0));
-        }
+            half::f16::from_bits(m.scales[r * groups + c / Q8_GROUP]).to_f32()
+        });
     }
 }

@@ -53,3 +53,56 @@ pub(crate) const SHAPES: [(usize, usize); 6] = [
     (130, 2048),
     (3, 300),
 ];
+
+/// A table with a binary16 step per 32-column group (`Q4Matrix`, `Q8BlockMatrix`) on awkward
+/// shapes: every ISA equals the scalar path bit for bit; products are within the rounding bound
+/// of the f64 product of the unquantized matrix (weights within half a step of their group's
+/// max|w|/`levels`, activations within half a step of their group's max|x|/127, at most the
+/// token's: (|w|max·|x|max)·(1/(2·levels) + 1/254)·cols, f32 rounding far smaller); each looked-up
+/// value within half its group's step (`step(m, r, c)`); stacked rows keep their order.
+pub(crate) fn check_blocked_table<T: super::QuantizedTable + Clone>(
+    levels: f32,
+    seed: u64,
+    step: impl Fn(&T, usize, usize) -> f32,
+) {
+    use super::Isa;
+    for (i, (rows, cols)) in SHAPES.into_iter().chain([(5, 2048), (3, 700)]).enumerate() {
+        let w = random_x(rows * cols, seed + i as u64);
+        let m = T::quantize(&w, rows, cols);
+        for tokens in [1, 2] {
+            let x = random_x(tokens * cols, seed + 100);
+            let want = m.matmul_with(Isa::Scalar, &x, tokens);
+            for isa in Isa::available() {
+                assert!(
+                    m.matmul_with(isa, &x, tokens) == want,
+                    "{isa:?} {rows}x{cols}"
+                );
+            }
+            for t in 0..tokens {
+                let xt = &x[t * cols..][..cols];
+                let xm = xt.iter().fold(0f32, |a, v| a.max(v.abs()));
+                for r in 0..rows {
+                    let wr = &w[r * cols..][..cols];
+                    let wm = wr.iter().fold(0f32, |a, v| a.max(v.abs()));
+                    let dense: f64 = wr.iter().zip(xt).map(|(a, b)| f64::from(a * b)).sum();
+                    let rel = 1.0 / (2.0 * f64::from(levels)) + 1.0 / 254.0;
+                    let bound = f64::from(wm * xm) * rel * cols as f64;
+                    let got = f64::from(want[t * rows + r]);
+                    assert!(
+                        (got - dense).abs() <= bound,
+                        "{rows}x{cols}: {got} vs {dense}"
+                    );
+                }
+            }
+        }
+        for r in 0..rows {
+            for (c, v) in m.row(r).into_iter().enumerate() {
+                let d = step(&m, r, c);
+                assert!((v - w[r * cols + c]).abs() <= 0.5 * d * 1.0001 + 1e-6);
+            }
+        }
+        let mut stacked = m.clone();
+        stacked.append(m.clone());
+        assert_eq!(stacked.row(rows), m.row(0));
+    }
+}
