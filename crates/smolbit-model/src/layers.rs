@@ -324,24 +324,12 @@ impl Linear {
                 };
                 x.matmul(w.clone())
             }
-            Linear::Ternary { w, .. } => {
-                // Many tokens with float activations: expand the packed weight for this call
-                // only and use burn's GEMM (the packed copy stays the only resident one).
-                let device = x.device();
-                let dense = Tensor::<2>::from_data(
-                    TensorData::new(w.dequantize(), [w.rows, w.cols]),
-                    &device,
-                );
-                x.matmul(dense.transpose())
-            }
+            // Many tokens with float activations: expand the weight for this call only and use
+            // burn's GEMM (the packed or table copy stays the only resident one).
+            Linear::Ternary { w, .. } => transient_gemm(x, w.dequantize(), w.rows, w.cols),
             Linear::Table(w) => {
-                // Many tokens with float activations: as above, a transient f32 copy.
                 let w = w.table();
-                let dense = Tensor::<2>::from_data(
-                    TensorData::new(w.dequantize(), [w.rows(), w.cols()]),
-                    &x.device(),
-                );
-                x.matmul(dense.transpose())
+                transient_gemm(x, w.dequantize(), w.rows(), w.cols())
             }
             #[cfg(feature = "wgpu")]
             Linear::Gpu { w, act8 } => {
@@ -399,6 +387,12 @@ impl Linear {
             Linear::PreNormed { inner, .. } => inner.bytes(),
         }
     }
+}
+
+/// `x: [T, in]` times the transpose of a transient dense `[rows, cols]` weight, by burn's GEMM.
+fn transient_gemm(x: Tensor<2>, w: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
+    let dense = Tensor::<2>::from_data(TensorData::new(w, [rows, cols]), &x.device());
+    x.matmul(dense.transpose())
 }
 
 /// The host kernels on `x: [T, in]` (RMS-normalized first on the host when `norm` is given),

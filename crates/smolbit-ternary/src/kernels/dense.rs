@@ -4,6 +4,8 @@
 
 use std::marker::PhantomData;
 
+use rayon::prelude::*;
+
 use super::rows::par_row_chunks;
 #[cfg(target_arch = "x86_64")]
 use super::x86;
@@ -100,18 +102,7 @@ impl FloatFormat for Single {
     fn decode(s: f32) -> f32 {
         s
     }
-    fn dot(isa: Isa, w: &[f32], x: &[f32]) -> f32 {
-        dot_f32(isa, w, x)
-    }
-    fn tile(isa: Isa, w: [&[f32]; TILE_ROWS], xs: [&[f32]; TILE]) -> Option<Tile> {
-        #[cfg(target_arch = "x86_64")]
-        if avx2_fma(isa, false) {
-            // SAFETY: AVX2 (Isa) and FMA were detected.
-            return Some(unsafe { x86::tile_f32_avx2(w, xs) });
-        }
-        let _ = (isa, w, xs);
-        None
-    }
+    float_kernels!(false, dot_f32_avx2, tile_f32_avx2);
 }
 
 /// A float matrix `[rows, cols]` for the dense linears on the host kernels and for the output
@@ -167,6 +158,12 @@ impl<F: FloatFormat> QuantizedTable for FloatMatrix<F> {
             .iter()
             .map(|&v| F::decode(v))
             .collect()
+    }
+
+    /// Widened in one parallel pass (the transient copy of many-token products), without the
+    /// default's vector per row.
+    fn dequantize(&self) -> Vec<f32> {
+        self.data.par_iter().map(|&v| F::decode(v)).collect()
     }
 
     fn bytes(&self) -> usize {
@@ -263,13 +260,7 @@ fn float_product<F: FloatFormat>(
 
 /// `Σ a·b` in f32 with eight partial sums (vectorized with AVX2 + FMA when available).
 pub(super) fn dot_f32(isa: Isa, a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    if avx2_fma(isa, false) {
-        // SAFETY: AVX2 (Isa) and FMA were detected.
-        return unsafe { x86::dot_f32_avx2(a, b) };
-    }
-    let _ = isa;
-    dot_f32_portable(a, b)
+    Single::dot(isa, a, b)
 }
 
 /// `Σ a·b` in f32 with eight partial sums, in portable code (plain multiply and add: without
