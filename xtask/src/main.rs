@@ -23,7 +23,7 @@ mod random;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dataset F] [--quick] [--shard I/N] | report --results F --out-dir D | random-model --shape smollm3-3b|smollm2-135m|bitnet-2b [--format F] --out PATH | bench [--quick | --long-context] [--llama-bench PATH --gguf FILE ...] [--bitnet-bench PATH --bitnet-gguf FILE ...] | native-formats [--dir DIR] [--peer GGUF ...]>";
+const USAGE: &str = "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dtype f16|f32] [--dataset F] [--quick] [--shard I/N] | report --results F --out-dir D | random-model --shape smollm3-3b|smollm2-135m|bitnet-2b [--format F] --out PATH | bench [--quick | --long-context] [--llama-bench PATH --gguf FILE ...] [--bitnet-bench PATH --bitnet-gguf FILE ...] | native-formats [--dir DIR] [--peer GGUF ...]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

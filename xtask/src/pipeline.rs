@@ -1,10 +1,16 @@
 //! `cargo xtask pipeline`: fetch, convert, quantize, evaluate, report.
 //!
 //! ```text
-//! cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes b158,planes3:g64] [--dataset FILE|humaneval]
+//! cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes q8,q4,b158,planes3:g64:a8]
+//!                      [--dtype f16|bf16|f32] [--dataset FILE|humaneval]
 //!                      [--also <GGUF|HF dir> ...] [--quick] [--name NAME]
 //!                      [--distill planes2:g128,b158 [--distill-tokens N]]
 //! ```
+//!
+//! By default it compares what a user chooses between: the normal model in f16 (as the seed
+//! ran it; `--dtype`), the int8 and int4 baselines (`q8`, `q4`), BitNet b1.58 (`b158`) and
+//! three trit planes with int8 activations, each on its fastest CPU kernels. The first model is
+//! the reference for perplexity, KL and top-1 agreement; the schemes quantize the f32 conversion.
 //!
 //! A natively ternary model (a BitNet b1.58 / Falcon3-1.58bit directory, a TQ1_0, TQ2_0 or
 //! I2_S GGUF) is converted to `models/<name>/native` and evaluated as it is: post-training
@@ -12,7 +18,7 @@
 //! evaluation after the main model's variants, so a native ternary model is reported beside the
 //! post-training schemes of the default model (without KL/top-1 when its vocabulary differs).
 //!
-//! Outputs: `models/<name>/f32` and `models/<name>/<scheme>` (git-ignored), and
+//! Outputs: `models/<name>/f32`, `models/<name>/<dtype>` and `models/<name>/<scheme>` (git-ignored), and
 //! `reports/<name>/` (`--quick`: `reports/<name>-quick/`) with `report.md`, `results.json` and
 //! `charts/*.svg`. Each stage writes a stamp, `.smolbit-stage`, holding a hash of everything it
 //! read (input files, settings, and the source of the crates that compute it); a re-run skips a
@@ -30,7 +36,10 @@ use sha2::{Digest, Sha256};
 use crate::fetch::{fetch_default_model, sha256_file};
 use crate::project_root;
 
-const DEFAULT_SCHEMES: &str = "b158,planes3:g64";
+/// The variants a user chooses between: int8 and int4 (llama.cpp's Q8_0 / Q4_0 baselines),
+/// BitNet b1.58, and three trit planes with int8 activations (the post-training scheme that still
+/// writes code; `:a8` costs it 4 % perplexity against float activations, docs/schemes.md).
+const DEFAULT_SCHEMES: &str = "q8,q4,b158,planes3:g64:a8";
 const CALIBRATION: &str = "datasets/text/calibration-code.py";
 const HELDOUT: &str = "datasets/text/heldout-code.py";
 
@@ -46,6 +55,9 @@ struct Args {
     distill: Vec<String>,
     /// End-to-end tokens of each distillation (`--distill-tokens`).
     distill_tokens: Option<u64>,
+    /// Precision of the evaluated full-precision model (`--dtype`): f16 as the seed ran it, or
+    /// f32. Quantization always reads the f32 conversion.
+    dtype: String,
 }
 
 fn parse(args: &[String]) -> Result<Args> {
@@ -59,6 +71,7 @@ fn parse(args: &[String]) -> Result<Args> {
         shard: None,
         distill: Vec::new(),
         distill_tokens: None,
+        dtype: "f16".into(),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -88,6 +101,13 @@ fn parse(args: &[String]) -> Result<Args> {
                 );
             }
             "--dataset" => a.dataset = PathBuf::from(value("--dataset")?),
+            "--dtype" => {
+                let v = value("--dtype")?;
+                if !matches!(v.as_str(), "f16" | "bf16" | "f32") {
+                    bail!("--dtype {v}: expected f16, bf16 or f32");
+                }
+                a.dtype = v.clone();
+            }
             "--name" => a.name = Some(value("--name")?.clone()),
             "--quick" => a.quick = true,
             "--shard" => {
@@ -102,7 +122,7 @@ fn parse(args: &[String]) -> Result<Args> {
             "-h" | "--help" => {
                 eprintln!(
                     "usage: cargo xtask pipeline [--model <GGUF|HF dir>] [--schemes {DEFAULT_SCHEMES}] \
-                     [--dataset FILE|humaneval] [--also <GGUF|HF dir> ...] [--quick] [--name NAME] [--shard I/N] [--distill SCHEMES [--distill-tokens N]]"
+                     [--dataset FILE|humaneval] [--dtype f16|bf16|f32] [--also <GGUF|HF dir> ...] [--quick] [--name NAME] [--shard I/N] [--distill SCHEMES [--distill-tokens N]]"
                 );
                 std::process::exit(0);
             }
@@ -285,7 +305,7 @@ fn is_native(input: &Path) -> Result<bool> {
     Ok(g.tensors.iter().any(|t| t.ggml_type.ternary().is_some()))
 }
 
-/// Convert `input` into `models/<name>/f32` (full precision, as f32) or, for a natively ternary
+/// Convert `input` into `models/<name>/<dtype>` (full precision) or, for a natively ternary
 /// input, `models/<name>/native` (its trits and scales, other tensors in their own types),
 /// unless the stamp says it is up to date. Returns the directory, the stage key and whether the
 /// model is natively ternary.
@@ -293,17 +313,21 @@ fn convert_stage(
     bin: &Path,
     input: &Path,
     models: &Path,
+    dtype: &str,
     code: &str,
     logs: &Path,
     reproduce: &mut Vec<String>,
 ) -> Result<(PathBuf, String, bool)> {
     let native = is_native(input)?;
-    let dir = models.join(if native { "native" } else { "f32" });
-    let convert_key = key(&["convert", &input_key(input)?, code]);
+    let dir = models.join(if native { "native" } else { dtype });
+    let mut convert_key = key(&["convert", &input_key(input)?, code]);
+    if !native && dtype != "f32" {
+        convert_key = key(&[&convert_key, dtype]);
+    }
     let (i, o) = (input.display().to_string(), dir.display().to_string());
     let mut cmd: Vec<&str> = vec!["convert", &i, "--out", &o];
     if !native {
-        cmd.extend(["--dtype", "f32"]);
+        cmd.extend(["--dtype", dtype]);
     }
     reproduce.push(format!("smolbit {}", cmd.join(" ").replace(&o, &rel(&dir))));
     if up_to_date(&dir, &convert_key, &[&dir.join("config.json")]) {
@@ -353,11 +377,26 @@ pub fn run(args: &[String]) -> Result<()> {
     // Convert.
     let code = tree_hash(&["crates/smolbit-weights/src", "crates/smolbit-ternary/src"])?;
     let (conv_dir, convert_key, native) =
-        convert_stage(&bin, &input, &models, &code, &logs, &mut reproduce)?;
+        convert_stage(&bin, &input, &models, "f32", &code, &logs, &mut reproduce)?;
+    // The evaluated full-precision model, in `--dtype` (the reference for KL and top-1).
+    let reference = if native || args.dtype == "f32" {
+        (conv_dir.clone(), convert_key.clone())
+    } else {
+        let (d, k, _) = convert_stage(
+            &bin,
+            &input,
+            &models,
+            &args.dtype,
+            &code,
+            &logs,
+            &mut reproduce,
+        )?;
+        (d, k)
+    };
     let mut extra = Vec::new();
     for m in &args.also {
         let dir = root.join("models").join(model_name(m));
-        let (d, k, _) = convert_stage(&bin, m, &dir, &code, &logs, &mut reproduce)?;
+        let (d, k, _) = convert_stage(&bin, m, &dir, &args.dtype, &code, &logs, &mut reproduce)?;
         extra.push((d, k));
     }
     let f32_dir = conv_dir.clone();
@@ -378,7 +417,7 @@ pub fn run(args: &[String]) -> Result<()> {
         "crates/smolbit-ternary/src",
         "crates/smolbit-model/src",
     ])?;
-    let mut model_dirs = vec![(f32_dir.clone(), convert_key.clone())];
+    let mut model_dirs = vec![reference];
     for scheme in schemes {
         let dir = models.join(slug(scheme));
         let calibrated = scheme.contains(":cal") || scheme.contains(":gptq");
@@ -577,7 +616,7 @@ pub fn run(args: &[String]) -> Result<()> {
     ));
     let opts = smolbit_report::ReportOptions {
         title: Some(format!(
-            "{name}: full precision vs ternary{}",
+            "{name}: the normal model against int8, int4 and ternary{}",
             if args.quick { " (quick run)" } else { "" }
         )),
         reproduce: std::iter::once(format!(

@@ -188,6 +188,15 @@ impl HostTable {
         }
     }
 
+    /// A blocked checkpoint's table as read (`smolbit quantize --scheme q8|q4`).
+    pub fn from_blocked(t: smolbit_weights::blocked::BlockedTable) -> Self {
+        use smolbit_weights::blocked::BlockedTable as B;
+        match t {
+            B::Q8(m) => HostTable::Q8(m),
+            B::Q4(m) => HostTable::Q4(m),
+        }
+    }
+
     fn table(&self) -> &dyn smolbit_ternary::kernels::QuantizedTable {
         match self {
             HostTable::F32(m) => m,

@@ -400,17 +400,30 @@ impl Model {
             // chose still decides the weights: burn's matmul on its dequantized values, with
             // inputs fake-quantized to int8 per 32 columns for q8 and q4 (the reference the
             // kernels are tested against).
+            // A blocked (q8, q4) checkpoint's linears keep their stored codes unless another
+            // storage is asked for; off the host kernels they run as the reference path above.
             let dtype = md.weights.entry(name).ok().map(|e| e.dtype);
-            let storage = if act8 {
-                None
-            } else {
-                opts.linears.storage(dtype)
+            let blocked = md.linear_blocked(name, rows, cols)?;
+            let stored = blocked.as_ref().map(|t| match t.format() {
+                smolbit_weights::blocked::BlockedFormat::Q8 => LinearStorage::Q8,
+                smolbit_weights::blocked::BlockedFormat::Q4 => LinearStorage::Q4,
+            });
+            let storage = match (act8, stored, opts.linears) {
+                (true, _, _) => None,
+                (false, Some(s), LinearPolicy::Auto) => Some(s),
+                _ => opts.linears.storage(dtype),
             };
             if let Some(kind) = storage
-                && (host && !reference || matches!(opts.linears, LinearPolicy::Store(_)))
+                && (host && !reference
+                    || stored.is_some()
+                    || matches!(opts.linears, LinearPolicy::Store(_)))
             {
-                let w = md.linear_f32(name, rows, cols)?;
-                let table = layers::HostTable::new(kind, &w, rows, cols);
+                let table = match blocked {
+                    Some(t) if stored == Some(kind) => layers::HostTable::from_blocked(t),
+                    _ => {
+                        layers::HostTable::new(kind, &md.linear_f32(name, rows, cols)?, rows, cols)
+                    }
+                };
                 if host && !reference {
                     return Ok(Linear::Table(table));
                 }

@@ -491,6 +491,41 @@ fn dense_linears_run_on_the_host_kernels() {
         assert!(worst < 1e-4, "{policy}: max |diff| {worst}");
         assert!(off > 1e-3, "{policy}: the storage changed nothing");
     }
+    // q8 and q4 checkpoints (`smolbit quantize --scheme q8|q4`) load into the very tables that
+    // conversion at load makes, so their logits equal the source's under `--linears q8|q4` bit
+    // for bit, on the kernels and on the reference path; by default their head is 8-bit.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for format in [
+        smolbit_weights::blocked::BlockedFormat::Q8,
+        smolbit_weights::blocked::BlockedFormat::Q4,
+    ] {
+        let dir = tmp.path().join(format.name());
+        smolbit_weights::blocked::quantize_blocked(&testdata("tiny-llama"), &dir, format, false)
+            .expect("quantize");
+        let load_dir = |reference_linears: bool, head| {
+            let opts = smolbit_model::LoadOptions {
+                reference_linears,
+                head,
+                ..Default::default()
+            };
+            Model::load_with(&dir, &dev, opts).expect("load")
+        };
+        assert_eq!(
+            load_dir(false, smolbit_model::HeadPolicy::Auto).head_storage(),
+            "q8"
+        );
+        for reference in [false, true] {
+            let stored = load_dir(reference, smolbit_model::HeadPolicy::F32);
+            let converted = load(format.name(), reference);
+            assert_eq!(stored.linear_storage(), converted.linear_storage());
+            assert_eq!(
+                logits(&stored),
+                logits(&converted),
+                "{} checkpoint, reference path {reference}",
+                format.name()
+            );
+        }
+    }
 }
 
 /// The f16 KV cache (`LoadOptions::kv_cache`) on the tiny SmolLM3 against transformers' golden

@@ -8,12 +8,14 @@
 //! - [`tokenizer`]: `tokenizer.json` rebuilt from a GGUF's BPE metadata.
 //! - [`convert`]: GGUF or HF directory -> normalized HF directory.
 //! - [`quantize`]: ternary checkpoints (packed trits + scales) written and read back.
+//! - [`blocked`]: 8- and 4-bit checkpoints (a binary16 step per 32 columns, as Q8_0/Q4_0).
 //! - [`native`]: natively ternary checkpoints in transformers' BitNet format (BitNet b1.58
 //!   2B4T, Falcon3-1.58bit), read straight into trits and scales.
 //! - [`ModelDir`]: what the model crate loads from.
 //!
 //! This crate knows nothing about burn or about inference.
 
+pub mod blocked;
 pub mod cache;
 pub mod config;
 pub mod convert;
@@ -214,6 +216,9 @@ impl ModelDir {
     /// A linear layer's weight `[rows, cols]` as f32: read directly, or unpacked and dequantized
     /// from a ternary checkpoint (the reference path; fast kernels keep weights packed).
     pub fn linear_f32(&self, name: &str, rows: usize, cols: usize) -> Result<Vec<f32>, LoadError> {
+        if let Some(t) = self.linear_blocked(name, rows, cols)? {
+            return Ok(t.dequantize());
+        }
         match self.linear_ternary(name, rows, cols)? {
             Some(m) => Ok(m.dequantize()),
             None => self.tensor_f32(name, &[rows, cols]),
@@ -236,8 +241,26 @@ impl ModelDir {
             };
         }
         match &self.quant {
-            Some(qc) if !self.weights.contains(name) => {
+            Some(qc) if !self.weights.contains(name) && qc.blocked_format().is_none() => {
                 quantize::read_ternary(self, qc, name, rows, cols)
+                    .map(Some)
+                    .map_err(|e| LoadError::Quantized(e.to_string()))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// A linear layer's 8- or 4-bit table, when this is a blocked checkpoint (`q8`, `q4`)
+    /// that stores `name` quantized.
+    pub fn linear_blocked(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<blocked::BlockedTable>, LoadError> {
+        match self.quant.as_ref().and_then(|q| q.blocked_format()) {
+            Some(f) if !self.weights.contains(name) => {
+                blocked::read_blocked(self, f, name, rows, cols)
                     .map(Some)
                     .map_err(|e| LoadError::Quantized(e.to_string()))
             }

@@ -99,6 +99,12 @@ impl QuantConfig {
         Packing::from_name(&self.packing)
     }
 
+    /// The blocked integer format (`q8`, `q4`) of an int8/int4 checkpoint; `None` for ternary
+    /// ones.
+    pub fn blocked_format(&self) -> Option<crate::blocked::BlockedFormat> {
+        crate::blocked::BlockedFormat::from_scheme(&self.scheme)
+    }
+
     /// Whether linear inputs are quantized to int8 per token.
     pub fn int8_activations(&self) -> bool {
         self.activations == "int8"
@@ -243,17 +249,20 @@ pub fn scale_dtype(g: Granularity) -> Dtype {
     }
 }
 
-fn is_linear(role: Role) -> bool {
+pub(crate) fn is_linear(role: Role) -> bool {
     matches!(role, Role::Layer(l) if l.is_linear())
 }
 
 /// `a.b.weight` -> `a.b`
-fn base_name(weight: &str) -> &str {
+pub(crate) fn base_name(weight: &str) -> &str {
     weight.strip_suffix(".weight").unwrap_or(weight)
 }
 
 /// Open a converted full-precision directory, refusing one that is already quantized.
-fn open_full_precision(input: &Path, verb: &str) -> Result<crate::ModelDir, QuantizeError> {
+pub(crate) fn open_full_precision(
+    input: &Path,
+    verb: &str,
+) -> Result<crate::ModelDir, QuantizeError> {
     let md = crate::ModelDir::open(input)?;
     if md.quant.is_some() {
         return Err(QuantizeError::Invalid {

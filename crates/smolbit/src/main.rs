@@ -85,6 +85,7 @@ enum Command {
         #[arg(long)]
         model: PathBuf,
         /// Scheme: b158, b158:row, b158:g128, planes2:g64, planes2:g128:cal, planes3:g64, ...
+        /// (ternary), or q8 / q4 (int8 / int4 with a step per 32 columns, as Q8_0 / Q4_0)
         #[arg(long)]
         scheme: String,
         /// Output directory (written atomically).
@@ -669,6 +670,26 @@ fn quantize(
     force: bool,
 ) -> Result<()> {
     use smolbit_ternary::pack::Packing;
+    if let Some(format) = smolbit_weights::blocked::BlockedFormat::from_scheme(scheme) {
+        if calibration.is_some() || quantize_embeddings {
+            bail!(
+                "--scheme {scheme}: the 8- and 4-bit formats take no --calibration or \
+                 --quantize-embeddings"
+            );
+        }
+        let r = smolbit_weights::blocked::quantize_blocked(model, out, format, force)?;
+        println!(
+            "quantized {} -> {}: {}, {} layers, {:.2} bits per weight, weight error {:.4}, {:.1} MB",
+            model.display(),
+            out.display(),
+            r.scheme,
+            r.layers.len(),
+            r.bits_per_weight,
+            r.model_weight_rel_error,
+            r.bytes as f64 / 1e6
+        );
+        return Ok(());
+    }
     let scheme: smolbit_ternary::Scheme = scheme.parse()?;
     let packing = Packing::from_name(packing)
         .with_context(|| format!("--packing: '{packing}' is not base3 or 2bit"))?;

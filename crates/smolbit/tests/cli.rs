@@ -163,6 +163,38 @@ fn errors_are_one_line() {
         "no model.safetensors or model.safetensors.index.json",
     );
     assert!(!Path::new(&json).exists());
+    // The 8- and 4-bit schemes take no calibration; a blocked checkpoint is not requantized.
+    let q8 = t(&tmp.path().join("q8"));
+    check_error(
+        &[
+            "quantize",
+            "--model",
+            &model,
+            "--scheme",
+            "q8",
+            "--out",
+            &q8,
+            "--calibration",
+            &model,
+        ],
+        "--scheme q8: the 8- and 4-bit formats take no --calibration",
+    );
+    smolbit_ok(&[
+        "quantize", "--model", &model, "--scheme", "q8", "--out", &q8,
+    ]);
+    check_error(
+        &[
+            "quantize",
+            "--model",
+            &q8,
+            "--scheme",
+            "q4",
+            "--out",
+            &t(&tmp.path().join("q4")),
+        ],
+        "is already quantized",
+    );
+    assert!(!tmp.path().join("q4").exists(), "no partial output");
 }
 
 /// The default model converted once for the CLI tests that need a tokenizer; `None` (skipped)

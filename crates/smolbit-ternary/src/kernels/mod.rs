@@ -45,6 +45,83 @@ pub use q8::Q8Matrix;
 pub use q8_0::{Q8_GROUP, Q8BlockMatrix, q8_block_row_dot_scalar};
 pub use ternary::{BLOCK, PackError, PackedTernary, code_at, row_dot_f32_scalar, row_dot_scalar};
 
+/// Why a checkpoint's stored blocks (`to_blocks`' form) cannot become a blocked table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BlocksError {
+    /// Stored blocks cover whole 32-column groups only.
+    #[error("{0} columns is not a multiple of 32")]
+    Columns(usize),
+    /// A buffer of the wrong length.
+    #[error("{what} holds {got} values where a {rows}x{cols} matrix needs {want}")]
+    Length {
+        /// `codes` or `steps`.
+        what: &'static str,
+        /// Values given.
+        got: usize,
+        /// Values needed.
+        want: usize,
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+    },
+    /// A step that is infinite or NaN.
+    #[error("the step of row {row}, group {group} is not finite")]
+    Step {
+        /// Row.
+        row: usize,
+        /// Group of 32 columns.
+        group: usize,
+    },
+    /// An 8-bit code outside -127..=127.
+    #[error("code -128 at row {row}, column {col} (codes are -127..=127)")]
+    Code {
+        /// Row.
+        row: usize,
+        /// Column.
+        col: usize,
+    },
+}
+
+/// Check the stored form of a blocked table with `per_group` code bytes per 32 columns.
+fn check_blocks(
+    rows: usize,
+    cols: usize,
+    codes: usize,
+    steps: &[u16],
+    per_group: usize,
+) -> Result<(), BlocksError> {
+    const GROUP: usize = 32;
+    if !cols.is_multiple_of(GROUP) {
+        return Err(BlocksError::Columns(cols));
+    }
+    let groups = cols / GROUP;
+    for (what, got, want) in [
+        ("codes", codes, rows * groups * per_group),
+        ("steps", steps.len(), rows * groups),
+    ] {
+        if got != want {
+            return Err(BlocksError::Length {
+                what,
+                got,
+                want,
+                rows,
+                cols,
+            });
+        }
+    }
+    match steps
+        .iter()
+        .position(|&s| !half::f16::from_bits(s).is_finite())
+    {
+        Some(i) => Err(BlocksError::Step {
+            row: i / groups.max(1),
+            group: i % groups.max(1),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Which implementation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {

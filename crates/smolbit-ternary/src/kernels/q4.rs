@@ -88,6 +88,50 @@ impl Q4Matrix {
         }
     }
 
+    /// The stored form (a `q4` checkpoint's): per row, the 16-byte groups of the real columns
+    /// in the layout above (`[rows, cols / 2]` bytes), and the `[rows, cols / 32]` steps as
+    /// binary16 bits. `None` unless the columns are whole groups of 32.
+    pub fn to_blocks(&self) -> Option<(Vec<u8>, Vec<u16>)> {
+        if !self.cols.is_multiple_of(Q4_GROUP) {
+            return None;
+        }
+        let (groups, real) = (self.padded / Q4_GROUP, self.cols / Q4_GROUP);
+        let mut codes = Vec::with_capacity(self.rows * self.cols / 2);
+        let mut steps = Vec::with_capacity(self.rows * real);
+        for r in 0..self.rows {
+            codes.extend_from_slice(&self.data[r * self.padded / 2..][..self.cols / 2]);
+            steps.extend_from_slice(&self.scales[r * groups..][..real]);
+        }
+        Some((codes, steps))
+    }
+
+    /// The matrix from its stored form ([`Q4Matrix::to_blocks`]), exactly. Every nibble is a
+    /// valid code (`q + 8`; 0 is q = -8, which the quantizer does not produce but the kernels
+    /// take, as llama.cpp's Q4_0 does).
+    pub fn from_blocks(
+        rows: usize,
+        cols: usize,
+        codes: &[u8],
+        steps: &[u16],
+    ) -> Result<Self, super::BlocksError> {
+        super::check_blocks(rows, cols, codes.len(), steps, Q4_GROUP / 2)?;
+        let padded = cols.div_ceil(Q4_GROUP * Q4_LANES) * Q4_GROUP * Q4_LANES;
+        let (groups, real) = (padded / Q4_GROUP, cols / Q4_GROUP);
+        let mut data = vec![0x88u8; rows * padded / 2];
+        let mut scales = vec![0u16; rows * groups];
+        for r in 0..rows {
+            data[r * padded / 2..][..cols / 2].copy_from_slice(&codes[r * cols / 2..][..cols / 2]);
+            scales[r * groups..][..real].copy_from_slice(&steps[r * real..][..real]);
+        }
+        Ok(Q4Matrix {
+            rows,
+            cols,
+            padded,
+            data,
+            scales,
+        })
+    }
+
     /// The code (`q + 8`) of column `c` in row `r`.
     fn code(&self, r: usize, c: usize) -> u8 {
         let (g, j) = (c / Q4_GROUP, c % Q4_GROUP);
@@ -209,6 +253,45 @@ pub fn q4_row_dot_scalar(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stored_blocks_round_trip_exactly() {
+        use crate::kernels::BlocksError;
+        use crate::kernels::test_util::random_x;
+        for (rows, cols) in [(3, 32), (5, 96), (4, 288), (2, 576)] {
+            let w = random_x(rows * cols, (rows * cols) as u64 + 1);
+            let m = Q4Matrix::from_f32(&w, rows, cols);
+            let (codes, steps) = m.to_blocks().expect("whole groups");
+            assert_eq!(
+                (codes.len(), steps.len()),
+                (rows * cols / 2, rows * cols / 32)
+            );
+            let back = Q4Matrix::from_blocks(rows, cols, &codes, &steps).expect("valid");
+            assert_eq!(
+                (back.padded, &back.data, &back.scales),
+                (m.padded, &m.data, &m.scales)
+            );
+            let x = random_x(2 * cols, 9);
+            assert_eq!(back.matmul(&x, 2), m.matmul(&x, 2));
+        }
+        assert!(
+            Q4Matrix::from_f32(&random_x(40, 1), 1, 40)
+                .to_blocks()
+                .is_none()
+        );
+        assert!(matches!(
+            Q4Matrix::from_blocks(2, 64, &[0x88; 63], &[0; 4]),
+            Err(BlocksError::Length {
+                what: "codes",
+                want: 64,
+                ..
+            })
+        ));
+        // Nibble 0 (q = -8) is a valid code; the product follows the dequantized row.
+        let steps = [half::f16::from_f32(0.5).to_bits(); 2];
+        let m = Q4Matrix::from_blocks(1, 64, &[0u8; 32], &steps).expect("valid");
+        assert_eq!(m.row(0), vec![-4.0; 64]);
+    }
 
     #[test]
     fn q4_matches_scalar_and_dense() {

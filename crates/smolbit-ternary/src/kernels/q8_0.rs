@@ -30,6 +30,56 @@ pub struct Q8BlockMatrix {
     pub scales: Vec<u16>,
 }
 
+impl Q8BlockMatrix {
+    /// The stored form (a `q8` checkpoint's): the codes of the real columns, row-major
+    /// `[rows, cols]`, and the `[rows, cols / 32]` steps as binary16 bits. `None` unless the
+    /// columns are whole groups of 32.
+    pub fn to_blocks(&self) -> Option<(Vec<i8>, Vec<u16>)> {
+        if !self.cols.is_multiple_of(Q8_GROUP) {
+            return None;
+        }
+        let (groups, real) = (self.padded / Q8_GROUP, self.cols / Q8_GROUP);
+        let mut codes = Vec::with_capacity(self.rows * self.cols);
+        let mut steps = Vec::with_capacity(self.rows * real);
+        for r in 0..self.rows {
+            codes.extend_from_slice(&self.data[r * self.padded..][..self.cols]);
+            steps.extend_from_slice(&self.scales[r * groups..][..real]);
+        }
+        Some((codes, steps))
+    }
+
+    /// The matrix from its stored form ([`Q8BlockMatrix::to_blocks`]), exactly.
+    pub fn from_blocks(
+        rows: usize,
+        cols: usize,
+        codes: &[i8],
+        steps: &[u16],
+    ) -> Result<Self, super::BlocksError> {
+        super::check_blocks(rows, cols, codes.len(), steps, Q8_GROUP)?;
+        if let Some(i) = codes.iter().position(|&q| q == i8::MIN) {
+            return Err(super::BlocksError::Code {
+                row: i / cols,
+                col: i % cols,
+            });
+        }
+        let padded = cols.div_ceil(Q8_GROUP * Q8_LANES) * Q8_GROUP * Q8_LANES;
+        let (groups, real) = (padded / Q8_GROUP, cols / Q8_GROUP);
+        let mut data = vec![0i8; rows * padded];
+        let mut scales = vec![0u16; rows * groups];
+        for r in 0..rows {
+            data[r * padded..][..cols].copy_from_slice(&codes[r * cols..][..cols]);
+            scales[r * groups..][..real].copy_from_slice(&steps[r * real..][..real]);
+        }
+        Ok(Q8BlockMatrix {
+            rows,
+            cols,
+            padded,
+            data,
+            scales,
+        })
+    }
+}
+
 impl QuantizedTable for Q8BlockMatrix {
     fn quantize(w: &[f32], rows: usize, cols: usize) -> Self {
         assert_eq!(w.len(), rows * cols, "w must be [rows, cols]");
@@ -159,5 +209,48 @@ mod tests {
             let groups = m.padded / Q8_GROUP;
             half::f16::from_bits(m.scales[r * groups + c / Q8_GROUP]).to_f32()
         });
+    }
+
+    #[test]
+    fn stored_blocks_round_trip_exactly() {
+        use crate::kernels::BlocksError;
+        use crate::kernels::test_util::random_x;
+        // Widths below, at and above one 256-column padding unit, not multiples of it.
+        for (rows, cols) in [(3, 32), (5, 96), (4, 288), (2, 576)] {
+            let w = random_x(rows * cols, (rows * cols) as u64);
+            let m = Q8BlockMatrix::quantize(&w, rows, cols);
+            let (codes, steps) = m.to_blocks().expect("whole groups");
+            assert_eq!((codes.len(), steps.len()), (rows * cols, rows * cols / 32));
+            let back = Q8BlockMatrix::from_blocks(rows, cols, &codes, &steps).expect("valid");
+            assert_eq!(
+                (back.padded, &back.data, &back.scales),
+                (m.padded, &m.data, &m.scales)
+            );
+            let x = random_x(2 * cols, 7);
+            assert_eq!(back.matmul(&x, 2), m.matmul(&x, 2));
+        }
+        let m = Q8BlockMatrix::quantize(&random_x(40, 1), 1, 40);
+        assert!(m.to_blocks().is_none(), "40 columns are not whole groups");
+        let (codes, mut steps) = (vec![0i8; 64], vec![0u16; 2]);
+        assert_eq!(
+            Q8BlockMatrix::from_blocks(1, 48, &codes, &steps).err(),
+            Some(BlocksError::Columns(48))
+        );
+        assert!(matches!(
+            Q8BlockMatrix::from_blocks(1, 64, &codes[..63], &steps),
+            Err(BlocksError::Length { what: "codes", .. })
+        ));
+        steps[1] = half::f16::INFINITY.to_bits();
+        assert_eq!(
+            Q8BlockMatrix::from_blocks(1, 64, &codes, &steps).err(),
+            Some(BlocksError::Step { row: 0, group: 1 })
+        );
+        steps[1] = 0;
+        let mut bad = codes.clone();
+        bad[33] = i8::MIN;
+        assert_eq!(
+            Q8BlockMatrix::from_blocks(1, 64, &bad, &steps).err(),
+            Some(BlocksError::Code { row: 0, col: 33 })
+        );
     }
 }
