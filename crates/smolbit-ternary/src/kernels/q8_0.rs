@@ -14,15 +14,15 @@ pub(super) const Q8_LANES: usize = 8;
 
 /// An 8-bit matrix for dense linears (as llama.cpp's Q8_0): per group of 32 columns of a row,
 /// `w ≈ q · d` with `d` the binary16 value at or just above `max|w| / 127` and `q` in
-/// -127..=127. Columns are padded to a multiple of 256 (eight groups, one vector of group sums
-/// in the kernel). 8.5 bits a weight.
+/// -127..=127. Columns are padded to a multiple of 32 (whole groups; the kernels take the last
+/// up to seven groups of a row as a partial vector). 8.5 bits a weight.
 #[derive(Debug, Clone)]
 pub struct Q8BlockMatrix {
     /// Rows.
     pub rows: usize,
     /// Columns.
     pub cols: usize,
-    /// `cols` rounded up to a multiple of 256.
+    /// `cols` rounded up to a multiple of 32.
     pub padded: usize,
     /// `rows * padded` codes.
     pub data: Vec<i8>,
@@ -62,7 +62,7 @@ impl Q8BlockMatrix {
                 col: i % cols,
             });
         }
-        let padded = cols.div_ceil(Q8_GROUP * Q8_LANES) * Q8_GROUP * Q8_LANES;
+        let padded = cols.div_ceil(Q8_GROUP) * Q8_GROUP;
         let (groups, real) = (padded / Q8_GROUP, cols / Q8_GROUP);
         let mut data = vec![0i8; rows * padded];
         let mut scales = vec![0u16; rows * groups];
@@ -83,7 +83,7 @@ impl Q8BlockMatrix {
 impl QuantizedTable for Q8BlockMatrix {
     fn quantize(w: &[f32], rows: usize, cols: usize) -> Self {
         assert_eq!(w.len(), rows * cols, "w must be [rows, cols]");
-        let padded = cols.div_ceil(Q8_GROUP * Q8_LANES) * Q8_GROUP * Q8_LANES;
+        let padded = cols.div_ceil(Q8_GROUP) * Q8_GROUP;
         let groups = padded / Q8_GROUP;
         let mut data = vec![0i8; rows * padded];
         let mut scales = vec![0u16; rows * groups];

@@ -201,7 +201,7 @@ pub(super) unsafe fn q4_row_dot_avx2(
 ) -> f32 {
     use super::q4::{Q4_GROUP, Q4_LANES};
     let groups = scales.len();
-    assert!(groups.is_multiple_of(Q4_LANES) && off.len() >= groups && steps.len() >= groups);
+    assert!(groups.is_multiple_of(2) && off.len() >= groups && steps.len() >= groups);
     assert!(codes.len() >= groups * Q4_GROUP / 2 && x.len() >= groups * Q4_GROUP);
     let low = _mm256_set1_epi8(0x0F);
     let ones = _mm256_set1_epi16(1);
@@ -209,11 +209,13 @@ pub(super) unsafe fn q4_row_dot_avx2(
     let order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     let mut acc = _mm256_setzero_ps();
     for g0 in (0..groups).step_by(Q4_LANES) {
+        // The last vector of a row may hold fewer than eight groups (an even number).
+        let n = (groups - g0).min(Q4_LANES);
         let mut v = [_mm256_setzero_si256(); Q4_LANES / 2];
-        for (p, vp) in v.iter_mut().enumerate() {
+        for (p, vp) in v.iter_mut().enumerate().take(n / 2) {
             let g = g0 + 2 * p;
             // SAFETY: groups g and g + 1: 32 code bytes and 64 activations in bounds
-            // (asserted; g + 1 < groups as groups is a multiple of eight).
+            // (asserted; g + 1 < groups as groups is even).
             unsafe {
                 let b = _mm256_loadu_si256(codes.as_ptr().add(g * Q4_GROUP / 2).cast());
                 let lo = _mm256_and_si256(b, low);
@@ -231,16 +233,32 @@ pub(super) unsafe fn q4_row_dot_avx2(
         let h01 = _mm256_hadd_epi32(v[0], v[1]);
         let h23 = _mm256_hadd_epi32(v[2], v[3]);
         let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(h01, h23), order);
-        // SAFETY: eight offsets, weight steps and activation steps at g0 are in bounds
-        // (asserted).
-        let (o, d) = unsafe {
-            (
-                _mm256_loadu_si256(off.as_ptr().add(g0).cast()),
-                _mm256_mul_ps(
-                    _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g0).cast())),
-                    _mm256_loadu_ps(steps.as_ptr().add(g0)),
-                ),
-            )
+        let (o, d) = if n == Q4_LANES {
+            // SAFETY: eight offsets, weight steps and activation steps at g0 are in bounds
+            // (asserted).
+            unsafe {
+                (
+                    _mm256_loadu_si256(off.as_ptr().add(g0).cast()),
+                    _mm256_mul_ps(
+                        _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g0).cast())),
+                        _mm256_loadu_ps(steps.as_ptr().add(g0)),
+                    ),
+                )
+            }
+        } else {
+            // Missing groups get zero sums, offsets and steps: their lanes add +0.0, which
+            // leaves them as the reference does (a lane is never -0.0).
+            let (o, sc, st) = tail(&off[g0..groups], &scales[g0..groups], &steps[g0..groups]);
+            // SAFETY: loads from the eight-element arrays.
+            unsafe {
+                (
+                    _mm256_loadu_si256(o.as_ptr().cast()),
+                    _mm256_mul_ps(
+                        _mm256_cvtph_ps(_mm_loadu_si128(sc.as_ptr().cast())),
+                        _mm256_loadu_ps(st.as_ptr()),
+                    ),
+                )
+            }
         };
         let ints = _mm256_cvtepi32_ps(_mm256_sub_epi32(sums, o));
         acc = _mm256_add_ps(acc, _mm256_mul_ps(d, ints));
@@ -265,12 +283,17 @@ pub(super) unsafe fn q8_block_row_dot_avx2(
 ) -> f32 {
     use super::q8_0::{Q8_GROUP, Q8_LANES};
     let groups = scales.len();
-    assert!(groups.is_multiple_of(Q8_LANES) && steps.len() >= groups);
+    assert!(steps.len() >= groups);
     assert!(codes.len() >= groups * Q8_GROUP && x.len() >= groups * Q8_GROUP);
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
     for g0 in (0..groups).step_by(Q8_LANES) {
+        // The last vector of a row may hold fewer than eight groups.
+        let n = (groups - g0).min(Q8_LANES);
         let v: [__m256i; Q8_LANES] = std::array::from_fn(|k| {
+            if k >= n {
+                return _mm256_setzero_si256();
+            }
             let at = (g0 + k) * Q8_GROUP;
             // SAFETY: group g0 + k's 32 codes and activations are in bounds (asserted).
             unsafe {
@@ -292,12 +315,24 @@ pub(super) unsafe fn q8_block_row_dot_avx2(
             _mm256_extracti128_si256(h4567, 1),
         );
         let sums = _mm256_set_m128i(s4567, s0123);
-        // SAFETY: eight weight and activation steps at g0 are in bounds (asserted).
-        let d = unsafe {
-            _mm256_mul_ps(
-                _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g0).cast())),
-                _mm256_loadu_ps(steps.as_ptr().add(g0)),
-            )
+        let d = if n == Q8_LANES {
+            // SAFETY: eight weight and activation steps at g0 are in bounds (asserted).
+            unsafe {
+                _mm256_mul_ps(
+                    _mm256_cvtph_ps(_mm_loadu_si128(scales.as_ptr().add(g0).cast())),
+                    _mm256_loadu_ps(steps.as_ptr().add(g0)),
+                )
+            }
+        } else {
+            // Missing groups: zero sums and steps, so their lanes add +0.0 (as in q4).
+            let (_, sc, st) = tail(&[], &scales[g0..groups], &steps[g0..groups]);
+            // SAFETY: loads from the eight-element arrays.
+            unsafe {
+                _mm256_mul_ps(
+                    _mm256_cvtph_ps(_mm_loadu_si128(sc.as_ptr().cast())),
+                    _mm256_loadu_ps(st.as_ptr()),
+                )
+            }
         };
         acc = _mm256_add_ps(acc, _mm256_mul_ps(d, _mm256_cvtepi32_ps(sums)));
     }
@@ -305,6 +340,16 @@ pub(super) unsafe fn q8_block_row_dot_avx2(
     // SAFETY: eight f32 into an array of eight.
     unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
     lanes.iter().fold(0f32, |a, &v| a + v)
+}
+
+/// The offsets, weight steps and activation steps of a row's last (fewer than eight) groups,
+/// padded with zeros to one vector each.
+fn tail(off: &[i32], scales: &[u16], steps: &[f32]) -> ([i32; 8], [u16; 8], [f32; 8]) {
+    let (mut o, mut sc, mut st) = ([0i32; 8], [0u16; 8], [0f32; 8]);
+    o[..off.len()].copy_from_slice(off);
+    sc[..scales.len()].copy_from_slice(scales);
+    st[..scales.len()].copy_from_slice(&steps[..scales.len()]);
+    (o, sc, st)
 }
 
 /// Four i32 vectors summed horizontally: `[Σa, Σb, Σc, Σd]`.
