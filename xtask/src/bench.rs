@@ -301,17 +301,9 @@ pub fn run(args: &[String]) -> Result<()> {
             let q4_too = (big && !dense_big)
                 || size_class(&name) == 1
                 || d.file_name().is_some_and(|n| n == "b158");
-            // Dense small checkpoints also with their linears (and head) in 8 and 4 bits, as
-            // llama.cpp's Q8_0 and Q4_0 rows (`--linears q8|q4`).
-            let dense_small = !big && !d.join("quantization.json").is_file();
+            // (The int8 and int4 rows are the pipeline's `q8` and `q4` checkpoints.)
             let variants: &[(&str, &[&str])] = if q4_too {
                 &[("", &[]), (" (q4 head)", &["--head", "q4"])]
-            } else if dense_small {
-                &[
-                    ("", &[]),
-                    (" (q8 linears)", &["--linears", "q8"]),
-                    (" (q4 linears)", &["--linears", "q4"]),
-                ]
             } else {
                 &[("", &[])]
             };
