@@ -385,6 +385,27 @@ impl Generator {
         params: &GenerateParams,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Generation, GenerateError> {
+        let mut seq = self.start(prompt, params)?;
+        while let Some(chunk) = self.step(&mut seq)? {
+            if !chunk.is_empty() && !on_text(&chunk) {
+                seq.cancel();
+            }
+        }
+        let (generation, rest) = self.finish(seq)?;
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
+        Ok(generation)
+    }
+
+    /// A generation after `prompt` that has not run yet: [`Generator::step`] advances it one
+    /// token at a time (so a server can interleave several), [`Generator::finish`] ends it.
+    /// Checks the settings and the prompt's length against the context.
+    pub fn start(
+        &self,
+        prompt: &[u32],
+        params: &GenerateParams,
+    ) -> Result<Sequence, GenerateError> {
         params.sampling.validate().map_err(GenerateError::Params)?;
         let max_ctx = self.model.config().max_position_embeddings;
         if prompt.is_empty() {
@@ -396,78 +417,206 @@ impl Generator {
                 max: max_ctx,
             });
         }
-        let start = Instant::now();
-        let mut sampler = Sampler::new(params.sampling.clone());
-        let mut stream = TextStream::new(params.stop.clone());
-        let mut history = prompt.to_vec();
-        let mut tokens = Vec::new();
-        let mut cache = self.model.new_cache();
-        let mut logits = self.model.forward_last(prompt, &mut cache)?;
-        let mut first_token_at = None;
-        let mut stop_reason = StopReason::MaxTokens;
-        let tok_err = GenerateError::Tokenizer;
-        while tokens.len() < params.max_new_tokens {
-            let next = sampler.next(&mut logits, &history);
-            if first_token_at.is_none() {
-                first_token_at = Some(Instant::now());
-            }
-            tokens.push(next);
-            history.push(next);
-            if self.eos.contains(&next) {
-                stop_reason = StopReason::Eos;
-                break;
-            }
-            let chunk = stream.push(&self.tokenizer, next).map_err(tok_err)?;
-            if !chunk.is_empty() && !on_text(&chunk) {
-                stop_reason = StopReason::Caller;
-                break;
-            }
-            if stream.stopped() {
-                stop_reason = StopReason::StopString;
-                break;
-            }
-            if tokens.len() == params.max_new_tokens {
-                break;
-            }
-            if history.len() >= max_ctx {
-                stop_reason = StopReason::ContextLength;
-                break;
-            }
-            logits = self.model.forward_last(&[next], &mut cache)?;
+        Ok(Sequence {
+            sampler: Sampler::new(params.sampling.clone()),
+            stream: TextStream::new(params.stop.clone()),
+            max_new_tokens: params.max_new_tokens,
+            history: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            tokens: Vec::new(),
+            cache: self.model.new_cache(),
+            start: Instant::now(),
+            first_token_at: None,
+            stop: None,
+        })
+    }
+
+    /// Advance `seq` by one token (the first call runs the prompt through the model first).
+    /// Returns the text that became final with it (possibly empty), or `None` once the sequence
+    /// has ended; then call [`Generator::finish`].
+    pub fn step(&self, seq: &mut Sequence) -> Result<Option<String>, GenerateError> {
+        if !self.wants_step(seq) {
+            return Ok(None);
         }
-        let rest = stream.finish(&self.tokenizer).map_err(tok_err)?;
-        if !rest.is_empty() {
-            on_text(&rest);
+        // The prompt on the first step, then the previous token.
+        let logits = match seq.tokens.last() {
+            None => self.model.forward_last(&seq.history, &mut seq.cache)?,
+            Some(&last) => self.model.forward_last(&[last], &mut seq.cache)?,
+        };
+        self.advance(seq, logits).map(Some)
+    }
+
+    /// [`Generator::step`] for several sequences: those past their prompt decode their next
+    /// token together ([`Model::forward_last_batch`]: one pass over the weights for all of
+    /// them), the others step alone. One result per sequence, in order. Batched logits may
+    /// differ from single-sequence ones in the last bits (the kernels' multi-token tiles sum in
+    /// another order), so a greedy answer can in rare cases differ from an unbatched run's.
+    pub fn step_batch(
+        &self,
+        seqs: &mut [&mut Sequence],
+    ) -> Result<Vec<Option<String>>, GenerateError> {
+        let mut out: Vec<Option<String>> = vec![None; seqs.len()];
+        let mut batch = Vec::new();
+        for (i, seq) in seqs.iter_mut().enumerate() {
+            if !self.wants_step(seq) {
+                continue;
+            }
+            if seq.tokens.is_empty() {
+                out[i] = self.step(seq)?;
+            } else {
+                batch.push(i);
+            }
         }
-        if stream.stopped() {
+        if batch.len() == 1 {
+            out[batch[0]] = self.step(seqs[batch[0]])?;
+        } else if !batch.is_empty() {
+            let tokens: Vec<u32> = batch
+                .iter()
+                .map(|&i| *seqs[i].tokens.last().unwrap_or(&0))
+                .collect();
+            let logits = {
+                let mut caches: Vec<&mut smolbit_model::KvCache> = seqs
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(i, _)| batch.contains(i))
+                    .map(|(_, s)| &mut s.cache)
+                    .collect();
+                self.model.forward_last_batch(&tokens, &mut caches)?
+            };
+            for (&i, l) in batch.iter().zip(logits) {
+                out[i] = Some(self.advance(seqs[i], l)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `seq` takes another step (it has not ended and has room for a token); marks it
+    /// ended at its token limit.
+    fn wants_step(&self, seq: &mut Sequence) -> bool {
+        if seq.stop.is_some() {
+            return false;
+        }
+        if seq.tokens.len() >= seq.max_new_tokens {
+            seq.stop = Some(StopReason::MaxTokens);
+            return false;
+        }
+        true
+    }
+
+    /// Pick the next token from `logits` and apply the stop rules.
+    fn advance(&self, seq: &mut Sequence, mut logits: Vec<f32>) -> Result<String, GenerateError> {
+        let next = seq.sampler.next(&mut logits, &seq.history);
+        if seq.first_token_at.is_none() {
+            seq.first_token_at = Some(Instant::now());
+        }
+        seq.tokens.push(next);
+        seq.history.push(next);
+        if self.eos.contains(&next) {
+            seq.stop = Some(StopReason::Eos);
+            return Ok(String::new());
+        }
+        let chunk = seq
+            .stream
+            .push(&self.tokenizer, next)
+            .map_err(GenerateError::Tokenizer)?;
+        if seq.stream.stopped() {
+            seq.stop = Some(StopReason::StopString);
+        } else if seq.tokens.len() == seq.max_new_tokens {
+            seq.stop = Some(StopReason::MaxTokens);
+        } else if seq.history.len() >= self.model.config().max_position_embeddings {
+            seq.stop = Some(StopReason::ContextLength);
+        }
+        Ok(chunk)
+    }
+
+    /// End `seq`: the generation, and the text still held back (an incomplete UTF-8 sequence
+    /// or a possible stop string's prefix), not yet returned by [`Generator::step`].
+    pub fn finish(&self, mut seq: Sequence) -> Result<(Generation, String), GenerateError> {
+        let rest = seq
+            .stream
+            .finish(&self.tokenizer)
+            .map_err(GenerateError::Tokenizer)?;
+        let mut stop_reason = seq.stop.unwrap_or(StopReason::MaxTokens);
+        if seq.stream.stopped() {
             stop_reason = StopReason::StopString;
         }
         let end = Instant::now();
-        let first = first_token_at.unwrap_or(end);
-        let ttft = first.duration_since(start).as_secs_f64();
+        let first = seq.first_token_at.unwrap_or(end);
+        let ttft = first.duration_since(seq.start).as_secs_f64();
         let decode_s = end.duration_since(first).as_secs_f64();
+        let n = seq.tokens.len();
         let timings = Timings {
-            prompt_tokens: prompt.len(),
-            generated_tokens: tokens.len(),
+            prompt_tokens: seq.prompt_len,
+            generated_tokens: n,
             ttft_ms: ttft * 1e3,
             prefill_tok_s: if ttft > 0.0 {
-                prompt.len() as f64 / ttft
+                seq.prompt_len as f64 / ttft
             } else {
                 0.0
             },
-            decode_tok_s: if tokens.len() > 1 && decode_s > 0.0 {
-                (tokens.len() - 1) as f64 / decode_s
+            decode_tok_s: if n > 1 && decode_s > 0.0 {
+                (n - 1) as f64 / decode_s
             } else {
                 0.0
             },
-            total_ms: end.duration_since(start).as_secs_f64() * 1e3,
+            total_ms: end.duration_since(seq.start).as_secs_f64() * 1e3,
         };
-        Ok(Generation {
-            prompt_tokens: prompt.to_vec(),
-            tokens,
-            text: stream.text().to_string(),
-            stop_reason,
-            timings,
-        })
+        let text = seq.stream.text().to_string();
+        seq.history.truncate(seq.prompt_len);
+        Ok((
+            Generation {
+                prompt_tokens: seq.history,
+                tokens: seq.tokens,
+                text,
+                stop_reason,
+                timings,
+            },
+            rest,
+        ))
+    }
+}
+
+/// One generation in progress ([`Generator::start`]): its sampler, text stream, tokens and KV
+/// cache.
+#[derive(Debug)]
+pub struct Sequence {
+    sampler: Sampler,
+    stream: TextStream,
+    max_new_tokens: usize,
+    /// The prompt, then the generated tokens.
+    history: Vec<u32>,
+    prompt_len: usize,
+    tokens: Vec<u32>,
+    cache: smolbit_model::KvCache,
+    start: Instant,
+    first_token_at: Option<Instant>,
+    stop: Option<StopReason>,
+}
+
+impl Sequence {
+    /// Stop after the current token ([`StopReason::Caller`]): the caller has what it wanted,
+    /// or a client went away. (A stop string that completed with that token still wins.)
+    pub fn cancel(&mut self) {
+        self.stop = Some(StopReason::Caller);
+    }
+
+    /// The prompt's length in tokens.
+    pub fn prompt_tokens(&self) -> usize {
+        self.prompt_len
+    }
+
+    /// Tokens generated so far.
+    pub fn generated_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Why it ended, once it has.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        self.stop
+    }
+
+    /// When the first token was sampled, if it has been.
+    pub fn first_token_at(&self) -> Option<Instant> {
+        self.first_token_at
     }
 }

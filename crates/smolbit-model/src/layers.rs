@@ -79,6 +79,16 @@ impl KvCache {
     }
 }
 
+/// One sequence's part of a host-path step ([`Block::forward_host`]): `t` consecutive rows of
+/// the step's input, after `past` cached positions, with its rotary tables (positions
+/// `past .. past + t`) and its cache of the layer.
+pub(crate) struct HostSeq<'a> {
+    pub(crate) t: usize,
+    pub(crate) past: usize,
+    pub(crate) rope: &'a (Vec<f32>, Vec<f32>),
+    pub(crate) cache: &'a mut HostKv,
+}
+
 /// Append a step's keys and values (`[t, K * D]`, after RoPE) to a layer's host cache, stored as
 /// `E`, then attend to everything cached.
 #[allow(clippy::too_many_arguments)]
@@ -879,44 +889,47 @@ impl Block {
     }
 
     /// [`Block::forward`] on the host: `x: [T, hidden]` host rows updated in place, keys and
-    /// values appended to the layer's host cache. The linears run as in `forward`
-    /// (the packed kernels directly, anything else through burn on `device`); norms, RoPE,
-    /// attention, SwiGLU and the residual adds run on the host, so a decoded token costs no
-    /// tensor operations at all on a packed model.
-    pub(crate) fn forward_host(
-        &self,
-        x: &mut [f32],
-        t: usize,
-        past: usize,
-        rope: &(Vec<f32>, Vec<f32>),
-        cache: &mut HostKv,
-        device: &Device,
-    ) {
+    /// values appended to each sequence's layer cache. `x` holds the rows of one or more
+    /// sequences one after another (`seqs`, in that order): the linears run on all rows at once
+    /// (several sequences decoding together read each weight once), attention per sequence
+    /// against its own cache. The linears run as in `forward` (the packed kernels directly,
+    /// anything else through burn on `device`); norms, RoPE, attention, SwiGLU and the residual
+    /// adds run on the host, so a decoded token costs no tensor operations at all on a packed
+    /// model.
+    pub(crate) fn forward_host(&self, x: &mut [f32], seqs: &mut [HostSeq<'_>], device: &Device) {
         let (nh, nkv, d) = (self.n_heads, self.n_kv, self.head_dim);
         let (qw, kw) = (nh * d, nkv * d);
+        let t: usize = seqs.iter().map(|s| s.t).sum();
         let qkv = self.qkv.forward_host(x, t, &self.attn_norm, device);
-        let mut q = Vec::with_capacity(t * qw);
-        let mut k = Vec::with_capacity(t * kw);
-        let mut v = Vec::with_capacity(t * kw);
-        for row in qkv.chunks_exact(qw + 2 * kw) {
-            q.extend_from_slice(&row[..qw]);
-            k.extend_from_slice(&row[qw..qw + kw]);
-            v.extend_from_slice(&row[qw + kw..]);
-        }
-        if self.use_rope {
-            crate::host::apply_rope(&mut q, nh, d, &rope.0, &rope.1);
-            crate::host::apply_rope(&mut k, nkv, d, &rope.0, &rope.1);
-        }
         let heads = smolbit_ternary::attention::Heads {
             n_heads: nh,
             n_kv: nkv,
             d,
         };
-        let attn = match cache {
-            HostKv::F32(keys, values) => cache_and_attend(keys, values, &q, &k, &v, t, past, heads),
-            HostKv::F16(keys, values) => cache_and_attend(keys, values, &q, &k, &v, t, past, heads),
-        };
-        let mut attn = attn;
+        let mut attn = Vec::with_capacity(t * qw);
+        let mut rows = qkv.chunks_exact(qw + 2 * kw);
+        for s in seqs.iter_mut() {
+            let mut q = Vec::with_capacity(s.t * qw);
+            let mut k = Vec::with_capacity(s.t * kw);
+            let mut v = Vec::with_capacity(s.t * kw);
+            for row in rows.by_ref().take(s.t) {
+                q.extend_from_slice(&row[..qw]);
+                k.extend_from_slice(&row[qw..qw + kw]);
+                v.extend_from_slice(&row[qw + kw..]);
+            }
+            if self.use_rope {
+                crate::host::apply_rope(&mut q, nh, d, &s.rope.0, &s.rope.1);
+                crate::host::apply_rope(&mut k, nkv, d, &s.rope.0, &s.rope.1);
+            }
+            attn.extend(match &mut *s.cache {
+                HostKv::F32(keys, values) => {
+                    cache_and_attend(keys, values, &q, &k, &v, s.t, s.past, heads)
+                }
+                HostKv::F16(keys, values) => {
+                    cache_and_attend(keys, values, &q, &k, &v, s.t, s.past, heads)
+                }
+            });
+        }
         if let Some(n) = &self.attn_sub_norm {
             n.apply_host(&mut attn);
         }

@@ -626,22 +626,89 @@ impl Model {
     fn hidden_host(&self, tokens: &[u32], cache: &mut KvCache) -> Result<Vec<f32>, ModelError> {
         self.check_tokens(tokens, cache)?;
         let t = tokens.len();
-        let mut x: Vec<f32> = match &self.embed {
-            Table::Dense(e) => {
-                let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-                let ids = Tensor::<1, Int>::from_data(TensorData::new(ids, [t]), &self.device);
-                tensor_to_vec((**e).clone().select(0, ids))
-            }
-            Table::Quantized(m, _) => tokens.iter().flat_map(|&t| m.row(t as usize)).collect(),
-        };
+        let mut x = self.embed_host(tokens);
         let past = cache.len();
         let rope = host::rope_tables(&self.config, past, t);
         for (i, layer) in self.layers.iter().enumerate() {
-            layer.forward_host(&mut x, t, past, &rope, cache.host_mut(i), &self.device);
+            let mut seq = [layers::HostSeq {
+                t,
+                past,
+                rope: &rope,
+                cache: cache.host_mut(i),
+            }];
+            layer.forward_host(&mut x, &mut seq, &self.device);
         }
         cache.advance(t);
         self.norm.apply_host(&mut x);
         Ok(x)
+    }
+
+    /// Embedding rows of `tokens` on the host, `[T, hidden]`.
+    fn embed_host(&self, tokens: &[u32]) -> Vec<f32> {
+        match &self.embed {
+            Table::Dense(e) => {
+                let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+                let ids =
+                    Tensor::<1, Int>::from_data(TensorData::new(ids, [tokens.len()]), &self.device);
+                tensor_to_vec((**e).clone().select(0, ids))
+            }
+            Table::Quantized(m, _) => tokens.iter().flat_map(|&t| m.row(t as usize)).collect(),
+        }
+    }
+
+    /// One decoding step of several sequences at once: `tokens[i]` after what `caches[i]`
+    /// holds; the next-token logits of each. On the CPU host path the sequences go through the
+    /// linears together (each weight read once for all of them, as the packed kernels take
+    /// several tokens) and through attention one by one; elsewhere, and for one sequence, this is
+    /// [`Model::forward_last`] per sequence. Batched logits equal the single-sequence ones up to
+    /// the kernels' summation order (multi-token tiles instead of the one-token path).
+    pub fn forward_last_batch(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut KvCache],
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        assert_eq!(tokens.len(), caches.len(), "one token per cache");
+        if !self.host || tokens.len() <= 1 {
+            return tokens
+                .iter()
+                .zip(caches.iter_mut())
+                .map(|(&t, c)| self.forward_last(&[t], c))
+                .collect();
+        }
+        for (&t, c) in tokens.iter().zip(caches.iter()) {
+            self.check_tokens(&[t], c)?;
+        }
+        let (b, n) = (tokens.len(), self.config.hidden_size);
+        let mut x = self.embed_host(tokens);
+        let pasts: Vec<usize> = caches.iter().map(|c| c.len()).collect();
+        let ropes: Vec<_> = pasts
+            .iter()
+            .map(|&p| host::rope_tables(&self.config, p, 1))
+            .collect();
+        for (i, layer) in self.layers.iter().enumerate() {
+            let mut seqs: Vec<layers::HostSeq<'_>> = caches
+                .iter_mut()
+                .zip(&ropes)
+                .zip(&pasts)
+                .map(|((c, rope), &past)| layers::HostSeq {
+                    t: 1,
+                    past,
+                    rope,
+                    cache: c.host_mut(i),
+                })
+                .collect();
+            layer.forward_host(&mut x, &mut seqs, &self.device);
+        }
+        for c in caches.iter_mut() {
+            c.advance(1);
+        }
+        self.norm.apply_host(&mut x);
+        let logits = match &self.head {
+            Table::Dense(w) => tensor_to_vec(upload2(x, b, n, &self.device).matmul((**w).clone())),
+            Table::Quantized(m, _) => m.matmul(&x, b),
+        };
+        let vocab = logits.len() / b;
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
     /// Embedding and decoder blocks (no final norm), optionally recording each block's linear
