@@ -13,17 +13,20 @@
 //!   weights (BitNet's in every natively ternary format), for speed and memory benchmarks at
 //!   scale.
 //! - `native-formats`: the BitNet-shaped model in every format holds the same trits and runs.
+//! - `serve-bench`: `smolbit serve`'s time to first token and 1- and 4-stream throughput against
+//!   `smolbit bench` (see `serve_bench.rs`).
 
 mod bench;
 mod fetch;
 mod formats;
 mod pipeline;
 mod random;
+mod serve_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dtype f16|f32] [--dataset F] [--quick] [--shard I/N] | report --results F --out-dir D | random-model --shape smollm3-3b|smollm2-135m|bitnet-2b [--format F] --out PATH | bench [--quick | --long-context] [--llama-bench PATH --gguf FILE ...] [--bitnet-bench PATH --bitnet-gguf FILE ...] | native-formats [--dir DIR] [--peer GGUF ...]>";
+const USAGE: &str = "usage: cargo xtask <fetch-model | model-path | pipeline [--model <GGUF|HF dir>] [--schemes S,..] [--dtype f16|f32] [--dataset F] [--quick] [--shard I/N] | report --results F --out-dir D | random-model --shape smollm3-3b|smollm2-135m|bitnet-2b [--format F] --out PATH | bench [--quick | --long-context] [--llama-bench PATH --gguf FILE ...] [--bitnet-bench PATH --bitnet-gguf FILE ...] | native-formats [--dir DIR] [--peer GGUF ...] | serve-bench [--model DIR] [--threads N] [--rounds R]>";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
         Some("random-model") => random::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         Some("native-formats") => formats::run(&args[1..]),
+        Some("serve-bench") => serve_bench::run(&args[1..]),
         _ => {
             eprintln!("{USAGE}");
             return ExitCode::from(2);

@@ -204,6 +204,8 @@ enum Command {
         #[arg(long, default_value = "auto")]
         linears: smolbit_model::LinearPolicy,
     },
+    /// Serve models over the OpenAI HTTP API (chat and text completions, streamed or not).
+    Serve(ServeArgs),
     /// Interactive multi-turn chat in the terminal (`/reset` clears the history, `/exit` quits).
     Chat {
         /// Model directory (with tokenizer.json and a chat template).
@@ -215,6 +217,38 @@ enum Command {
         #[command(flatten)]
         opts: GenOpts,
     },
+}
+
+/// `smolbit serve`.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Model directory (repeatable); its directory name is the `model` clients send.
+    #[arg(long = "model", required = true)]
+    models: Vec<PathBuf>,
+    /// Address to listen on (loopback by default; 0.0.0.0 exposes the server to the network).
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port; the one chosen is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Requests generated at once, interleaved token by token.
+    #[arg(long, default_value_t = 4)]
+    parallel: usize,
+    /// Requests that may wait for a slot; beyond that the server answers 503.
+    #[arg(long, default_value_t = 16)]
+    queue: usize,
+    /// Require `Authorization: Bearer <KEY>` on every request (also from SMOLBIT_API_KEY).
+    #[arg(long, env = "SMOLBIT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// Device: cpu or, in builds with the wgpu feature, wgpu.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// KV cache storage on the CPU host path: f32 or f16.
+    #[arg(long, default_value = "f32")]
+    kv_cache: smolbit_model::KvStorage,
+    /// Dense linears on the CPU (as on `generate`).
+    #[arg(long, default_value = "auto")]
+    linears: smolbit_model::LinearPolicy,
 }
 
 /// Generation settings shared by `generate` and `chat`.
@@ -351,6 +385,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             system,
             opts,
         } => chat(&model, system.as_deref(), &opts),
+        Command::Serve(args) => serve(&args),
         Command::Quantize {
             model,
             scheme,
@@ -445,6 +480,39 @@ fn dispatch(cli: Cli) -> Result<()> {
             linears,
         ),
     }
+}
+
+fn serve(args: &ServeArgs) -> Result<()> {
+    let device = smolbit_model::device(&args.device)?;
+    let mut models = Vec::new();
+    for dir in &args.models {
+        let id = dir
+            .canonicalize()
+            .with_context(|| format!("{}: cannot open", dir.display()))?
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        let load = smolbit_model::LoadOptions {
+            kv_cache: args.kv_cache,
+            linears: args.linears,
+            ..Default::default()
+        };
+        let generator = smolbit_generate::Generator::load_with(dir, &device, load)?;
+        eprintln!("[serve] loaded {} as '{id}'", dir.display());
+        models.push(smolbit_serve::ServedModel { id, generator });
+    }
+    let opts = smolbit_serve::ServeOptions {
+        host: args.host.clone(),
+        port: args.port,
+        parallel: args.parallel,
+        queue: args.queue,
+        api_key: args.api_key.clone(),
+        ..Default::default()
+    };
+    smolbit_serve::serve(&opts, models, |addr| {
+        eprintln!("[serve] listening on http://{addr}");
+    })?;
+    Ok(())
 }
 
 fn load_generator(model: &Path, opts: &GenOpts) -> Result<smolbit_generate::Generator> {
