@@ -22,11 +22,11 @@ use std::path::Path;
 
 use smolbit_ternary::kernels::{Q4Matrix, Q8BlockMatrix, QuantizedTable};
 
-use crate::convert::{copy_side_files, write_dir_atomically, write_json};
+use crate::convert::{write_dir_atomically, write_json};
 use crate::mapping;
 use crate::quantize::{
     LayerReport, QuantConfig, QuantizeError, QuantizeReport, base_name, is_linear,
-    open_full_precision,
+    open_full_precision, write_config_and_side_files,
 };
 use crate::safetensors::{self, Dtype, TensorSpec};
 
@@ -255,14 +255,7 @@ fn write_blocked(
         pre_norm_eps: None,
         distillation: None,
     };
-    let cfg_path = md.path.join("config.json");
-    let src_cfg =
-        std::fs::read_to_string(&cfg_path).map_err(|e| invalid(&cfg_path, e.to_string()))?;
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&src_cfg).map_err(|e| invalid(&cfg_path, e.to_string()))?;
-    cfg["quantization_config"] = serde_json::to_value(&qc).unwrap_or_default();
-    write_json(&staging.join("config.json"), &cfg)?;
-    copy_side_files(&md.path, staging)?;
+    write_config_and_side_files(md, staging, &qc)?;
     let report = QuantizeReport {
         scheme: format.name().into(),
         packing: format.packing().into(),

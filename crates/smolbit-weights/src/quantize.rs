@@ -519,20 +519,7 @@ fn write_quantized(
         pre_norm_eps: None,
         distillation: fitted.map(|f| f.distillation.clone()),
     };
-    let src_cfg = std::fs::read_to_string(md.path.join("config.json")).map_err(|e| {
-        QuantizeError::Invalid {
-            path: md.path.join("config.json"),
-            what: e.to_string(),
-        }
-    })?;
-    let mut cfg: serde_json::Value =
-        serde_json::from_str(&src_cfg).map_err(|e| QuantizeError::Invalid {
-            path: md.path.join("config.json"),
-            what: e.to_string(),
-        })?;
-    cfg["quantization_config"] = serde_json::to_value(&qc).unwrap_or_default();
-    write_json(&staging.join("config.json"), &cfg)?;
-    copy_side_files(&md.path, staging)?;
+    write_config_and_side_files(md, staging, &qc)?;
     let outs: Vec<f64> = layers.iter().filter_map(|l| l.output_rel_error).collect();
     let report = QuantizeReport {
         scheme: scheme.to_string(),
@@ -553,6 +540,27 @@ fn write_quantized(
         &serde_json::to_value(&report).unwrap_or_default(),
     )?;
     Ok(report)
+}
+
+/// The source's config.json with `quantization_config` set to `qc`, and its tokenizer and
+/// generation files, into `staging`.
+pub(crate) fn write_config_and_side_files(
+    md: &crate::ModelDir,
+    staging: &Path,
+    qc: &QuantConfig,
+) -> Result<(), QuantizeError> {
+    let path = md.path.join("config.json");
+    let invalid = |e: String| QuantizeError::Invalid {
+        path: path.clone(),
+        what: e,
+    };
+    let src = std::fs::read_to_string(&path).map_err(|e| invalid(e.to_string()))?;
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&src).map_err(|e| invalid(e.to_string()))?;
+    cfg["quantization_config"] = serde_json::to_value(qc).unwrap_or_default();
+    write_json(&staging.join("config.json"), &cfg)?;
+    copy_side_files(&md.path, staging)?;
+    Ok(())
 }
 
 /// Read a quantized linear back as a [`TernaryMatrix`].
