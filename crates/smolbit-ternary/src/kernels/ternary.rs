@@ -23,7 +23,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "aarch64")]
 use super::arm;
 use super::dense::dot_f32;
-use super::rows::{par_row_chunks, par_rows};
+use super::rows::{RowChunk, par_row_chunks, par_rows};
 #[cfg(target_arch = "x86_64")]
 use super::x86;
 use super::{Isa, QuantizedInput};
@@ -194,51 +194,17 @@ impl PackedTernary {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
         let q = QuantizedInput::new(x, tokens, self.cols, self.padded, self.group);
         let groups = self.groups();
-        if tokens == 1 {
-            // Decode: one token. Groups of whole blocks (per-tensor, per-row, 128, 256, ...) go
-            // ROWS rows at a time (one activation load and one horizontal sum serve them all);
-            // 32- and 64-column groups row by row.
-            let (x, sums) = (&q.values[..], &q.group_sums[..]);
-            let inv = 1.0 / q.scales[0];
-            return par_row_chunks(self.rows, 1, ROWS, |chunk| {
-                let (first, n) = (chunk.first_row(), chunk.rows());
-                let mut ri = 0;
-                while ri < n {
-                    let r = first + ri;
-                    if self.group >= BLOCK && n - ri >= ROWS {
-                        let mut acc = [0f32; ROWS];
-                        for k in 0..self.planes {
-                            let y = rows_dot_one(
-                                isa,
-                                std::array::from_fn(|i| self.row_codes(k, r + i)),
-                                std::array::from_fn(|i| self.row_scales(k, r + i)),
-                                x,
-                                sums,
-                                self.group,
-                            );
-                            for i in 0..ROWS {
-                                acc[i] += y[i];
-                            }
-                        }
-                        for (i, a) in acc.into_iter().enumerate() {
-                            chunk.set(ri + i, 0, a * inv);
-                        }
-                        ri += ROWS;
-                    } else {
-                        let mut acc = 0f32;
-                        for k in 0..self.planes {
-                            acc += row_dot_one(
-                                isa,
-                                self.row_codes(k, r),
-                                self.row_scales(k, r),
-                                x,
-                                sums,
-                                self.group,
-                            );
-                        }
-                        chunk.set(ri, 0, acc * inv);
-                        ri += 1;
-                    }
+        if tokens <= DECODE_TOKENS {
+            // Decode: one token, or a few decoded together (`smolbit serve`'s batches). Groups
+            // of whole blocks (per-tensor, per-row, 128, 256, ...) go ROWS rows at a time (one
+            // activation load and one horizontal sum serve them all); 32- and 64-column groups
+            // row by row. With several tokens each chunk of rows runs the one-token kernel for
+            // every token in turn: its codes come from memory once and from cache after that,
+            // and the kernel stays the faster one-token one (the tiles below pay off on long
+            // prompts). Both give the scalar reference's results exactly.
+            return par_row_chunks(self.rows, tokens, ROWS, |chunk| {
+                for t in 0..tokens {
+                    self.decode_chunk(isa, &q, t, chunk);
                 }
             });
         }
@@ -293,6 +259,54 @@ impl PackedTernary {
                 }
             }
         })
+    }
+
+    /// Token `t` of `q` against the rows of `chunk` on the one-token kernels (the decode path
+    /// of [`PackedTernary::matmul_i8_with`]).
+    fn decode_chunk(&self, isa: Isa, q: &QuantizedInput, t: usize, chunk: &mut RowChunk<'_>) {
+        let groups = self.groups();
+        let x = &q.values[t * self.padded..][..self.padded];
+        let sums = &q.group_sums[t * groups..][..groups];
+        let inv = 1.0 / q.scales[t];
+        let (first, n) = (chunk.first_row(), chunk.rows());
+        let mut ri = 0;
+        while ri < n {
+            let r = first + ri;
+            if self.group >= BLOCK && n - ri >= ROWS {
+                let mut acc = [0f32; ROWS];
+                for k in 0..self.planes {
+                    let y = rows_dot_one(
+                        isa,
+                        std::array::from_fn(|i| self.row_codes(k, r + i)),
+                        std::array::from_fn(|i| self.row_scales(k, r + i)),
+                        x,
+                        sums,
+                        self.group,
+                    );
+                    for i in 0..ROWS {
+                        acc[i] += y[i];
+                    }
+                }
+                for (i, a) in acc.into_iter().enumerate() {
+                    chunk.set(ri + i, t, a * inv);
+                }
+                ri += ROWS;
+            } else {
+                let mut acc = 0f32;
+                for k in 0..self.planes {
+                    acc += row_dot_one(
+                        isa,
+                        self.row_codes(k, r),
+                        self.row_scales(k, r),
+                        x,
+                        sums,
+                        self.group,
+                    );
+                }
+                chunk.set(ri, t, acc * inv);
+                ri += 1;
+            }
+        }
     }
 
     /// `y = x Wᵀ` for `x: [tokens, cols]` with float activations; returns `[tokens, rows]`.
@@ -418,6 +432,10 @@ fn rows_dot_one(
 /// Tokens per tile in the i8 product (eight accumulators, the four unpacked code vectors and
 /// the mask fill 13 of AVX2's 16 vector registers).
 const TILE: usize = 8;
+
+/// Tokens up to which int8 products run the one-token kernels token by token (decoding
+/// several sequences at once) rather than the multi-token tiles.
+const DECODE_TOKENS: usize = 4;
 
 /// The first `n` tokens of a tile (`xs`, `sums`) against one packed row. `quarters`: the
 /// 32-column quarters of the row's last block that hold real columns (0 to 4).
