@@ -1,6 +1,9 @@
 //! Text generation for smolbit: tokenization (`tokenizers`), chat templates (minijinja), sampling
 //! with transformers' semantics, a KV-cached generation loop with streaming UTF-8-safe output, and
-//! timings measured by the engine itself (time to first token, decode tokens/s).
+//! timings measured by the engine itself (time to first token, decode tokens/s). The loop is
+//! also exposed one token at a time ([`Generator::start`], [`Generator::step`],
+//! [`Generator::step_batch`] for several sequences decoding together, [`Generator::finish`]) for
+//! callers that interleave generations, as `smolbit serve` does.
 //!
 //! [`Generator::load`] reads a model directory (as `smolbit convert` writes): config, weights,
 //! `tokenizer.json`, `tokenizer_config.json` (chat template, special tokens) and
