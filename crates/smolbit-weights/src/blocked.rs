@@ -25,7 +25,7 @@ use smolbit_ternary::kernels::{Q4Matrix, Q8BlockMatrix, QuantizedTable};
 use crate::convert::{write_dir_atomically, write_json};
 use crate::mapping;
 use crate::quantize::{
-    LayerReport, QuantConfig, QuantizeError, QuantizeReport, base_name, is_linear,
+    LayerReport, QuantConfig, QuantizeError, QuantizeReport, base_name, error_sums, is_linear,
     open_full_precision, write_config_and_side_files,
 };
 use crate::safetensors::{self, Dtype, TensorSpec};
@@ -211,12 +211,7 @@ fn write_blocked(
             let w = md.tensor_f32(&name, &[rows, cols])?;
             let table = BlockedTable::quantize(format, &w, rows, cols);
             let w_hat = table.dequantize();
-            let num: f64 = w
-                .iter()
-                .zip(&w_hat)
-                .map(|(a, b)| f64::from(a - b).powi(2))
-                .sum();
-            let den: f64 = w.iter().map(|a| f64::from(*a).powi(2)).sum();
+            let (num, den) = error_sums(&w, &w_hat);
             err_num += num;
             err_den += den;
             layers.push(LayerReport {

@@ -432,12 +432,7 @@ fn write_quantized(
                 row_scales = planes::round_scales_8bit(&mut m, &w);
             }
             let w_hat = m.dequantize();
-            let num: f64 = w
-                .iter()
-                .zip(&w_hat)
-                .map(|(a, b)| f64::from(a - b).powi(2))
-                .sum();
-            let den: f64 = w.iter().map(|a| f64::from(*a).powi(2)).sum();
+            let (num, den) = error_sums(&w, &w_hat);
             err_num += num;
             err_den += den;
             let bpw = if scheme.scales8 {
@@ -540,6 +535,17 @@ fn write_quantized(
         &serde_json::to_value(&report).unwrap_or_default(),
     )?;
     Ok(report)
+}
+
+/// `(Σ (w - ŵ)², Σ w²)` in f64: a layer's share of the relative Frobenius error.
+pub(crate) fn error_sums(w: &[f32], w_hat: &[f32]) -> (f64, f64) {
+    let num = w
+        .iter()
+        .zip(w_hat)
+        .map(|(a, b)| f64::from(a - b).powi(2))
+        .sum();
+    let den = w.iter().map(|a| f64::from(*a).powi(2)).sum();
+    (num, den)
 }
 
 /// The source's config.json with `quantization_config` set to `qc`, and its tokenizer and
