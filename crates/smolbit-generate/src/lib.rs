@@ -470,9 +470,7 @@ impl Generator {
                 batch.push(i);
             }
         }
-        if batch.len() == 1 {
-            out[batch[0]] = self.step(seqs[batch[0]])?;
-        } else if !batch.is_empty() {
+        if !batch.is_empty() {
             let tokens: Vec<u32> = batch
                 .iter()
                 .map(|&i| *seqs[i].tokens.last().unwrap_or(&0))

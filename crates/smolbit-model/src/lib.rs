@@ -678,7 +678,7 @@ impl Model {
         for (&t, c) in tokens.iter().zip(caches.iter()) {
             self.check_tokens(&[t], c)?;
         }
-        let (b, n) = (tokens.len(), self.config.hidden_size);
+        let b = tokens.len();
         let mut x = self.embed_host(tokens);
         let pasts: Vec<usize> = caches.iter().map(|c| c.len()).collect();
         let ropes: Vec<_> = pasts
@@ -703,10 +703,7 @@ impl Model {
             c.advance(1);
         }
         self.norm.apply_host(&mut x);
-        let logits = match &self.head {
-            Table::Dense(w) => tensor_to_vec(upload2(x, b, n, &self.device).matmul((**w).clone())),
-            Table::Quantized(m, _) => m.matmul(&x, b),
-        };
+        let logits = self.head_host(x, b);
         let vocab = logits.len() / b;
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
@@ -772,12 +769,17 @@ impl Model {
         } else {
             tensor_to_vec(self.hidden(tokens, cache)?.narrow(0, t - 1, 1))
         };
-        Ok(match &self.head {
-            Table::Dense(w) => {
-                tensor_to_vec(upload2(last, 1, n, &self.device).matmul((**w).clone()))
-            }
-            Table::Quantized(m, _) => m.matmul(&last, 1),
-        })
+        Ok(self.head_host(last, 1))
+    }
+
+    /// Logits `[T, vocab]` of host hidden states `x: [T, hidden]`.
+    fn head_host(&self, x: Vec<f32>, t: usize) -> Vec<f32> {
+        match &self.head {
+            Table::Dense(w) => tensor_to_vec(
+                upload2(x, t, self.config.hidden_size, &self.device).matmul((**w).clone()),
+            ),
+            Table::Quantized(m, _) => m.matmul(&x, t),
+        }
     }
 
     /// Greedy decoding: up to `max_new` tokens after `prompt`, stopping after an EOS token

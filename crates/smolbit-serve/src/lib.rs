@@ -254,10 +254,10 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
 }
 
 async fn health(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
+    match authorize(&state, &headers) {
+        Ok(()) => axum::Json(json!({"status": "ok", "models": state.ids})).into_response(),
+        Err(r) => r,
     }
-    axum::Json(json!({"status": "ok", "models": state.ids})).into_response()
 }
 
 async fn list_models(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
@@ -652,23 +652,35 @@ fn new_id(state: &AppState, prefix: &str) -> String {
     format!("{prefix}-{}", state.next_id.fetch_add(1, Ordering::Relaxed))
 }
 
+/// A handler's result: the answer, or the error response that ends it early.
+type Reply = Result<Response, Response>;
+
+/// The key checked and the JSON body parsed: the start of every POST handler.
+#[allow(clippy::result_large_err)]
+fn authorized_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Response> {
+    authorize(state, headers)?;
+    parse_body(body)
+}
+
 async fn chat_completions(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
-    let req: ChatRequest = match parse_body(body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+    chat(&state, &headers, body).await.unwrap_or_else(|r| r)
+}
+
+async fn chat(state: &AppState, headers: &HeaderMap, body: Result<Bytes, BytesRejection>) -> Reply {
+    let req: ChatRequest = authorized_body(state, headers, body)?;
     if req.messages.is_empty() {
-        return bad(
+        return Err(bad(
             "invalid_messages",
             "messages: at least one message is needed",
-        );
+        ));
     }
     let mut messages = Vec::new();
     for (i, m) in req.messages.iter().enumerate() {
@@ -677,40 +689,33 @@ async fn chat_completions(
             Some(Content::Text(t)) => t.clone(),
             Some(Content::Parts(parts)) => {
                 if let Some(p) = parts.iter().find(|p| p.kind != "text") {
-                    return bad(
+                    return Err(bad(
                         "invalid_content",
                         format!(
                             "messages[{i}]: content part of type '{}' is not supported (text only)",
                             p.kind
                         ),
-                    );
+                    ));
                 }
                 parts.iter().filter_map(|p| p.text.as_deref()).collect()
             }
         };
-        if !matches!(
-            m.role.as_str(),
-            "system" | "developer" | "user" | "assistant" | "tool"
-        ) {
-            return bad(
-                "invalid_role",
-                format!("messages[{i}]: unknown role '{}'", m.role),
-            );
-        }
-        let role = if m.role == "developer" {
-            "system"
-        } else {
-            &m.role
+        let role = match m.role.as_str() {
+            "developer" => "system",
+            r @ ("system" | "user" | "assistant" | "tool") => r,
+            other => {
+                return Err(bad(
+                    "invalid_role",
+                    format!("messages[{i}]: unknown role '{other}'"),
+                ));
+            }
         };
         messages.push(Message::new(role, &text));
     }
-    let params = match params(&req.common, usize::MAX) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let id = new_id(&state, "chatcmpl");
+    let params = params(&req.common, usize::MAX)?;
+    let id = new_id(state, "chatcmpl");
     run_job(
-        &state,
+        state,
         id,
         &req.common,
         Kind::Chat,
@@ -725,31 +730,32 @@ async fn completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    if let Err(r) = authorize(&state, &headers) {
-        return r;
-    }
-    let req: CompletionRequest = match parse_body(body) {
-        Ok(r) => r,
-        Err(r) => return r,
-    };
+    completion(&state, &headers, body)
+        .await
+        .unwrap_or_else(|r| r)
+}
+
+async fn completion(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Reply {
+    let req: CompletionRequest = authorized_body(state, headers, body)?;
     let prompt = match req.prompt {
         PromptField::One(p) => p,
         PromptField::Many(mut v) if v.len() == 1 => v.remove(0),
         PromptField::Many(v) => {
-            return bad(
+            return Err(bad(
                 "invalid_prompt",
                 format!("prompt: {} prompts given; send one per request", v.len()),
-            );
+            ));
         }
     };
     // OpenAI's default for completions is 16 tokens.
-    let params = match params(&req.common, 16) {
-        Ok(p) => p,
-        Err(r) => return r,
-    };
-    let id = new_id(&state, "cmpl");
+    let params = params(&req.common, 16)?;
+    let id = new_id(state, "cmpl");
     run_job(
-        &state,
+        state,
         id,
         &req.common,
         Kind::Text,
@@ -766,14 +772,9 @@ async fn run_job(
     kind: Kind,
     prompt: Prompt,
     params: GenerateParams,
-) -> Response {
-    let mut rx = match submit(state, &id, &common.model, prompt, params) {
-        Ok(rx) => rx,
-        Err(r) => return r,
-    };
-    if let Err(r) = started(&mut rx).await {
-        return r;
-    }
+) -> Reply {
+    let mut rx = submit(state, &id, &common.model, prompt, params)?;
+    started(&mut rx).await?;
     let answer = Answer {
         kind,
         id,
@@ -784,5 +785,5 @@ async fn run_job(
             .as_ref()
             .is_some_and(|o| o.include_usage),
     };
-    respond(answer, rx, common.stream).await
+    Ok(respond(answer, rx, common.stream).await)
 }

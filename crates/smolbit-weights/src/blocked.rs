@@ -22,11 +22,11 @@ use std::path::Path;
 
 use smolbit_ternary::kernels::{Q4Matrix, Q8BlockMatrix, QuantizedTable};
 
-use crate::convert::{write_dir_atomically, write_json};
+use crate::convert::write_dir_atomically;
 use crate::mapping;
 use crate::quantize::{
-    LayerReport, QuantConfig, QuantizeError, QuantizeReport, base_name, error_sums, is_linear,
-    open_full_precision, write_config_and_side_files,
+    ErrorSums, LayerReport, QuantConfig, QuantizeError, QuantizeReport, base_name, is_linear,
+    open_full_precision, write_metadata,
 };
 use crate::safetensors::{self, Dtype, TensorSpec};
 
@@ -196,7 +196,7 @@ fn write_blocked(
     }
     let mut layers = Vec::new();
     let mut steps: Vec<u16> = Vec::new();
-    let (mut err_num, mut err_den) = (0f64, 0f64);
+    let mut errors = ErrorSums::default();
     let st_path = staging.join("model.safetensors");
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -210,14 +210,10 @@ fn write_blocked(
             };
             let w = md.tensor_f32(&name, &[rows, cols])?;
             let table = BlockedTable::quantize(format, &w, rows, cols);
-            let w_hat = table.dequantize();
-            let (num, den) = error_sums(&w, &w_hat);
-            err_num += num;
-            err_den += den;
             layers.push(LayerReport {
                 name,
                 shape: [rows, cols],
-                weight_rel_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
+                weight_rel_error: errors.add(&w, &table.dequantize()),
                 output_rel_error: None,
                 bits_per_weight: format.bits_per_weight(),
             });
@@ -250,24 +246,16 @@ fn write_blocked(
         pre_norm_eps: None,
         distillation: None,
     };
-    write_config_and_side_files(md, staging, &qc)?;
     let report = QuantizeReport {
         scheme: format.name().into(),
         packing: format.packing().into(),
         bits_per_weight: format.bits_per_weight(),
-        model_weight_rel_error: if err_den > 0.0 {
-            (err_num / err_den).sqrt()
-        } else {
-            0.0
-        },
+        model_weight_rel_error: errors.relative(),
         mean_output_rel_error: None,
         bytes: std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0),
         layers,
     };
-    write_json(
-        &staging.join("quantization.json"),
-        &serde_json::to_value(&report).unwrap_or_default(),
-    )?;
+    write_metadata(md, staging, &qc, &report)?;
     Ok(report)
 }
 

@@ -389,7 +389,8 @@ fn write_quantized(
     let mut layers = Vec::new();
     let mut current: Option<TernaryMatrix> = None;
     let mut row_scales: Vec<f32> = Vec::new();
-    let (mut err_num, mut err_den, mut bits, mut weights) = (0f64, 0f64, 0f64, 0f64);
+    let mut errors = ErrorSums::default();
+    let (mut bits, mut weights) = (0f64, 0f64);
     let st_path = staging.join("model.safetensors");
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
@@ -432,9 +433,7 @@ fn write_quantized(
                 row_scales = planes::round_scales_8bit(&mut m, &w);
             }
             let w_hat = m.dequantize();
-            let (num, den) = error_sums(&w, &w_hat);
-            err_num += num;
-            err_den += den;
+            let weight_rel_error = errors.add(&w, &w_hat);
             let bpw = if scheme.scales8 {
                 m.bits_per_weight(opts.packing, 8)
                     + (m.planes * rows * 32) as f64 / (rows * cols) as f64
@@ -446,8 +445,7 @@ fn write_quantized(
             layers.push(LayerReport {
                 name,
                 shape: [rows, cols],
-                // The same quantity as metrics::relative_frobenius, from the sums above.
-                weight_rel_error: if den > 0.0 { (num / den).sqrt() } else { 0.0 },
+                weight_rel_error,
                 output_rel_error: stats
                     .filter(|s| !s.samples.is_empty())
                     .map(|s| metrics::relative_output_error(&w, &w_hat, rows, cols, &s.samples)),
@@ -514,46 +512,60 @@ fn write_quantized(
         pre_norm_eps: None,
         distillation: fitted.map(|f| f.distillation.clone()),
     };
-    write_config_and_side_files(md, staging, &qc)?;
     let outs: Vec<f64> = layers.iter().filter_map(|l| l.output_rel_error).collect();
     let report = QuantizeReport {
         scheme: scheme.to_string(),
         packing: opts.packing.name().into(),
         bits_per_weight,
-        model_weight_rel_error: if err_den > 0.0 {
-            (err_num / err_den).sqrt()
-        } else {
-            0.0
-        },
+        model_weight_rel_error: errors.relative(),
         mean_output_rel_error: (!outs.is_empty())
             .then(|| outs.iter().sum::<f64>() / outs.len() as f64),
         bytes: std::fs::metadata(&st_path).map(|m| m.len()).unwrap_or(0),
         layers,
     };
-    write_json(
-        &staging.join("quantization.json"),
-        &serde_json::to_value(&report).unwrap_or_default(),
-    )?;
+    write_metadata(md, staging, &qc, &report)?;
     Ok(report)
 }
 
-/// `(Σ (w - ŵ)², Σ w²)` in f64: a layer's share of the relative Frobenius error.
-pub(crate) fn error_sums(w: &[f32], w_hat: &[f32]) -> (f64, f64) {
-    let num = w
-        .iter()
-        .zip(w_hat)
-        .map(|(a, b)| f64::from(a - b).powi(2))
-        .sum();
-    let den = w.iter().map(|a| f64::from(*a).powi(2)).sum();
-    (num, den)
+/// The relative Frobenius error `||W - Ŵ|| / ||W||` over all quantized linears together (the
+/// same quantity as `metrics::relative_frobenius`), accumulated one layer at a time.
+#[derive(Debug, Default)]
+pub(crate) struct ErrorSums {
+    num: f64,
+    den: f64,
 }
 
-/// The source's config.json with `quantization_config` set to `qc`, and its tokenizer and
-/// generation files, into `staging`.
-pub(crate) fn write_config_and_side_files(
+impl ErrorSums {
+    /// Add a layer; returns the layer's own relative error.
+    pub(crate) fn add(&mut self, w: &[f32], w_hat: &[f32]) -> f64 {
+        let num: f64 = w
+            .iter()
+            .zip(w_hat)
+            .map(|(a, b)| f64::from(a - b).powi(2))
+            .sum();
+        let den: f64 = w.iter().map(|a| f64::from(*a).powi(2)).sum();
+        self.num += num;
+        self.den += den;
+        ratio(num, den)
+    }
+
+    /// Over every layer added.
+    pub(crate) fn relative(&self) -> f64 {
+        ratio(self.num, self.den)
+    }
+}
+
+fn ratio(num: f64, den: f64) -> f64 {
+    if den > 0.0 { (num / den).sqrt() } else { 0.0 }
+}
+
+/// Beside the weights in `staging`: the source's config.json with `quantization_config` set to
+/// `qc`, its tokenizer and generation files, and `report` as `quantization.json`.
+pub(crate) fn write_metadata(
     md: &crate::ModelDir,
     staging: &Path,
     qc: &QuantConfig,
+    report: &QuantizeReport,
 ) -> Result<(), QuantizeError> {
     let path = md.path.join("config.json");
     let invalid = |e: String| QuantizeError::Invalid {
@@ -566,6 +578,10 @@ pub(crate) fn write_config_and_side_files(
     cfg["quantization_config"] = serde_json::to_value(qc).unwrap_or_default();
     write_json(&staging.join("config.json"), &cfg)?;
     copy_side_files(&md.path, staging)?;
+    write_json(
+        &staging.join("quantization.json"),
+        &serde_json::to_value(report).unwrap_or_default(),
+    )?;
     Ok(())
 }
 

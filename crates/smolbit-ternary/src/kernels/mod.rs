@@ -122,6 +122,42 @@ fn check_blocks(
     }
 }
 
+/// A blocked table's rows without their padding (its stored form): of each row, the first
+/// `used` of its `per_row` code units and the first `real` of its `groups` steps.
+fn strip_padding<T: Copy>(
+    data: &[T],
+    scales: &[u16],
+    rows: usize,
+    (per_row, used): (usize, usize),
+    (groups, real): (usize, usize),
+) -> (Vec<T>, Vec<u16>) {
+    let mut codes = Vec::with_capacity(rows * used);
+    let mut steps = Vec::with_capacity(rows * real);
+    for r in 0..rows {
+        codes.extend_from_slice(&data[r * per_row..][..used]);
+        steps.extend_from_slice(&scales[r * groups..][..real]);
+    }
+    (codes, steps)
+}
+
+/// The inverse of [`strip_padding`]: padding codes are `fill`, padding steps 0.
+fn add_padding<T: Copy>(
+    codes: &[T],
+    steps: &[u16],
+    rows: usize,
+    (per_row, used): (usize, usize),
+    (groups, real): (usize, usize),
+    fill: T,
+) -> (Vec<T>, Vec<u16>) {
+    let mut data = vec![fill; rows * per_row];
+    let mut scales = vec![0u16; rows * groups];
+    for r in 0..rows {
+        data[r * per_row..][..used].copy_from_slice(&codes[r * used..][..used]);
+        scales[r * groups..][..real].copy_from_slice(&steps[r * real..][..real]);
+    }
+    (data, scales)
+}
+
 /// Which implementation runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {

@@ -51,11 +51,16 @@ pub(super) fn step_at_or_above(max: f32, top: f32) -> half::f16 {
     }
 }
 
+/// Columns padded to whole pairs of groups.
+fn q4_padded(cols: usize) -> usize {
+    cols.div_ceil(2 * Q4_GROUP) * 2 * Q4_GROUP
+}
+
 impl Q4Matrix {
     /// Quantize a row-major `[rows, cols]` f32 matrix.
     pub fn from_f32(w: &[f32], rows: usize, cols: usize) -> Self {
         assert_eq!(w.len(), rows * cols, "w must be [rows, cols]");
-        let padded = cols.div_ceil(2 * Q4_GROUP) * 2 * Q4_GROUP;
+        let padded = q4_padded(cols);
         let groups = padded / Q4_GROUP;
         let mut data = vec![0x88u8; rows * padded / 2];
         let mut scales = vec![0u16; rows * groups];
@@ -96,14 +101,13 @@ impl Q4Matrix {
         if !self.cols.is_multiple_of(Q4_GROUP) {
             return None;
         }
-        let (groups, real) = (self.padded / Q4_GROUP, self.cols / Q4_GROUP);
-        let mut codes = Vec::with_capacity(self.rows * self.cols / 2);
-        let mut steps = Vec::with_capacity(self.rows * real);
-        for r in 0..self.rows {
-            codes.extend_from_slice(&self.data[r * self.padded / 2..][..self.cols / 2]);
-            steps.extend_from_slice(&self.scales[r * groups..][..real]);
-        }
-        Some((codes, steps))
+        Some(super::strip_padding(
+            &self.data,
+            &self.scales,
+            self.rows,
+            (self.padded / 2, self.cols / 2),
+            (self.padded / Q4_GROUP, self.cols / Q4_GROUP),
+        ))
     }
 
     /// The matrix from its stored form ([`Q4Matrix::to_blocks`]), exactly. Every nibble is a
@@ -116,14 +120,15 @@ impl Q4Matrix {
         steps: &[u16],
     ) -> Result<Self, super::BlocksError> {
         super::check_blocks(rows, cols, codes.len(), steps, Q4_GROUP / 2)?;
-        let padded = cols.div_ceil(2 * Q4_GROUP) * 2 * Q4_GROUP;
-        let (groups, real) = (padded / Q4_GROUP, cols / Q4_GROUP);
-        let mut data = vec![0x88u8; rows * padded / 2];
-        let mut scales = vec![0u16; rows * groups];
-        for r in 0..rows {
-            data[r * padded / 2..][..cols / 2].copy_from_slice(&codes[r * cols / 2..][..cols / 2]);
-            scales[r * groups..][..real].copy_from_slice(&steps[r * real..][..real]);
-        }
+        let padded = q4_padded(cols);
+        let (data, scales) = super::add_padding(
+            codes,
+            steps,
+            rows,
+            (padded / 2, cols / 2),
+            (padded / Q4_GROUP, cols / Q4_GROUP),
+            0x88,
+        );
         Ok(Q4Matrix {
             rows,
             cols,

@@ -30,6 +30,11 @@ pub struct Q8BlockMatrix {
     pub scales: Vec<u16>,
 }
 
+/// Columns padded to whole groups.
+fn q8_padded(cols: usize) -> usize {
+    cols.div_ceil(Q8_GROUP) * Q8_GROUP
+}
+
 impl Q8BlockMatrix {
     /// The stored form (a `q8` checkpoint's): the codes of the real columns, row-major
     /// `[rows, cols]`, and the `[rows, cols / 32]` steps as binary16 bits. `None` unless the
@@ -38,14 +43,13 @@ impl Q8BlockMatrix {
         if !self.cols.is_multiple_of(Q8_GROUP) {
             return None;
         }
-        let (groups, real) = (self.padded / Q8_GROUP, self.cols / Q8_GROUP);
-        let mut codes = Vec::with_capacity(self.rows * self.cols);
-        let mut steps = Vec::with_capacity(self.rows * real);
-        for r in 0..self.rows {
-            codes.extend_from_slice(&self.data[r * self.padded..][..self.cols]);
-            steps.extend_from_slice(&self.scales[r * groups..][..real]);
-        }
-        Some((codes, steps))
+        Some(super::strip_padding(
+            &self.data,
+            &self.scales,
+            self.rows,
+            (self.padded, self.cols),
+            (self.padded / Q8_GROUP, self.cols / Q8_GROUP),
+        ))
     }
 
     /// The matrix from its stored form ([`Q8BlockMatrix::to_blocks`]), exactly.
@@ -62,14 +66,15 @@ impl Q8BlockMatrix {
                 col: i % cols,
             });
         }
-        let padded = cols.div_ceil(Q8_GROUP) * Q8_GROUP;
-        let (groups, real) = (padded / Q8_GROUP, cols / Q8_GROUP);
-        let mut data = vec![0i8; rows * padded];
-        let mut scales = vec![0u16; rows * groups];
-        for r in 0..rows {
-            data[r * padded..][..cols].copy_from_slice(&codes[r * cols..][..cols]);
-            scales[r * groups..][..real].copy_from_slice(&steps[r * real..][..real]);
-        }
+        let padded = q8_padded(cols);
+        let (data, scales) = super::add_padding(
+            codes,
+            steps,
+            rows,
+            (padded, cols),
+            (padded / Q8_GROUP, cols / Q8_GROUP),
+            0,
+        );
         Ok(Q8BlockMatrix {
             rows,
             cols,
@@ -83,7 +88,7 @@ impl Q8BlockMatrix {
 impl QuantizedTable for Q8BlockMatrix {
     fn quantize(w: &[f32], rows: usize, cols: usize) -> Self {
         assert_eq!(w.len(), rows * cols, "w must be [rows, cols]");
-        let padded = cols.div_ceil(Q8_GROUP) * Q8_GROUP;
+        let padded = q8_padded(cols);
         let groups = padded / Q8_GROUP;
         let mut data = vec![0i8; rows * padded];
         let mut scales = vec![0u16; rows * groups];
