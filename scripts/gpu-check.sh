@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The GPU check for a lent GPU machine (docs/gpu.md): the wgpu golden-logit and kernel tests on
-# the real card, then prefill/decode benchmarks of random-weight SmolLM2-135M- and
-# SmolLM3-3B-shaped checkpoints, f16 against b158, on wgpu (and the same models on that machine's
-# CPU for scale).
+# The GPU check for a lent GPU machine (docs/gpu.md): the wgpu golden-logit, kernel and fused-step
+# tests on the real card, then prefill/decode benchmarks of random-weight SmolLM2-135M- and
+# SmolLM3-3B-shaped checkpoints, f16 against b158, on wgpu through the fused decode step and
+# through burn's ops (SMOLBIT_BURN_DECODE=1, the path before it), and the b158 models on that
+# machine's CPU for scale. Each bench line carries launches_per_token and device_reads_per_token.
+# Budget: under 5 minutes on a 16-core H100 machine once the binaries are there.
 #
 # Usage: scripts/gpu-check.sh BIN_DIR OUT_DIR
 #   BIN_DIR holds `smolbit` (built with the wgpu feature), `xtask` and `wgpu-tests` (the
@@ -44,9 +46,9 @@ say "tests"
 SMOLBIT_REQUIRE_WGPU=1 "$BIN/wgpu-tests" --test-threads 1 2>&1 | tee "$OUT/tests.log"
 say "tests exit ${PIPESTATUS[0]}"
 
-bench() { # name model device new_tokens
-  say "bench $1 on $3"
-  line=$("$BIN/smolbit" --threads "${THREADS:-16}" bench --model "$2" --device "$3" \
+bench() { # name model device new_tokens [env assignment]
+  say "bench $1 on $3 ${5:-}"
+  line=$(env ${5:-} "$BIN/smolbit" --threads "${THREADS:-16}" bench --model "$2" --device "$3" \
     --prompt-tokens 128 --new-tokens "$4" --repeats 3 --json 2>>"$OUT/summary.txt" | tail -1)
   echo "$line" | tee -a "$OUT/summary.txt"
   case $line in
@@ -65,8 +67,10 @@ for shape in smollm2-135m smollm3-3b; do
     "$BIN/smolbit" quantize --model "$f16" --scheme b158 --out "$b158" 2>&1 | tail -2 | tee -a "$OUT/summary.txt"
     say "quantize $shape: $(awk "BEGIN{print $(date +%s.%N) - $t0}") s"
   fi
-  bench "$shape f16" "$f16" wgpu 64
-  bench "$shape b158" "$b158" wgpu 64
+  bench "$shape f16 fused" "$f16" wgpu 64
+  bench "$shape b158 fused" "$b158" wgpu 64
+  bench "$shape f16 burn-ops" "$f16" wgpu 16 SMOLBIT_BURN_DECODE=1
+  bench "$shape b158 burn-ops" "$b158" wgpu 16 SMOLBIT_BURN_DECODE=1
   bench "$shape b158" "$b158" cpu 32
 done
 kill "$sampler"

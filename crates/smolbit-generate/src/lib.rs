@@ -442,10 +442,16 @@ impl Generator {
             return Ok(None);
         }
         // The prompt on the first step, then the previous token.
-        let logits = match seq.tokens.last() {
-            None => self.model.forward_last(&seq.history, &mut seq.cache)?,
-            Some(&last) => self.model.forward_last(&[last], &mut seq.cache)?,
+        let input = match seq.tokens.last() {
+            None => seq.history.clone(),
+            Some(&last) => vec![last],
         };
+        if seq.sampler.is_plain_argmax() {
+            // Greedy: the model picks the token (on the device, for the fused GPU step).
+            let next = self.model.forward_argmax(&input, &mut seq.cache)?;
+            return self.push_token(seq, next).map(Some);
+        }
+        let logits = self.model.forward_last(&input, &mut seq.cache)?;
         self.advance(seq, logits).map(Some)
     }
 
@@ -507,6 +513,11 @@ impl Generator {
     /// Pick the next token from `logits` and apply the stop rules.
     fn advance(&self, seq: &mut Sequence, mut logits: Vec<f32>) -> Result<String, GenerateError> {
         let next = seq.sampler.next(&mut logits, &seq.history);
+        self.push_token(seq, next)
+    }
+
+    /// Append `next` to `seq` and apply the stop rules.
+    fn push_token(&self, seq: &mut Sequence, next: u32) -> Result<String, GenerateError> {
         if seq.first_token_at.is_none() {
             seq.first_token_at = Some(Instant::now());
         }

@@ -192,6 +192,13 @@ impl Sampler {
         Sampler { params, rng }
     }
 
+    /// Whether the next token is the logits' argmax whatever the history (greedy without a
+    /// repetition penalty): then the model may pick it where the logits are
+    /// (`Model::forward_argmax`).
+    pub fn is_plain_argmax(&self) -> bool {
+        !self.params.is_sampling() && self.params.repetition_penalty == 1.0
+    }
+
     /// The next token given the logits and the sequence so far (prompt and generated tokens).
     pub fn next(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         process(logits, history, &self.params);

@@ -227,13 +227,17 @@ impl GpuTernary {
         let probe = Tensor::<1>::zeros([1], device)
             .try_into_primitive::<CubeBackend>()
             .map_err(|e| format!("not a CubeCL device: {e:?}"))?;
+        Ok(GpuTernary::on(w, probe.client, probe.device))
+    }
+
+    /// Upload `w` through `client`.
+    fn on(w: &PackedTernary, client: Client, device: CubeDevice) -> Self {
         let codes: Vec<u32> = w
             .codes
             .chunks_exact(4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        let client = probe.client;
-        Ok(GpuTernary {
+        GpuTernary {
             rows: w.rows,
             cols: w.cols,
             words: w.padded / 16,
@@ -243,8 +247,8 @@ impl GpuTernary {
             codes: client.create_from_slice(u32::as_bytes(&codes)),
             scales: client.create_from_slice(f32::as_bytes(&w.scales)),
             client,
-            device: probe.device,
-        })
+            device,
+        }
     }
 
     /// Bytes held on the device (codes and scales).
@@ -252,7 +256,71 @@ impl GpuTernary {
         self.planes * self.rows * (self.words * 4 + self.groups * 4)
     }
 
-    fn dims(&self) -> [u32; 6] {
+    /// The packed codes, `planes · rows · words` little-endian `u32` words.
+    pub(crate) fn codes(&self) -> &Handle {
+        &self.codes
+    }
+
+    /// The scales, `planes · rows · groups`.
+    pub(crate) fn scales(&self) -> &Handle {
+        &self.scales
+    }
+
+    /// Words of codes held.
+    pub(crate) fn code_words(&self) -> usize {
+        self.planes * self.rows * self.words
+    }
+
+    /// Scales held.
+    pub(crate) fn scale_count(&self) -> usize {
+        self.planes * self.rows * self.groups
+    }
+
+    /// The packed matrix, read back from the device.
+    pub fn download(&self) -> Result<PackedTernary, String> {
+        let read = |h: &Handle| {
+            self.client
+                .read_one(h.clone())
+                .map_err(|e| format!("reading a ternary matrix back: {e:?}"))
+        };
+        let codes = read(&self.codes)?;
+        let scales = read(&self.scales)?;
+        Ok(PackedTernary {
+            rows: self.rows,
+            cols: self.cols,
+            padded: self.words * 16,
+            planes: self.planes,
+            group: self.group,
+            codes: codes[..self.code_words() * 4].to_vec(),
+            scales: f32::from_bytes(&scales)[..self.scale_count()].to_vec(),
+        })
+    }
+
+    /// The rows of `parts` stacked in order on their device (products then equal the parts'
+    /// side by side), or `None` when their columns, planes or groups differ. Read back and
+    /// uploaded again, once, when a model is loaded.
+    pub fn concat_rows(parts: &[&GpuTernary]) -> Option<GpuTernary> {
+        let first = parts.first()?;
+        let packed = parts
+            .iter()
+            .map(|p| p.download())
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        let stacked = PackedTernary::concat_rows(&packed.iter().collect::<Vec<_>>())?;
+        if (stacked.planes * stacked.rows)
+            .checked_mul(stacked.padded)
+            .is_none_or(|n| n > u32::MAX as usize)
+        {
+            return None;
+        }
+        Some(GpuTernary::on(
+            &stacked,
+            first.client.clone(),
+            first.device.clone(),
+        ))
+    }
+
+    pub(crate) fn dims(&self) -> [u32; 6] {
         [
             self.rows,
             self.cols,

@@ -74,8 +74,57 @@ impl KvCache {
         &mut self.layers[i]
     }
 
+    /// Layer `i`'s key and value buffers with room for `s` positions (see [`grown`]), left in
+    /// the cache; the returned handles share their buffers (the fused GPU step writes into
+    /// them).
+    #[cfg(feature = "wgpu")]
+    pub(crate) fn ensure(
+        &mut self,
+        i: usize,
+        nkv: usize,
+        d: usize,
+        s: usize,
+        device: &Device,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let past = self.len;
+        let slot = &mut self.layers[i];
+        let (k, v) = grown(slot.take(), nkv, d, past, s, device);
+        *slot = Some((k.clone(), v.clone()));
+        (k, v)
+    }
+
     pub(crate) fn advance(&mut self, n: usize) {
         self.len += n;
+    }
+}
+
+/// A layer's key and value buffers `[K, capacity, D]` with room for `s` positions: `old` when it
+/// has it, else new ones of the next power of two (at least 64, and double the old capacity),
+/// holding `old`'s first `past` positions.
+fn grown(
+    old: Option<(Tensor<3>, Tensor<3>)>,
+    nkv: usize,
+    d: usize,
+    past: usize,
+    s: usize,
+    device: &Device,
+) -> (Tensor<3>, Tensor<3>) {
+    match old {
+        Some((kb, vb)) if kb.dims()[1] >= s => (kb, vb),
+        old => {
+            let cap = s.next_power_of_two().max(64);
+            let (mut kb, mut vb) = (
+                Tensor::<3>::zeros([nkv, cap, d], device),
+                Tensor::<3>::zeros([nkv, cap, d], device),
+            );
+            if let Some((pk, pv)) = old
+                && past > 0
+            {
+                kb = kb.slice_assign([0..nkv, 0..past, 0..d], pk.narrow(1, 0, past));
+                vb = vb.slice_assign([0..nkv, 0..past, 0..d], pv.narrow(1, 0, past));
+            }
+            (kb, vb)
+        }
     }
 }
 
@@ -395,6 +444,18 @@ impl Linear {
         }
     }
 
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        match self {
+            Linear::Dense { w, .. } => w.dims()[1],
+            Linear::Ternary { w, .. } => w.rows,
+            Linear::Table(w) => w.table().rows(),
+            #[cfg(feature = "wgpu")]
+            Linear::Gpu { w, .. } => w.rows,
+            Linear::PreNormed { inner, .. } => inner.rows(),
+        }
+    }
+
     /// Bytes of weight data held.
     pub fn bytes(&self) -> usize {
         match self {
@@ -461,6 +522,54 @@ impl Fused {
                     outs,
                 );
             }
+        }
+        #[cfg(feature = "wgpu")]
+        {
+            let gpu: Option<Vec<(&crate::gpu::GpuTernary, bool)>> = parts
+                .iter()
+                .map(|l| match l {
+                    Linear::Gpu { w, act8 } => Some((w, *act8)),
+                    _ => None,
+                })
+                .collect();
+            if let Some(gpu) = gpu
+                && gpu.iter().all(|&(_, a)| a == gpu[0].1)
+            {
+                let ws: Vec<_> = gpu.iter().map(|&(w, _)| w).collect();
+                if let Some(w) = crate::gpu::GpuTernary::concat_rows(&ws) {
+                    let outs = ws.iter().map(|w| w.rows).collect();
+                    return Fused::Stacked(Linear::Gpu { w, act8: gpu[0].1 }, outs);
+                }
+            }
+        }
+        // Dense f32 weights off the CPU stack into one `[in, Σ out]` product (fewer dispatches
+        // per step); on the CPU they stay apart, as the reference path they are.
+        let dense: Option<Vec<&Tensor<2>>> = parts
+            .iter()
+            .map(|l| match l {
+                Linear::Dense {
+                    w,
+                    act8: false,
+                    act_group: 0,
+                } if w.device() != Device::flex() => Some(w),
+                _ => None,
+            })
+            .collect();
+        if let Some(dense) = dense
+            && dense.len() > 1
+            && dense.iter().all(|w| w.dims()[0] == dense[0].dims()[0])
+        {
+            let outs = dense.iter().map(|w| w.dims()[1]).collect();
+            // Stored `[Σ out, in]` row-major (the layout the fused step reads), used transposed.
+            let w = Tensor::cat(dense.iter().map(|w| (*w).clone().transpose()).collect(), 0);
+            return Fused::Stacked(
+                Linear::Dense {
+                    w: w.transpose(),
+                    act8: false,
+                    act_group: 0,
+                },
+                outs,
+            );
         }
         let tables: Option<Vec<&HostTable>> = parts
             .iter()
@@ -725,6 +834,12 @@ impl Norm {
         rms_norm(x, &self.w, self.eps)
     }
 
+    /// The weight on the device and epsilon.
+    #[cfg(feature = "wgpu")]
+    pub(crate) fn device_weight(&self) -> (Tensor<1>, f64) {
+        (self.w.clone(), self.eps)
+    }
+
     fn maybe(norm: Option<&Norm>, x: Tensor<2>) -> Tensor<2> {
         match norm {
             Some(n) => n.apply(x),
@@ -777,20 +892,20 @@ impl Rope {
 /// One decoder block.
 #[derive(Debug)]
 pub struct Block {
-    attn_norm: Norm,
+    pub(crate) attn_norm: Norm,
     /// q, k, v.
-    qkv: Fused,
-    wo: Linear,
-    mlp_norm: Norm,
+    pub(crate) qkv: Fused,
+    pub(crate) wo: Linear,
+    pub(crate) mlp_norm: Norm,
     /// gate, up.
-    gate_up: Fused,
-    down: Linear,
+    pub(crate) gate_up: Fused,
+    pub(crate) down: Linear,
     /// BitNet: RMSNorm of the attention output before `wo`.
-    attn_sub_norm: Option<Norm>,
+    pub(crate) attn_sub_norm: Option<Norm>,
     /// BitNet: RMSNorm of `act(gate) · up` before `down`.
-    ffn_sub_norm: Option<Norm>,
-    act: HiddenAct,
-    use_rope: bool,
+    pub(crate) ffn_sub_norm: Option<Norm>,
+    pub(crate) act: HiddenAct,
+    pub(crate) use_rope: bool,
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
@@ -973,26 +1088,7 @@ impl Block {
             k = rope.apply(k);
         }
         let s = past + t;
-        let (kb, vb) = match cache.take() {
-            Some((kb, vb)) if kb.dims()[1] >= s => (kb, vb),
-            old => {
-                // The next power of two (at least double the old capacity), keeping what was
-                // cached.
-                let cap = s.next_power_of_two().max(64);
-                let device = k.device();
-                let (mut kb, mut vb) = (
-                    Tensor::<3>::zeros([nkv, cap, d], &device),
-                    Tensor::<3>::zeros([nkv, cap, d], &device),
-                );
-                if let Some((pk, pv)) = old
-                    && past > 0
-                {
-                    kb = kb.slice_assign([0..nkv, 0..past, 0..d], pk.narrow(1, 0, past));
-                    vb = vb.slice_assign([0..nkv, 0..past, 0..d], pv.narrow(1, 0, past));
-                }
-                (kb, vb)
-            }
-        };
+        let (kb, vb) = grown(cache.take(), nkv, d, past, s, &k.device());
         let kb = kb.slice_assign([0..nkv, past..s, 0..d], k);
         let vb = vb.slice_assign([0..nkv, past..s, 0..d], v);
         let (k, v) = (kb.clone().narrow(1, 0, s), vb.clone().narrow(1, 0, s));

@@ -28,6 +28,8 @@
 //! device does; the two are tested against each other.
 
 #[cfg(feature = "wgpu")]
+pub mod fused;
+#[cfg(feature = "wgpu")]
 pub mod gpu;
 mod host;
 mod layers;
@@ -108,6 +110,9 @@ pub struct Model {
     host: bool,
     /// Element type of the host path's KV cache.
     kv: KvStorage,
+    /// The launch-lean decode step on a CubeCL device (`fused`).
+    #[cfg(feature = "wgpu")]
+    fused: Option<fused::FusedDecoder>,
 }
 
 /// Upload a row-major f32 matrix `[rows, cols]`.
@@ -132,6 +137,9 @@ pub struct LoadOptions {
     pub kv_cache: KvStorage,
     /// Storage of dense linears on the CPU host path.
     pub linears: LinearPolicy,
+    /// On a GPU (CubeCL) device, decode through burn's ops, one dispatch per op, instead of the
+    /// fused step (the path it is tested against). Also set by `SMOLBIT_BURN_DECODE=1`.
+    pub burn_decode: bool,
 }
 
 /// How a dense linear's weights are stored on the host kernels.
@@ -460,7 +468,20 @@ impl Model {
             .map(|i| Block::load(&c, i, &get1, &lin))
             .collect::<Result<Vec<_>, _>>()?;
         release_free_heap();
+        #[cfg(feature = "wgpu")]
+        let fused = match (&embed, &head) {
+            (Table::Dense(e), Table::Dense(h))
+                if !cpu
+                    && !opts.burn_decode
+                    && std::env::var_os("SMOLBIT_BURN_DECODE").is_none() =>
+            {
+                fused::FusedDecoder::new(&c, e, h, &norm, &layers, device)
+            }
+            _ => None,
+        };
         Ok(Model {
+            #[cfg(feature = "wgpu")]
+            fused,
             config: c,
             device: device.clone(),
             embed,
@@ -763,6 +784,11 @@ impl Model {
         tokens: &[u32],
         cache: &mut KvCache,
     ) -> Result<Vec<f32>, ModelError> {
+        #[cfg(feature = "wgpu")]
+        if let (Some(f), [id]) = (&self.fused, tokens) {
+            self.check_tokens(tokens, cache)?;
+            return Ok(f.logits(*id, cache));
+        }
         let (t, n) = (tokens.len(), self.config.hidden_size);
         let last = if self.host {
             self.hidden_host(tokens, cache)?[(t - 1) * n..].to_vec()
@@ -770,6 +796,38 @@ impl Model {
             tensor_to_vec(self.hidden(tokens, cache)?.narrow(0, t - 1, 1))
         };
         Ok(self.head_host(last, 1))
+    }
+
+    /// The greedy next token after `tokens` (the argmax of [`Model::forward_last`]'s logits). A
+    /// one-token step on the fused GPU path takes the argmax on the device and reads back only
+    /// the id.
+    pub fn forward_argmax(&self, tokens: &[u32], cache: &mut KvCache) -> Result<u32, ModelError> {
+        #[cfg(feature = "wgpu")]
+        if let (Some(f), [id]) = (&self.fused, tokens) {
+            self.check_tokens(tokens, cache)?;
+            return Ok(f.argmax(*id, cache));
+        }
+        Ok(argmax(&self.forward_last(tokens, cache)?) as u32)
+    }
+
+    /// Kernel launches one greedy decode step makes by construction, when decode steps take the
+    /// fused GPU path (`None` elsewhere: the CPU, or burn's ops).
+    pub fn decode_launches(&self) -> Option<usize> {
+        #[cfg(feature = "wgpu")]
+        if let Some(f) = &self.fused {
+            return Some(f.launches(true));
+        }
+        None
+    }
+
+    /// Kernels launched and device-to-host reads made by the fused GPU decode step so far,
+    /// counted where they happen (`None` without that step).
+    pub fn gpu_counters(&self) -> Option<(u64, u64)> {
+        #[cfg(feature = "wgpu")]
+        if let Some(f) = &self.fused {
+            return Some(f.counters());
+        }
+        None
     }
 
     /// Logits `[T, vocab]` of host hidden states `x: [T, hidden]`.

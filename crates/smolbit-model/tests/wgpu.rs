@@ -273,3 +273,162 @@ fn native_ternary_checkpoints_on_wgpu() {
         );
     }
 }
+
+/// The model on wgpu with decode steps on burn's ops (the path before the fused step).
+fn burn_decode(dir: &std::path::Path, dev: &burn::prelude::Device) -> Model {
+    let opts = LoadOptions {
+        head: HeadPolicy::F32,
+        burn_decode: true,
+        ..Default::default()
+    };
+    Model::load_with(dir, dev, opts).expect("load with burn decode")
+}
+
+/// The fused decode step (`smolbit_model::fused`) against burn's ops on the same device and
+/// against transformers' logits, at every cached position of the golden sequences, for f32,
+/// b1.58, BitNet's architecture (sub-norms, relu², untied head) and linears with their own norm.
+/// It launches what its plan says, and reads back one buffer a step: the logits, or with the
+/// argmax on the device only the id, which equals the host argmax of burn's logits.
+#[test]
+fn fused_decode_equals_burn_decode() {
+    let Some(dev) = wgpu() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let b158 = tmp.path().join("b158");
+    let f32_dir = tmp.path().join("f32");
+    smolbit_weights::convert(
+        &testdata("tiny-llama"),
+        &f32_dir,
+        &smolbit_weights::ConvertOptions {
+            dtype: Some(smolbit_weights::safetensors::Dtype::F32),
+            overwrite: false,
+        },
+    )
+    .expect("convert");
+    let qopts = smolbit_weights::quantize::QuantizeOptions {
+        scheme: "b158".parse().expect("scheme"),
+        packing: smolbit_ternary::pack::Packing::Base3,
+        calibration: None,
+        overwrite: false,
+        iters: 2,
+        quantize_embeddings: false,
+    };
+    smolbit_weights::quantize::quantize_model(&f32_dir, &b158, &qopts).expect("quantize");
+    // (directory, golden logits, launches per layer by the design)
+    let cases = [
+        (
+            testdata("tiny-smollm3"),
+            "tiny-smollm3/logits.json",
+            Some(8),
+        ),
+        (testdata("tiny-llama"), "tiny-llama/logits.json", Some(8)),
+        (b158, "tiny-llama-bitnet-logits.json", Some(8)),
+        // Two sub-norms: one more norm launch each.
+        (
+            testdata("native/bitnet-auto"),
+            "native/bitnet-auto/logits.json",
+            Some(10),
+        ),
+        // Every linear normalizes its own input: q, k, v, gate and up run apart.
+        (
+            testdata("native/falcon3-rmsnorm"),
+            "native/falcon3-rmsnorm/logits.json",
+            None,
+        ),
+    ];
+    for (dir, file, per_layer) in cases {
+        let what = dir.display().to_string();
+        let g = golden(file);
+        let fused = Model::load_with(
+            &dir,
+            &dev,
+            LoadOptions {
+                head: HeadPolicy::F32,
+                ..Default::default()
+            },
+        )
+        .expect("load");
+        let burn = burn_decode(&dir, &dev);
+        assert_eq!(burn.decode_launches(), None, "{what}: burn decode");
+        let launches = fused.decode_launches().expect("the fused step is built");
+        let layers = fused.config().num_layers;
+        if let Some(per) = per_layer {
+            assert_eq!(launches, per * layers + 4, "{what}: launches by design");
+        }
+        let (mut cf, mut cb) = (fused.new_cache(), burn.new_cache());
+        fused.forward(&g.tokens[..3], &mut cf).expect("prefill");
+        burn.forward(&g.tokens[..3], &mut cb).expect("prefill");
+        for p in 3..g.tokens.len() {
+            let before = fused.gpu_counters().expect("counters");
+            let a = fused
+                .forward_last(&g.tokens[p..p + 1], &mut cf)
+                .expect("fused");
+            let after = fused.gpu_counters().expect("counters");
+            // The logits step launches everything but the argmax, and reads once.
+            assert_eq!(
+                (after.0 - before.0, after.1 - before.1),
+                (launches as u64 - 1, 1),
+                "{what}: launches and reads of a step"
+            );
+            let b = burn
+                .forward_last(&g.tokens[p..p + 1], &mut cb)
+                .expect("burn");
+            let d = worst(&a, &b);
+            assert!(
+                d <= TOL,
+                "{what} position {p}: fused vs burn max |diff| {d}"
+            );
+            let d = worst(&a, &g.logits[p]);
+            assert!(
+                d <= TOL,
+                "{what} position {p}: fused vs golden max |diff| {d}"
+            );
+        }
+        // Greedy on the device: the id alone comes back.
+        let next = *g.tokens.last().expect("tokens");
+        let before = fused.gpu_counters().expect("counters");
+        let id = fused.forward_argmax(&[next], &mut cf).expect("argmax");
+        let after = fused.gpu_counters().expect("counters");
+        assert_eq!(
+            (after.0 - before.0, after.1 - before.1),
+            (launches as u64, 1)
+        );
+        let logits = burn.forward_last(&[next], &mut cb).expect("burn");
+        assert_eq!(
+            id as usize,
+            smolbit_model::argmax(&logits),
+            "{what}: argmax"
+        );
+    }
+}
+
+/// Greedy decoding of the default model (SmolLM2-135M-Instruct) through the fused step gives
+/// the CPU path's 64 tokens. Needs the model as `real_model.rs` does.
+#[test]
+fn fused_greedy_tokens_equal_the_cpu_path_on_the_default_model() {
+    let Some(dev) = wgpu() else { return };
+    let Some(gguf) = smolbit_weights::cache::default_model_for_tests() else {
+        return;
+    };
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-model-wgpu");
+    let options = smolbit_weights::ConvertOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    smolbit_weights::convert(&gguf, &dir, &options).expect("convert default model");
+    let cpu = Model::load(&dir, &device("cpu").expect("cpu")).expect("load on the cpu");
+    let gpu = Model::load(&dir, &dev).expect("load on wgpu");
+    assert!(gpu.decode_launches().is_some(), "the fused step is built");
+    // "def fibonacci(n):" in SmolLM2's tokenizer would do as well; any fixed ids will.
+    let prompt: Vec<u32> = vec![1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 30, 2];
+    let greedy = |m: &Model| -> Vec<u32> {
+        let mut cache = m.new_cache();
+        let mut next = m.forward_argmax(&prompt, &mut cache).expect("prompt");
+        let mut out = vec![next];
+        while out.len() < 64 {
+            next = m.forward_argmax(&[next], &mut cache).expect("step");
+            out.push(next);
+        }
+        out
+    };
+    assert_eq!(greedy(&gpu), greedy(&cpu), "64 greedy tokens, wgpu vs cpu");
+}

@@ -51,20 +51,27 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         .map(|i| ((i as u64 * 7919 + 13) % vocab as u64) as u32)
         .collect();
     let (mut prefill, mut decode, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
+    // Launches and device reads of the fused GPU decode steps over the timed runs.
+    let (mut launches, mut reads, mut steps) = (0u64, 0u64, 0u64);
     // One warm-up run (allocator, page faults of mapped weights, backend caches), not counted.
     for rep in 0..=a.repeats.max(1) {
         let mut cache = model.new_cache();
         let t0 = Instant::now();
-        let logits = model.forward_last(&prompt, &mut cache)?;
-        let mut next = smolbit_model::argmax(&logits) as u32;
+        // Greedy: the argmax on the device where the fused GPU step runs.
+        let mut next = model.forward_argmax(&prompt, &mut cache)?;
         let t1 = Instant::now();
+        let before = model.gpu_counters();
         for _ in 1..a.new_tokens {
-            let logits = model.forward_last(&[next], &mut cache)?;
-            next = smolbit_model::argmax(&logits) as u32;
+            next = model.forward_argmax(&[next], &mut cache)?;
         }
         let t2 = Instant::now();
         if rep == 0 {
             continue;
+        }
+        if let (Some(b), Some(e)) = (before, model.gpu_counters()) {
+            launches += e.0 - b.0;
+            reads += e.1 - b.1;
+            steps += a.new_tokens.saturating_sub(1) as u64;
         }
         let first = t1.duration_since(t0).as_secs_f64();
         ttft.push(first * 1e3);
@@ -92,6 +99,15 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             model.head_storage(),
             model.kv_storage().name(),
         );
+        if steps > 0 {
+            println!(
+                "fused GPU decode: {:.1} launches and {:.1} device reads per token (design: {} \
+                 launches)",
+                launches as f64 / steps as f64,
+                reads as f64 / steps as f64,
+                model.decode_launches().unwrap_or(0),
+            );
+        }
     }
     println!(
         "{}",
@@ -112,6 +128,11 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             "linears": model.linear_storage(),
             "head": model.head_storage(),
             "kv_cache": model.kv_storage().name(),
+            // The fused GPU decode step's launches and device-to-host reads per decoded token,
+            // as counted and by its design (null where decoding does not take that step).
+            "launches_per_token": (steps > 0).then(|| launches as f64 / steps as f64),
+            "device_reads_per_token": (steps > 0).then(|| reads as f64 / steps as f64),
+            "design_launches_per_token": model.decode_launches(),
         })
     );
     Ok(())

@@ -757,3 +757,47 @@ fn eval_runs_humaneval_and_any_suite_from_any_directory() {
     assert_eq!(r["models"][0]["tasks"][0]["category"], "poetry");
     assert_eq!(r["models"][0]["summary"]["categories"]["poetry"][0], 1);
 }
+
+/// `bench --device wgpu --json` counts the fused decode step's launches and device reads per
+/// token, and they are its design's: eight launches a layer and four more, one read (the id).
+/// Skips with a note without a wgpu adapter unless `SMOLBIT_REQUIRE_WGPU=1` (CI, lavapipe).
+#[test]
+fn bench_on_wgpu_counts_the_fused_steps_launches() {
+    let model = testdata("tiny-llama");
+    let out = smolbit(&[
+        "bench",
+        "--model",
+        model.to_str().expect("utf8"),
+        "--device",
+        "wgpu",
+        "--prompt-tokens",
+        "4",
+        "--new-tokens",
+        "5",
+        "--repeats",
+        "1",
+        "--json",
+    ]);
+    if !out.status.success() {
+        assert!(
+            std::env::var_os("SMOLBIT_REQUIRE_WGPU").is_none(),
+            "bench on wgpu failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        eprintln!("skipped: no wgpu adapter here");
+        return;
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().expect("a JSON line");
+    let v: serde_json::Value = serde_json::from_str(line).expect("json");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).expect("config"))
+            .expect("config json");
+    let layers = config["num_hidden_layers"].as_f64().expect("layers");
+    assert_eq!(
+        v["design_launches_per_token"].as_f64(),
+        Some(8.0 * layers + 4.0)
+    );
+    assert_eq!(v["launches_per_token"].as_f64(), Some(8.0 * layers + 4.0));
+    assert_eq!(v["device_reads_per_token"].as_f64(), Some(1.0));
+}
