@@ -24,10 +24,10 @@
 //! count by construction; the launch and read sites count what really ran ([`crate::Model::gpu_counters`]) and
 //! `smolbit bench --json` prints both per token.
 //!
-//! The matrix-vector kernels are the ternary one of `gpu` (packed 2-bit codes, per-group
-//! scales, int8 activations quantized in the kernel or by the preceding norm) and a dense f32
-//! one, both with a comptime epilogue (write, add to the residual, or gated activation of the
-//! rows `j` and `j + f`). Positions are launch arguments; the rotary tables for every position
+//! The matrix-vector kernels read `gpu`'s packed 2-bit layout (per-group scales; int8
+//! activations rounded in the kernel, or by the preceding norm when every reader of its output is
+//! an int8 product) or a dense f32 matrix, 16 outputs a cube, with a comptime epilogue (write,
+//! add to the residual, or gated activation of the rows `j` and `j + f`). Positions are launch arguments; the rotary tables for every position
 //! are uploaded once, computed on the host by the same function as the CPU path. The keys and
 //! values live in the burn path's cache tensors (`[K, capacity, D]` per layer), written in
 //! place, so prefill (burn's GEMM) and fused decode steps share one cache.
@@ -140,7 +140,8 @@ mod kernels {
     }
 
     /// `out = x · rsqrt(mean(x²) + eps) · w` over `n` values (one cube); with `act8`, also the
-    /// int8 scale of `out`, `127 / max(max|out|, 1e-5)`, into `scale[0]`.
+    /// int8 scale of `out`, `127 / max(max|out|, 1e-5)`, into `scale[0]`, and with `quantize`
+    /// `out` rounded to int8 at that scale (held as f32) instead of the floats.
     #[cube(launch_unchecked)]
     pub(super) fn rms_norm(
         x: &[f32],
@@ -151,6 +152,7 @@ mod kernels {
         eps: f32,
         #[comptime] cube: u32,
         #[comptime] act8: bool,
+        #[comptime] quantize: bool,
     ) {
         let unit = UNIT_POS_X;
         let mut partial = Shared::<[f32]>::new_slice(cube as usize);
@@ -172,15 +174,23 @@ mod kernels {
             c += CUBE_DIM_X;
         }
         if act8 {
-            let top = all_max(&mut partial, m);
+            let xs = (1.0 / all_max(&mut partial, m).max(1e-5)) * 127.0;
             if unit == 0 {
-                scale[0] = (1.0 / top.max(1e-5)) * 127.0;
+                scale[0] = xs;
+            }
+            if quantize {
+                // The int8 values themselves, rounded as the products would round them.
+                c = unit;
+                while c < n {
+                    out[c as usize] = (out[c as usize] * xs).round().clamp(-128.0, 127.0);
+                    c += CUBE_DIM_X;
+                }
             }
         }
     }
 
     /// This unit's part of `Σ_c trit(row, c) · x̂[c]` over all planes with their scales, where
-    /// `x̂` is `x` or, with `act8`, `x` rounded to int8 at scale `xs`.
+    /// `x̂` is `x` or, with `round`, `x` rounded to int8 at scale `xs`.
     #[cube]
     #[allow(clippy::too_many_arguments)]
     fn ternary_part(
@@ -195,7 +205,7 @@ mod kernels {
         group: u32,
         planes: u32,
         xs: f32,
-        #[comptime] act8: bool,
+        #[comptime] round: bool,
     ) -> f32 {
         let mut acc = 0.0f32;
         for k in 0..planes {
@@ -217,7 +227,7 @@ mod kernels {
                         let code = (word >> (8 * b + 2 * s)) & 3;
                         if c < cols {
                             let mut v = x[c as usize];
-                            if act8 {
+                            if round {
                                 v = (v * xs).round().clamp(-128.0, 127.0);
                             }
                             part += (f32::cast_from(code) - 1.0) * v;
@@ -262,8 +272,8 @@ mod kernels {
     /// epilogue. Each cube computes `CUBE_DIM_Y` outputs, `CUBE_DIM_X` units each (one launch
     /// needs few cubes: per-cube costs dominate on software drivers); with `glu` an output is
     /// rows `j` and `j + rows / 2` (gate and up). int8 activations: `act8` rounds `x` at the
-    /// scale `xscale[0]` when `given` (computed by the norm before), else at the scale the cube
-    /// reduces itself.
+    /// scale `xscale[0]` when `given` (computed by the norm before; with `prequant` the norm
+    /// already wrote the rounded values), else at the scale the cube reduces itself.
     #[cube(launch_unchecked)]
     #[allow(clippy::too_many_arguments)]
     pub(super) fn gemv_ternary(
@@ -282,6 +292,7 @@ mod kernels {
         #[comptime] units: u32,
         #[comptime] act8: bool,
         #[comptime] given: bool,
+        #[comptime] prequant: bool,
         #[comptime] add: bool,
         #[comptime] glu: bool,
         #[comptime] relu2: bool,
@@ -311,7 +322,18 @@ mod kernels {
         let mut a = 0.0f32;
         if live {
             a = ternary_part(
-                x, codes, scales, j, rows, cols, words, groups, group, planes, xs, act8,
+                x,
+                codes,
+                scales,
+                j,
+                rows,
+                cols,
+                words,
+                groups,
+                group,
+                planes,
+                xs,
+                act8 && !prequant,
             );
         }
         let y = row_sum(&mut partial, a) / xs;
@@ -331,7 +353,7 @@ mod kernels {
                     group,
                     planes,
                     xs,
-                    act8,
+                    act8 && !prequant,
                 );
             }
             u = row_sum(&mut partial, b) / xs;
@@ -606,6 +628,8 @@ enum Buf {
 }
 
 /// A linear's weight on the device.
+// Built once per model, a few hundred of them; boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Weight {
     Ternary {
@@ -641,6 +665,7 @@ enum Epilogue {
 }
 
 /// One launch of the step.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 enum Op {
     Norm {
@@ -651,6 +676,8 @@ enum Op {
         dst: Buf,
         /// Also compute the int8 scale of the output.
         scale: bool,
+        /// Write the int8 values instead of the floats (every reader is an int8 product).
+        quantize: bool,
     },
     Gemv {
         w: Weight,
@@ -659,6 +686,8 @@ enum Op {
         epi: Epilogue,
         /// The int8 scale of `src` was computed by the norm that wrote it.
         given: bool,
+        /// That norm wrote the int8 values themselves.
+        prequant: bool,
     },
     Glu {
         act: HiddenAct,
@@ -671,6 +700,25 @@ enum Op {
     },
     /// Attention over the layer's cache.
     Attend,
+}
+
+impl Op {
+    /// The buffers it reads, and the one it writes (caches aside).
+    fn buffers(&self) -> (Vec<Buf>, Option<Buf>) {
+        match self {
+            Op::Norm { src, dst, .. } => (vec![*src], Some(*dst)),
+            Op::Gemv { src, dst, epi, .. } => {
+                let mut reads = vec![*src];
+                if *epi == Epilogue::Add {
+                    reads.push(*dst);
+                }
+                (reads, Some(*dst))
+            }
+            Op::Glu { .. } => (vec![Buf::Gu], Some(Buf::Glu)),
+            Op::RopeAppend { .. } => (vec![Buf::Qkv], Some(Buf::Qkv)),
+            Op::Attend => (vec![Buf::Qkv], Some(Buf::Att)),
+        }
+    }
 }
 
 /// The fused decoder of a model: its plan of launches and its scratch buffers.
@@ -729,6 +777,50 @@ struct Planner {
 }
 
 impl Planner {
+    /// The ops, with norms whose every reader is an int8 product (with the norm's scale) writing
+    /// the int8 values, so that the products do not round them again row by row.
+    fn finish(mut self) -> Vec<Op> {
+        let n = self.ops.len();
+        for i in 0..n {
+            let Op::Norm {
+                dst, scale: true, ..
+            } = self.ops[i]
+            else {
+                continue;
+            };
+            let mut readers = Vec::new();
+            let mut ok = true;
+            for j in i + 1..n {
+                let (reads, writes) = self.ops[j].buffers();
+                if reads.contains(&dst) {
+                    match &self.ops[j] {
+                        Op::Gemv {
+                            w: Weight::Ternary { act8: true, .. },
+                            given: true,
+                            ..
+                        } => readers.push(j),
+                        _ => ok = false,
+                    }
+                }
+                if writes == Some(dst) {
+                    break;
+                }
+            }
+            if !ok || readers.is_empty() {
+                continue;
+            }
+            if let Op::Norm { quantize, .. } = &mut self.ops[i] {
+                *quantize = true;
+            }
+            for j in readers {
+                if let Op::Gemv { prequant, .. } = &mut self.ops[j] {
+                    *prequant = true;
+                }
+            }
+        }
+        self.ops
+    }
+
     fn norm(&mut self, n: &Norm, src: Buf, dst: Buf) {
         let (w, eps) = n.device_weight();
         let len = w.dims()[0];
@@ -740,6 +832,7 @@ impl Planner {
             src,
             dst,
             scale: true,
+            quantize: false,
         });
         self.scaled = Some(dst);
     }
@@ -784,6 +877,7 @@ impl Planner {
             dst,
             epi,
             given: self.scaled == Some(src),
+            prequant: false,
         });
         Some(())
     }
@@ -849,7 +943,7 @@ impl FusedDecoder {
         if c.head_dim > MAX_HEAD_DIM as usize
             || c.head_dim % 2 == 1
             || c.num_kv_heads == 0
-            || c.num_heads % c.num_kv_heads != 0
+            || !c.num_heads.is_multiple_of(c.num_kv_heads)
         {
             return None;
         }
@@ -862,7 +956,7 @@ impl FusedDecoder {
                 scaled: None,
             };
             p.block(b)?;
-            layers.push(p.ops);
+            layers.push(p.finish());
         }
         let mut p = Planner {
             ops: Vec::new(),
@@ -1072,6 +1166,7 @@ impl FusedDecoder {
                 src,
                 dst,
                 scale,
+                quantize,
             } => unsafe {
                 kernels::rms_norm::launch_unchecked(
                     client,
@@ -1085,6 +1180,7 @@ impl FusedDecoder {
                     *eps,
                     NORM_CUBE,
                     *scale,
+                    *quantize,
                 );
             },
             Op::Gemv {
@@ -1093,6 +1189,7 @@ impl FusedDecoder {
                 dst,
                 epi,
                 given,
+                prequant,
             } => {
                 let rows = w.rows();
                 let (offset, add, glu, relu2) = match *epi {
@@ -1127,6 +1224,7 @@ impl FusedDecoder {
                             GEMV_UNITS * GEMV_ROWS,
                             *act8,
                             *given,
+                            *prequant,
                             add,
                             glu,
                             relu2,
