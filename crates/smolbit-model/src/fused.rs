@@ -50,10 +50,12 @@ use crate::gpu::GpuTernary;
 use crate::layers::{Block, Fused, KvCache, Linear, Norm};
 
 /// The matrix-vector kernels' cubes: `GEMV_UNITS` units on each of `GEMV_ROWS` outputs
-/// (powers of two). On lavapipe a cube costs about the same whatever it does, so one output a
-/// cube (64 units) made 200,000 cubes a token at 135M and ran at 1 tok/s.
-const GEMV_UNITS: u32 = 16;
-const GEMV_ROWS: u32 = 16;
+/// (powers of two; 256 units, wgpu's default cap per cube). On lavapipe a cube costs much the
+/// same whatever it does: one output a cube (64 units) made 200,000 cubes a token at 135M and
+/// decoded `b158` at 1.0 tok/s; 16 x 16 at 2.9, 8 x 32 at 3.4, 32 x 8 at 2.2. On a GPU, 8
+/// units of a row read 32 contiguous bytes a step (one memory sector).
+const GEMV_UNITS: u32 = 8;
+const GEMV_ROWS: u32 = 32;
 /// Units of the norm and argmax kernels' single cube.
 const NORM_CUBE: u32 = 256;
 /// Attention: units per cube (one cube per query head) and positions per shared-memory tile.
@@ -1308,6 +1310,48 @@ impl FusedDecoder {
         }
         self.launched();
     }
+}
+
+/// `y = W x` for one token by the step's ternary matrix-vector kernel alone (`act8`: the int8
+/// rounding in the kernel), for the tests that hold it to the CPU scalar reference.
+#[doc(hidden)]
+pub fn ternary_gemv(w: &GpuTernary, x: &[f32], act8: bool) -> Vec<f32> {
+    assert_eq!(x.len(), w.cols, "input width");
+    let client = w.client();
+    let xh = client.create_from_slice(f32::as_bytes(x));
+    let out = client.empty(w.rows * 4);
+    let [rows, cols, words, groups, group, planes] = w.dims();
+    let cubes = rows.div_ceil(GEMV_ROWS);
+    let grid_x = cubes.min(GRID_X);
+    // SAFETY: buffers with their real lengths; the kernel bounds every index by the dimensions.
+    unsafe {
+        kernels::gemv_ternary::launch_unchecked(
+            client,
+            CubeCount::Static(grid_x, cubes.div_ceil(grid_x), 1),
+            CubeDim::new_2d(GEMV_UNITS, GEMV_ROWS),
+            BufferArg::from_raw_parts(xh.clone(), x.len()),
+            BufferArg::from_raw_parts(xh, 1),
+            BufferArg::from_raw_parts(w.codes().clone(), w.code_words()),
+            BufferArg::from_raw_parts(w.scales().clone(), w.scale_count()),
+            BufferArg::from_raw_parts(out.clone(), w.rows),
+            rows,
+            cols,
+            words,
+            groups,
+            group,
+            planes,
+            0,
+            GEMV_UNITS * GEMV_ROWS,
+            act8,
+            false,
+            false,
+            false,
+            false,
+            false,
+        );
+    }
+    let bytes = client.read_one(out).expect("reading the product back");
+    f32::from_bytes(&bytes).to_vec()
 }
 
 /// The CubeCL tensor of a cache buffer (contiguous by construction: allocated by `zeros` and

@@ -266,6 +266,11 @@ impl GpuTernary {
         &self.scales
     }
 
+    /// The CubeCL client it lives on.
+    pub(crate) fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// Words of codes held.
     pub(crate) fn code_words(&self) -> usize {
         self.planes * self.rows * self.words

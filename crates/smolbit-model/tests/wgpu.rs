@@ -123,6 +123,19 @@ fn ternary_kernels_equal_the_cpu_reference_exactly() {
                 "matvec a8 {rows}x{cols}, {planes} planes, {g:?}: at {j}, {a} vs {b}"
             );
         }
+        // The fused decode step's kernel (16 outputs a cube), one
+        // token: exactly the reference, and for int8 within the same 1e-6 as above.
+        let got = smolbit_model::fused::ternary_gemv(&gpu, &x8[..cols], false);
+        let want = p.matmul_f32_with(Isa::Scalar, &x8[..cols], 1);
+        assert_eq!(got, want, "fused gemv {rows}x{cols}, {planes} planes, {g:?}");
+        let got = smolbit_model::fused::ternary_gemv(&gpu, &x8[..cols], true);
+        let want = p.matmul_i8_with(Isa::Scalar, &x8[..cols], 1);
+        for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "fused gemv a8 {rows}x{cols}, {planes} planes, {g:?}: at {j}, {a} vs {b}"
+            );
+        }
         let dense = tensor_to_vec(gpu.unpack());
         assert_eq!(
             dense,
