@@ -67,6 +67,7 @@ const MAX_HEAD_DIM: u32 = 256;
 const GRID_X: u32 = 32_768;
 
 mod kernels {
+    use crate::gpu::kernels::ternary_part;
     use cubecl::prelude::*;
 
     /// Sum of `v` over every unit of the cube (every unit gets it); `partial` has one slot per
@@ -191,58 +192,6 @@ mod kernels {
         }
     }
 
-    /// This unit's part of `Σ_c trit(row, c) · x̂[c]` over all planes with their scales, where
-    /// `x̂` is `x` or, with `round`, `x` rounded to int8 at scale `xs`.
-    #[cube]
-    #[allow(clippy::too_many_arguments)]
-    fn ternary_part(
-        x: &[f32],
-        codes: &[u32],
-        scales: &[f32],
-        row: u32,
-        rows: u32,
-        cols: u32,
-        words: u32,
-        groups: u32,
-        group: u32,
-        planes: u32,
-        xs: f32,
-        #[comptime] round: bool,
-    ) -> f32 {
-        let mut acc = 0.0f32;
-        for k in 0..planes {
-            let wbase = (k * rows + row) * words;
-            let sbase = (k * rows + row) * groups;
-            let mut w = UNIT_POS_X;
-            while w < words {
-                let word = codes[(wbase + w) as usize];
-                let block = w / 8;
-                let col0 = block * 128 + (w % 8) * 4;
-                #[unroll]
-                for s in 0..4u32 {
-                    let first = block * 128 + 32 * s;
-                    let scale = scales[(sbase + first / group) as usize];
-                    let mut part = 0.0f32;
-                    #[unroll]
-                    for b in 0..4u32 {
-                        let c = col0 + 32 * s + b;
-                        let code = (word >> (8 * b + 2 * s)) & 3;
-                        if c < cols {
-                            let mut v = x[c as usize];
-                            if round {
-                                v = (v * xs).round().clamp(-128.0, 127.0);
-                            }
-                            part += (f32::cast_from(code) - 1.0) * v;
-                        }
-                    }
-                    acc += scale * part;
-                }
-                w += CUBE_DIM_X;
-            }
-        }
-        acc
-    }
-
     /// Write `y` (or `ys`, the pair `(g, u)` for gated outputs) at output `j` by the epilogue:
     /// `out[offset + j] = y`, `out[offset + j] += y`, or `out[j] = act(g) · u`.
     #[cube]
@@ -325,6 +274,7 @@ mod kernels {
         if live {
             a = ternary_part(
                 x,
+                0,
                 codes,
                 scales,
                 j,
@@ -345,6 +295,7 @@ mod kernels {
             if live {
                 b = ternary_part(
                     x,
+                    0,
                     codes,
                     scales,
                     j + outputs,

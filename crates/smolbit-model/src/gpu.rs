@@ -37,8 +37,62 @@ const CUBE: u32 = 64;
 const GRID_X: u32 = 32_768;
 
 /// The CubeCL kernels (the prelude stays in here: its `Tensor` would shadow burn's).
-mod kernels {
+pub(crate) mod kernels {
     use cubecl::prelude::*;
+
+    /// This unit's part of `Σ_c trit(row, c) · x̂[c]` over all planes with their scales, where
+    /// `x̂` is `x[xbase..]` or, with `round`, it rounded to int8 at scale `xs`. Units stride over
+    /// the row's words by `CUBE_DIM_X` (the matrix-vector kernels here and in `fused`).
+    #[cube]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn ternary_part(
+        x: &[f32],
+        xbase: u32,
+        codes: &[u32],
+        scales: &[f32],
+        row: u32,
+        rows: u32,
+        cols: u32,
+        words: u32,
+        groups: u32,
+        group: u32,
+        planes: u32,
+        xs: f32,
+        #[comptime] round: bool,
+    ) -> f32 {
+        let mut acc = 0.0f32;
+        for k in 0..planes {
+            let wbase = (k * rows + row) * words;
+            let sbase = (k * rows + row) * groups;
+            let mut w = UNIT_POS_X;
+            while w < words {
+                let word = codes[(wbase + w) as usize];
+                let block = w / 8;
+                let col0 = block * 128 + (w % 8) * 4;
+                #[unroll]
+                for s in 0..4u32 {
+                    let first = block * 128 + 32 * s;
+                    let scale = scales[(sbase + first / group) as usize];
+                    let mut part = 0.0f32;
+                    #[unroll]
+                    for b in 0..4u32 {
+                        let c = col0 + 32 * s + b;
+                        let code = (word >> (8 * b + 2 * s)) & 3;
+                        if c < cols {
+                            let mut v = x[(xbase + c) as usize];
+                            if round {
+                                v = (v * xs).round().clamp(-128.0, 127.0);
+                            }
+                            part += (f32::cast_from(code) - 1.0) * v;
+                        }
+                    }
+                    acc += scale * part;
+                }
+                w += CUBE_DIM_X;
+            }
+        }
+        acc
+    }
 
     #[cube(launch_unchecked)]
     pub(super) fn ternary_matvec(
@@ -90,37 +144,9 @@ mod kernels {
                 xs = (1.0 / partial[0].max(1e-5)) * 127.0;
                 sync_cube();
             }
-            let mut acc = 0.0f32;
-            for k in 0..planes {
-                let wbase = (k * rows + row) * words;
-                let sbase = (k * rows + row) * groups;
-                let mut w = unit;
-                while w < words {
-                    let word = codes[(wbase + w) as usize];
-                    let block = w / 8;
-                    let col0 = block * 128 + (w % 8) * 4;
-                    #[unroll]
-                    for s in 0..4u32 {
-                        let first = block * 128 + 32 * s;
-                        let scale = scales[(sbase + first / group) as usize];
-                        let mut part = 0.0f32;
-                        #[unroll]
-                        for b in 0..4u32 {
-                            let c = col0 + 32 * s + b;
-                            let code = (word >> (8 * b + 2 * s)) & 3;
-                            if c < cols {
-                                let mut v = x[(xbase + c) as usize];
-                                if act8 {
-                                    v = (v * xs).round().clamp(-128.0, 127.0);
-                                }
-                                part += (f32::cast_from(code) - 1.0) * v;
-                            }
-                        }
-                        acc += scale * part;
-                    }
-                    w += CUBE_DIM_X;
-                }
-            }
+            let acc = ternary_part(
+                x, xbase, codes, scales, row, rows, cols, words, groups, group, planes, xs, act8,
+            );
             partial[unit as usize] = acc;
             sync_cube();
             let mut half = CUBE_DIM_X / 2;

@@ -127,7 +127,10 @@ fn ternary_kernels_equal_the_cpu_reference_exactly() {
         // token: exactly the reference, and for int8 within the same 1e-6 as above.
         let got = smolbit_model::fused::ternary_gemv(&gpu, &x8[..cols], false);
         let want = p.matmul_f32_with(Isa::Scalar, &x8[..cols], 1);
-        assert_eq!(got, want, "fused gemv {rows}x{cols}, {planes} planes, {g:?}");
+        assert_eq!(
+            got, want,
+            "fused gemv {rows}x{cols}, {planes} planes, {g:?}"
+        );
         let got = smolbit_model::fused::ternary_gemv(&gpu, &x8[..cols], true);
         let want = p.matmul_i8_with(Isa::Scalar, &x8[..cols], 1);
         for (j, (a, b)) in got.iter().zip(&want).enumerate() {
