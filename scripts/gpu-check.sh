@@ -3,7 +3,9 @@
 # tests on the real card, then prefill/decode benchmarks of random-weight SmolLM2-135M- and
 # SmolLM3-3B-shaped checkpoints, f16 against b158, on wgpu through the fused decode step and
 # through burn's ops (SMOLBIT_BURN_DECODE=1, the path before it), and the b158 models on that
-# machine's CPU for scale. Each bench line carries launches_per_token and device_reads_per_token.
+# machine's CPU for scale, and b158 prefill through the tiled ternary kernel
+# (SMOLBIT_GPU_PREFILL=tiled) against unpack + burn's GEMM. Each bench line carries
+# launches_per_token and device_reads_per_token.
 # Budget: under 5 minutes on a 16-core H100 machine once the binaries are there.
 #
 # Usage: scripts/gpu-check.sh BIN_DIR OUT_DIR
@@ -71,6 +73,8 @@ for shape in smollm2-135m smollm3-3b; do
   bench "$shape b158 fused" "$b158" wgpu 64
   bench "$shape f16 burn-ops" "$f16" wgpu 16 SMOLBIT_BURN_DECODE=1
   bench "$shape b158 burn-ops" "$b158" wgpu 16 SMOLBIT_BURN_DECODE=1
+  # Prefill through the tiled ternary kernel instead of unpack + burn's GEMM.
+  bench "$shape b158 tiled-prefill" "$b158" wgpu 4 SMOLBIT_GPU_PREFILL=tiled
   bench "$shape b158" "$b158" cpu 32
 done
 kill "$sampler"

@@ -2,7 +2,8 @@
 //!
 //! The weights are [`PackedTernary`]'s bytes read as little-endian `u32` words (16 trits a word:
 //! word `i` of a 128-column block holds columns `4i + b + 32s` in bits `8b + 2s`, `b, s < 4`) and
-//! its per plane/row/group `f32` scales, uploaded once. Two kernels:
+//! its per plane/row/group `f32` scales, uploaded once. Three kernels (and the fused decode
+//! step's in `fused`, which share `ternary_part` with the first):
 //!
 //! - `ternary_matvec`: `y = x Wᵀ` for a few tokens (decode). One cube per output row; its units
 //!   stride over the row's words, decode each word's 16 trits and accumulate `trit · x` in f32,
@@ -14,6 +15,9 @@
 //! - `ternary_unpack`: the dense `[rows, cols]` f32 matrix (planes summed) for prefill, where
 //!   burn's GEMM on a transient copy beats a matrix-vector kernel per token, and as the reference
 //!   the matrix-vector kernel is tested against (`tests/wgpu.rs`).
+//! - `ternary_gemm`: the product for many tokens without the dense copy, each decoded trit
+//!   serving a tile of 8 tokens; behind `SMOLBIT_GPU_PREFILL=tiled`, since on lavapipe it is 7×
+//!   slower than the unpack and burn's GEMM (docs/gpu.md).
 //!
 //! Activations reach the kernels as burn tensors: `Tensor::try_into_primitive::<CubeBackend>`
 //! yields the CubeCL tensor (its client, buffer and layout), and the output goes back through
@@ -29,10 +33,15 @@ use cubecl::prelude::{BufferArg, CubeCount, CubeDim, CubeElement};
 use cubecl::server::Handle;
 use smolbit_ternary::kernels::PackedTernary;
 
-use kernels::{ternary_matvec, ternary_unpack};
+use kernels::{ternary_gemm, ternary_matvec, ternary_unpack};
 
 /// Units per cube of the matrix-vector kernel (a power of two for the tree reduction).
 const CUBE: u32 = 64;
+/// The tiled prefill kernel's cubes (8 units on each of 32 rows, as the fused step's products)
+/// and the tokens each decoded trit serves.
+const GEMM_UNITS: u32 = 8;
+const GEMM_ROWS: u32 = 32;
+const GEMM_TILE: u32 = 8;
 /// Cubes per grid row: grids are two-dimensional so that no dimension passes wgpu's 65,535.
 const GRID_X: u32 = 32_768;
 
@@ -162,6 +171,102 @@ pub(crate) mod kernels {
                 out[(t * rows + row) as usize] = partial[0] / xs;
             }
             sync_cube();
+        }
+    }
+
+    /// `y[t, j] = Σ_c W[j, c] · x[t, c]` for many tokens (prefill) without a dense copy:
+    /// cubes of `CUBE_DIM_Y` rows with `CUBE_DIM_X` units each; every decoded trit serves a
+    /// tile of `tile` tokens before the next word is read. `x` is used as given (for int8
+    /// schemes the caller passes the rounded values and divides by the token scales after).
+    #[cube(launch_unchecked)]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn ternary_gemm(
+        x: &[f32],
+        codes: &[u32],
+        scales: &[f32],
+        out: &mut [f32],
+        rows: u32,
+        cols: u32,
+        words: u32,
+        groups: u32,
+        group: u32,
+        planes: u32,
+        tokens: u32,
+        #[comptime] units: u32,
+        #[comptime] tile: u32,
+    ) {
+        let j = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_Y + UNIT_POS_Y;
+        let live = j < rows;
+        let ux = UNIT_POS_X;
+        let base = UNIT_POS_Y * CUBE_DIM_X;
+        let mut partial = Shared::<[f32]>::new_slice(units as usize);
+        let mut acc = Array::<f32>::new(tile as usize);
+        let mut part = Array::<f32>::new(tile as usize);
+        let mut t0 = 0u32;
+        while t0 < tokens {
+            #[unroll]
+            for i in 0..tile {
+                acc[i as usize] = 0.0;
+            }
+            if live {
+                for k in 0..planes {
+                    let wbase = (k * rows + j) * words;
+                    let sbase = (k * rows + j) * groups;
+                    let mut w = ux;
+                    while w < words {
+                        let word = codes[(wbase + w) as usize];
+                        let block = w / 8;
+                        let col0 = block * 128 + (w % 8) * 4;
+                        #[unroll]
+                        for s in 0..4u32 {
+                            let scale = scales[(sbase + (block * 128 + 32 * s) / group) as usize];
+                            #[unroll]
+                            for i in 0..tile {
+                                part[i as usize] = 0.0;
+                            }
+                            #[unroll]
+                            for b in 0..4u32 {
+                                let c = col0 + 32 * s + b;
+                                let trit = f32::cast_from((word >> (8 * b + 2 * s)) & 3) - 1.0;
+                                if c < cols {
+                                    #[unroll]
+                                    for i in 0..tile {
+                                        if t0 + i < tokens {
+                                            part[i as usize] +=
+                                                trit * x[((t0 + i) * cols + c) as usize];
+                                        }
+                                    }
+                                }
+                            }
+                            #[unroll]
+                            for i in 0..tile {
+                                acc[i as usize] += scale * part[i as usize];
+                            }
+                        }
+                        w += CUBE_DIM_X;
+                    }
+                }
+            }
+            #[unroll]
+            for i in 0..tile {
+                // The row's sum over its units (a tree in shared memory).
+                partial[(base + ux) as usize] = acc[i as usize];
+                sync_cube();
+                let mut half = CUBE_DIM_X / 2;
+                while half > 0 {
+                    if ux < half {
+                        let other = partial[(base + ux + half) as usize];
+                        partial[(base + ux) as usize] += other;
+                    }
+                    sync_cube();
+                    half /= 2;
+                }
+                if live && ux == 0 && t0 + i < tokens {
+                    out[((t0 + i) * rows + j) as usize] = partial[base as usize];
+                }
+                sync_cube();
+            }
+            t0 += tile;
         }
     }
 
@@ -401,6 +506,43 @@ impl GpuTernary {
                 t as u32,
                 CUBE,
                 act8,
+            );
+        }
+        Tensor::from_primitive::<CubeBackend>(out)
+    }
+
+    /// `y = x Wᵀ` for `x: [T, cols]` by the tiled kernel (prefill without a dense copy of the
+    /// weight; `x` as given, no int8 rounding); returns `[T, rows]`.
+    pub fn gemm(&self, x: Tensor<2>) -> Tensor<2> {
+        let [t, cols] = x.dims();
+        assert_eq!(cols, self.cols, "input width");
+        let x = into_contiguous(
+            x.try_into_primitive::<CubeBackend>()
+                .expect("input on the weight's CubeCL device"),
+        );
+        let out = self.empty([t, self.rows]);
+        let [rows, cols, words, groups, group, planes] = self.dims();
+        let cubes = rows.div_ceil(GEMM_ROWS);
+        let grid_x = cubes.min(GRID_X);
+        // SAFETY: as in `matvec` (x: t·cols, out: t·rows; rows past the end compute nothing).
+        unsafe {
+            ternary_gemm::launch_unchecked(
+                &self.client,
+                CubeCount::Static(grid_x, cubes.div_ceil(grid_x), 1),
+                CubeDim::new_2d(GEMM_UNITS, GEMM_ROWS),
+                BufferArg::from_raw_parts(x.handle.clone(), t * self.cols),
+                BufferArg::from_raw_parts(self.codes.clone(), self.code_words()),
+                BufferArg::from_raw_parts(self.scales.clone(), self.scale_count()),
+                BufferArg::from_raw_parts(out.handle.clone(), t * self.rows),
+                rows,
+                cols,
+                words,
+                groups,
+                group,
+                planes,
+                t as u32,
+                GEMM_UNITS * GEMM_ROWS,
+                GEMM_TILE,
             );
         }
         Tensor::from_primitive::<CubeBackend>(out)

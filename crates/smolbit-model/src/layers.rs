@@ -404,12 +404,24 @@ impl Linear {
                 if x.dims()[0] < DENSE_PREFILL {
                     // Decode: one kernel launch (int8 quantization fused in for `:a8`).
                     w.matvec(x, *act8)
-                } else if *act8 {
-                    // Prefill: a transient dense copy and burn's GEMM.
-                    let (q, scale) = act_quant_parts(x);
-                    q.matmul(w.unpack().transpose()).div(scale)
                 } else {
-                    x.matmul(w.unpack().transpose())
+                    // Prefill: a transient dense copy and burn's GEMM, or with
+                    // `SMOLBIT_GPU_PREFILL=tiled` the tiled ternary kernel (docs/gpu.md
+                    // compares them).
+                    let tiled = std::env::var("SMOLBIT_GPU_PREFILL").is_ok_and(|v| v == "tiled");
+                    let product = |x: Tensor<2>| {
+                        if tiled {
+                            w.gemm(x)
+                        } else {
+                            x.matmul(w.unpack().transpose())
+                        }
+                    };
+                    if *act8 {
+                        let (q, scale) = act_quant_parts(x);
+                        product(q).div(scale)
+                    } else {
+                        product(x)
+                    }
                 }
             }
         }

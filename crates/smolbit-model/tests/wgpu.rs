@@ -106,7 +106,9 @@ fn ternary_kernels_equal_the_cpu_reference_exactly() {
         }
         let x8 = x.clone();
         let want = p.matmul_f32_with(Isa::Scalar, &x, tokens);
+        let want_f32 = want.clone();
         let xt = Tensor::<2>::from_data(TensorData::new(x, [tokens, cols]), &dev);
+        let xt8 = xt.clone();
         let got = tensor_to_vec(gpu.matvec(xt.clone(), false));
         assert_eq!(
             got, want,
@@ -139,6 +141,20 @@ fn ternary_kernels_equal_the_cpu_reference_exactly() {
                 "fused gemv a8 {rows}x{cols}, {planes} planes, {g:?}: at {j}, {a} vs {b}"
             );
         }
+        // The tiled prefill kernel, on these tokens and on 11 (one full tile of 8 and a
+        // partial one), exactly.
+        let got = tensor_to_vec(gpu.gemm(xt8.clone()));
+        assert_eq!(got, want_f32, "tiled {rows}x{cols}, {planes} planes, {g:?}");
+        let x11: Vec<f32> = (0..11 * cols).map(|_| (r() % 255) as f32 - 127.0).collect();
+        let got = tensor_to_vec(gpu.gemm(Tensor::<2>::from_data(
+            TensorData::new(x11.clone(), [11, cols]),
+            &dev,
+        )));
+        assert_eq!(
+            got,
+            p.matmul_f32_with(Isa::Scalar, &x11, 11),
+            "tiled {rows}x{cols}, {planes} planes, {g:?}, 11 tokens"
+        );
         let dense = tensor_to_vec(gpu.unpack());
         assert_eq!(
             dense,
