@@ -67,71 +67,8 @@ const MAX_HEAD_DIM: u32 = 256;
 const GRID_X: u32 = 32_768;
 
 mod kernels {
-    use crate::gpu::kernels::ternary_part;
+    use crate::gpu::kernels::{all_max, all_sum, row_sum, ternary_part};
     use cubecl::prelude::*;
-
-    /// Sum of `v` over every unit of the cube (every unit gets it); `partial` has one slot per
-    /// unit.
-    #[cube]
-    fn all_sum(partial: &mut Shared<[f32]>, v: f32) -> f32 {
-        let unit = UNIT_POS;
-        partial[unit as usize] = v;
-        sync_cube();
-        let mut half = CUBE_DIM / 2;
-        while half > 0 {
-            if unit < half {
-                let other = partial[(unit + half) as usize];
-                partial[unit as usize] += other;
-            }
-            sync_cube();
-            half /= 2;
-        }
-        let total = partial[0];
-        sync_cube();
-        total
-    }
-
-    /// Sum of `v` over the units of this unit's row of the cube (`CUBE_DIM_X` units a row,
-    /// `CUBE_DIM_Y` rows); `partial` has one slot per unit of the cube.
-    #[cube]
-    fn row_sum(partial: &mut Shared<[f32]>, v: f32) -> f32 {
-        let x = UNIT_POS_X;
-        let base = UNIT_POS_Y * CUBE_DIM_X;
-        partial[(base + x) as usize] = v;
-        sync_cube();
-        let mut half = CUBE_DIM_X / 2;
-        while half > 0 {
-            if x < half {
-                let other = partial[(base + x + half) as usize];
-                partial[(base + x) as usize] += other;
-            }
-            sync_cube();
-            half /= 2;
-        }
-        let total = partial[base as usize];
-        sync_cube();
-        total
-    }
-
-    /// Maximum of `v` over every unit of the cube (any shape).
-    #[cube]
-    fn all_max(partial: &mut Shared<[f32]>, v: f32) -> f32 {
-        let unit = UNIT_POS;
-        partial[unit as usize] = v;
-        sync_cube();
-        let mut half = CUBE_DIM / 2;
-        while half > 0 {
-            if unit < half {
-                let other = partial[(unit + half) as usize];
-                partial[unit as usize] = partial[unit as usize].max(other);
-            }
-            sync_cube();
-            half /= 2;
-        }
-        let total = partial[0];
-        sync_cube();
-        total
-    }
 
     /// `x = table[id]` for one row of `hidden` values.
     #[cube(launch_unchecked)]

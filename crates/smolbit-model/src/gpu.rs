@@ -49,6 +49,69 @@ const GRID_X: u32 = 32_768;
 pub(crate) mod kernels {
     use cubecl::prelude::*;
 
+    /// Sum of `v` over every unit of the cube (every unit gets it); `partial` has one slot per
+    /// unit.
+    #[cube]
+    pub(crate) fn all_sum(partial: &mut Shared<[f32]>, v: f32) -> f32 {
+        let unit = UNIT_POS;
+        partial[unit as usize] = v;
+        sync_cube();
+        let mut half = CUBE_DIM / 2;
+        while half > 0 {
+            if unit < half {
+                let other = partial[(unit + half) as usize];
+                partial[unit as usize] += other;
+            }
+            sync_cube();
+            half /= 2;
+        }
+        let total = partial[0];
+        sync_cube();
+        total
+    }
+
+    /// Sum of `v` over the units of this unit's row of the cube (`CUBE_DIM_X` units a row,
+    /// `CUBE_DIM_Y` rows); `partial` has one slot per unit of the cube.
+    #[cube]
+    pub(crate) fn row_sum(partial: &mut Shared<[f32]>, v: f32) -> f32 {
+        let x = UNIT_POS_X;
+        let base = UNIT_POS_Y * CUBE_DIM_X;
+        partial[(base + x) as usize] = v;
+        sync_cube();
+        let mut half = CUBE_DIM_X / 2;
+        while half > 0 {
+            if x < half {
+                let other = partial[(base + x + half) as usize];
+                partial[(base + x) as usize] += other;
+            }
+            sync_cube();
+            half /= 2;
+        }
+        let total = partial[base as usize];
+        sync_cube();
+        total
+    }
+
+    /// Maximum of `v` over every unit of the cube (any shape).
+    #[cube]
+    pub(crate) fn all_max(partial: &mut Shared<[f32]>, v: f32) -> f32 {
+        let unit = UNIT_POS;
+        partial[unit as usize] = v;
+        sync_cube();
+        let mut half = CUBE_DIM / 2;
+        while half > 0 {
+            if unit < half {
+                let other = partial[(unit + half) as usize];
+                partial[unit as usize] = partial[unit as usize].max(other);
+            }
+            sync_cube();
+            half /= 2;
+        }
+        let total = partial[0];
+        sync_cube();
+        total
+    }
+
     /// This unit's part of `Σ_c trit(row, c) · x̂[c]` over all planes with their scales, where
     /// `x̂` is `x[xbase..]` or, with `round`, it rounded to int8 at scale `xs`. Units stride over
     /// the row's words by `CUBE_DIM_X` (the matrix-vector kernels here and in `fused`).
@@ -139,38 +202,15 @@ pub(crate) mod kernels {
                     m = m.max(x[(xbase + c) as usize].abs());
                     c += CUBE_DIM_X;
                 }
-                partial[unit as usize] = m;
-                sync_cube();
-                let mut half = CUBE_DIM_X / 2;
-                while half > 0 {
-                    if unit < half {
-                        let other = partial[(unit + half) as usize];
-                        partial[unit as usize] = partial[unit as usize].max(other);
-                    }
-                    sync_cube();
-                    half /= 2;
-                }
-                xs = (1.0 / partial[0].max(1e-5)) * 127.0;
-                sync_cube();
+                xs = (1.0 / all_max(&mut partial, m).max(1e-5)) * 127.0;
             }
             let acc = ternary_part(
                 x, xbase, codes, scales, row, rows, cols, words, groups, group, planes, xs, act8,
             );
-            partial[unit as usize] = acc;
-            sync_cube();
-            let mut half = CUBE_DIM_X / 2;
-            while half > 0 {
-                if unit < half {
-                    let other = partial[(unit + half) as usize];
-                    partial[unit as usize] += other;
-                }
-                sync_cube();
-                half /= 2;
-            }
+            let y = all_sum(&mut partial, acc);
             if unit == 0 {
-                out[(t * rows + row) as usize] = partial[0] / xs;
+                out[(t * rows + row) as usize] = y / xs;
             }
-            sync_cube();
         }
     }
 
@@ -198,7 +238,6 @@ pub(crate) mod kernels {
         let j = (CUBE_POS_Y * CUBE_COUNT_X + CUBE_POS_X) * CUBE_DIM_Y + UNIT_POS_Y;
         let live = j < rows;
         let ux = UNIT_POS_X;
-        let base = UNIT_POS_Y * CUBE_DIM_X;
         let mut partial = Shared::<[f32]>::new_slice(units as usize);
         let mut acc = Array::<f32>::new(tile as usize);
         let mut part = Array::<f32>::new(tile as usize);
@@ -249,22 +288,10 @@ pub(crate) mod kernels {
             }
             #[unroll]
             for i in 0..tile {
-                // The row's sum over its units (a tree in shared memory).
-                partial[(base + ux) as usize] = acc[i as usize];
-                sync_cube();
-                let mut half = CUBE_DIM_X / 2;
-                while half > 0 {
-                    if ux < half {
-                        let other = partial[(base + ux + half) as usize];
-                        partial[(base + ux) as usize] += other;
-                    }
-                    sync_cube();
-                    half /= 2;
-                }
+                let y = row_sum(&mut partial, acc[i as usize]);
                 if live && ux == 0 && t0 + i < tokens {
-                    out[((t0 + i) * rows + j) as usize] = partial[base as usize];
+                    out[((t0 + i) * rows + j) as usize] = y;
                 }
-                sync_cube();
             }
             t0 += tile;
         }
