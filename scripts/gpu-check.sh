@@ -6,7 +6,8 @@
 # machine's CPU for scale, and b158 prefill through the tiled ternary kernel
 # (SMOLBIT_GPU_PREFILL=tiled) against unpack + burn's GEMM. Each bench line carries
 # launches_per_token and device_reads_per_token.
-# Budget: under 5 minutes on a 16-core H100 machine once the binaries are there.
+# Meant to fit in 5 minutes on a 16-core H100 machine once the binaries are there (not yet timed
+# on one).
 #
 # Usage: scripts/gpu-check.sh BIN_DIR OUT_DIR
 #   BIN_DIR holds `smolbit` (built with the wgpu feature), `xtask` and `wgpu-tests` (the

@@ -442,16 +442,16 @@ impl Generator {
             return Ok(None);
         }
         // The prompt on the first step, then the previous token.
-        let input = match seq.tokens.last() {
-            None => seq.history.clone(),
-            Some(&last) => vec![last],
+        let input: &[u32] = match seq.tokens.last() {
+            None => &seq.history,
+            Some(last) => std::slice::from_ref(last),
         };
         if seq.sampler.is_plain_argmax() {
             // Greedy: the model picks the token (on the device, for the fused GPU step).
-            let next = self.model.forward_argmax(&input, &mut seq.cache)?;
+            let next = self.model.forward_argmax(input, &mut seq.cache)?;
             return self.push_token(seq, next).map(Some);
         }
-        let logits = self.model.forward_last(&input, &mut seq.cache)?;
+        let logits = self.model.forward_last(input, &mut seq.cache)?;
         self.advance(seq, logits).map(Some)
     }
 

@@ -496,7 +496,7 @@ mod kernels {
     }
 }
 
-/// The scratch buffers of a step.
+/// The scratch buffers of a step (their discriminants index `FusedDecoder::bufs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Buf {
     /// The residual stream `[hidden]`.
@@ -516,6 +516,9 @@ enum Buf {
     /// Logits `[vocab]`.
     Logits,
 }
+
+/// How many `Buf`s there are.
+const BUFS: usize = 8;
 
 /// A linear's weight on the device.
 // Built once per model, a few hundred of them; boxing would buy nothing.
@@ -634,7 +637,8 @@ pub(crate) struct FusedDecoder {
     n_heads: usize,
     n_kv: usize,
     head_dim: usize,
-    bufs: Vec<(Buf, Handle)>,
+    /// The scratch buffers, indexed by `Buf`.
+    bufs: [Handle; BUFS],
     scale: Handle,
     id: Handle,
 }
@@ -867,16 +871,8 @@ impl FusedDecoder {
         let (h, f) = (c.hidden_size, c.intermediate_size);
         let (q, kv) = (c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim);
         let wide = h.max(q).max(f);
-        let sizes = [
-            (Buf::X, h),
-            (Buf::N, wide),
-            (Buf::N2, wide),
-            (Buf::Qkv, q + 2 * kv),
-            (Buf::Att, q),
-            (Buf::Gu, 2 * f),
-            (Buf::Glu, f),
-            (Buf::Logits, c.vocab_size),
-        ];
+        // Elements of each buffer, in `Buf`'s order.
+        let sizes: [usize; BUFS] = [h, wide, wide, q + 2 * kv, q, 2 * f, f, c.vocab_size];
         // Rotary tables for every position, as the CPU path computes them (one half of each
         // row: the two halves are equal).
         let positions = c.max_position_embeddings;
@@ -889,20 +885,12 @@ impl FusedDecoder {
         };
         let (cos, sin) = (halves(cos), halves(sin));
         // Kernel indices are u32.
-        let largest = [
-            c.vocab_size * h,
-            positions * half,
-            positions * kv,
-            blocks.len(),
-        ];
+        let largest = [c.vocab_size * h, positions * half, positions * kv];
         if largest.iter().any(|&n| n > u32::MAX as usize) {
             return None;
         }
         Some(FusedDecoder {
-            bufs: sizes
-                .iter()
-                .map(|&(b, n)| (b, client.empty(n * 4)))
-                .collect(),
+            bufs: sizes.map(|n| client.empty(n * 4)),
             scale: client.create_from_slice(f32::as_bytes(&[1.0])),
             id: client.create_from_slice(u32::as_bytes(&[0])),
             cos: client.create_from_slice(f32::as_bytes(&cos)),
@@ -943,12 +931,7 @@ impl FusedDecoder {
     }
 
     fn buf(&self, b: Buf) -> &Handle {
-        &self
-            .bufs
-            .iter()
-            .find(|(k, _)| *k == b)
-            .expect("every buffer is allocated")
-            .1
+        &self.bufs[b as usize]
     }
 
     fn len(&self, b: Buf) -> usize {

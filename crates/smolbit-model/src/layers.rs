@@ -408,9 +408,8 @@ impl Linear {
                     // Prefill: a transient dense copy and burn's GEMM, or with
                     // `SMOLBIT_GPU_PREFILL=tiled` the tiled ternary kernel (docs/gpu.md
                     // compares them).
-                    let tiled = std::env::var("SMOLBIT_GPU_PREFILL").is_ok_and(|v| v == "tiled");
                     let product = |x: Tensor<2>| {
-                        if tiled {
+                        if gpu_prefill_tiled() {
                             w.gemm(x)
                         } else {
                             x.matmul(w.unpack().transpose())
@@ -481,6 +480,14 @@ impl Linear {
     }
 }
 
+/// Whether ternary prefill on the GPU takes the tiled kernel (`SMOLBIT_GPU_PREFILL=tiled`, read
+/// once) instead of the unpack and burn's GEMM.
+#[cfg(feature = "wgpu")]
+fn gpu_prefill_tiled() -> bool {
+    static TILED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *TILED.get_or_init(|| std::env::var("SMOLBIT_GPU_PREFILL").is_ok_and(|v| v == "tiled"))
+}
+
 /// `x: [T, in]` times the transpose of a transient dense `[rows, cols]` weight, by burn's GEMM.
 fn transient_gemm(x: Tensor<2>, w: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
     let dense = Tensor::<2>::from_data(TensorData::new(w, [rows, cols]), &x.device());
@@ -513,90 +520,88 @@ pub(crate) enum Fused {
 
 impl Fused {
     pub(crate) fn new(parts: Vec<Linear>) -> Self {
-        let packed: Option<Vec<(&smolbit_ternary::kernels::PackedTernary, bool)>> = parts
-            .iter()
-            .map(|l| match l {
+        use smolbit_ternary::kernels::PackedTernary;
+        if let Some(f) = Fused::stack(
+            &parts,
+            |l| match l {
                 Linear::Ternary { w, act8 } => Some((w, *act8)),
                 _ => None,
-            })
-            .collect();
-        if let Some(packed) = packed
-            && packed.iter().all(|&(_, a)| a == packed[0].1)
-        {
-            let ws: Vec<_> = packed.iter().map(|&(w, _)| w).collect();
-            if let Some(w) = smolbit_ternary::kernels::PackedTernary::concat_rows(&ws) {
-                let outs = ws.iter().map(|w| w.rows).collect();
-                return Fused::Stacked(
-                    Linear::Ternary {
-                        w,
-                        act8: packed[0].1,
-                    },
-                    outs,
-                );
-            }
+            },
+            PackedTernary::concat_rows,
+            |w, act8| Linear::Ternary { w, act8 },
+        ) {
+            return f;
         }
         #[cfg(feature = "wgpu")]
-        {
-            let gpu: Option<Vec<(&crate::gpu::GpuTernary, bool)>> = parts
-                .iter()
-                .map(|l| match l {
-                    Linear::Gpu { w, act8 } => Some((w, *act8)),
-                    _ => None,
-                })
-                .collect();
-            if let Some(gpu) = gpu
-                && gpu.iter().all(|&(_, a)| a == gpu[0].1)
-            {
-                let ws: Vec<_> = gpu.iter().map(|&(w, _)| w).collect();
-                if let Some(w) = crate::gpu::GpuTernary::concat_rows(&ws) {
-                    let outs = ws.iter().map(|w| w.rows).collect();
-                    return Fused::Stacked(Linear::Gpu { w, act8: gpu[0].1 }, outs);
-                }
-            }
+        if let Some(f) = Fused::stack(
+            &parts,
+            |l| match l {
+                Linear::Gpu { w, act8 } => Some((w, *act8)),
+                _ => None,
+            },
+            crate::gpu::GpuTernary::concat_rows,
+            |w, act8| Linear::Gpu { w, act8 },
+        ) {
+            return f;
         }
-        // Dense f32 weights off the CPU stack into one `[in, Σ out]` product (fewer dispatches
-        // per step); on the CPU they stay apart, as the reference path they are.
-        let dense: Option<Vec<&Tensor<2>>> = parts
-            .iter()
-            .map(|l| match l {
+        // Dense f32 weights off the CPU stack into one product (fewer dispatches per step),
+        // stored `[Σ out, in]` row-major (the layout the fused step reads) and used transposed;
+        // on the CPU they stay apart, as the reference path they are.
+        if let Some(f) = Fused::stack(
+            &parts,
+            |l| match l {
                 Linear::Dense {
                     w,
                     act8: false,
                     act_group: 0,
-                } if w.device() != Device::flex() => Some(w),
+                } if w.device() != Device::flex() => Some((w, false)),
                 _ => None,
-            })
-            .collect();
-        if let Some(dense) = dense
-            && dense.len() > 1
-            && dense.iter().all(|w| w.dims()[0] == dense[0].dims()[0])
-        {
-            let outs = dense.iter().map(|w| w.dims()[1]).collect();
-            // Stored `[Σ out, in]` row-major (the layout the fused step reads), used transposed.
-            let w = Tensor::cat(dense.iter().map(|w| (*w).clone().transpose()).collect(), 0);
-            return Fused::Stacked(
-                Linear::Dense {
-                    w: w.transpose(),
-                    act8: false,
-                    act_group: 0,
-                },
-                outs,
-            );
+            },
+            |ws: &[&Tensor<2>]| {
+                ws.iter()
+                    .all(|w| w.dims()[0] == ws[0].dims()[0])
+                    .then(|| Tensor::cat(ws.iter().map(|w| (*w).clone().transpose()).collect(), 0))
+            },
+            |w, _| Linear::Dense {
+                w: w.transpose(),
+                act8: false,
+                act_group: 0,
+            },
+        ) {
+            return f;
         }
-        let tables: Option<Vec<&HostTable>> = parts
-            .iter()
-            .map(|l| match l {
-                Linear::Table(w) => Some(w),
+        if let Some(f) = Fused::stack(
+            &parts,
+            |l| match l {
+                Linear::Table(w) => Some((w, false)),
                 _ => None,
-            })
-            .collect();
-        if let Some(tables) = tables
-            && let Some(w) = HostTable::concat(&tables)
-        {
-            let outs = tables.iter().map(|w| w.table().rows()).collect();
-            return Fused::Stacked(Linear::Table(w), outs);
+            },
+            HostTable::concat,
+            |w, _| Linear::Table(w),
+        ) {
+            return f;
         }
         Fused::Separate(parts)
+    }
+
+    /// The parts as one stacked linear, when `pick` takes every one of them (its weight and
+    /// int8 setting, the same for all) and `concat` stacks their weights' rows.
+    fn stack<'a, W: 'a>(
+        parts: &'a [Linear],
+        pick: impl Fn(&'a Linear) -> Option<(&'a W, bool)>,
+        concat: impl Fn(&[&W]) -> Option<W>,
+        make: impl Fn(W, bool) -> Linear,
+    ) -> Option<Fused> {
+        let picked: Vec<(&W, bool)> = parts.iter().map(pick).collect::<Option<_>>()?;
+        let act8 = picked.first()?.1;
+        if picked.iter().any(|&(_, a)| a != act8) {
+            return None;
+        }
+        let w = concat(&picked.iter().map(|&(w, _)| w).collect::<Vec<_>>())?;
+        Some(Fused::Stacked(
+            make(w, act8),
+            parts.iter().map(Linear::rows).collect(),
+        ))
     }
 
     /// The stacked weights when this runs on the host kernels for `tokens` tokens.
