@@ -1,30 +1,15 @@
 //! The `smolbit` binary end to end on the tiny fixtures: output formats and one-line errors.
 
+mod common;
+use common::{real_model, smolbit, smolbit_ok};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 fn testdata(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../testdata")
         .join(name)
-}
-
-fn smolbit(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_smolbit"))
-        .args(args)
-        .output()
-        .expect("run smolbit")
-}
-
-/// Run the binary and require success.
-fn smolbit_ok(args: &[&str]) -> Output {
-    let out = smolbit(args);
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 /// `smolbit logits --tokens <tokens>` on `model`, written to `<dir>/l.json` and read back.
@@ -197,35 +182,11 @@ fn errors_are_one_line() {
     assert!(!tmp.path().join("q4").exists(), "no partial output");
 }
 
-/// The default model converted once for the CLI tests that need a tokenizer; `None` (skipped)
-/// when it is not cached, unless `SMOLBIT_REQUIRE_MODEL=1`.
-fn real_model() -> Option<&'static Path> {
-    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let gguf = smolbit_weights::cache::default_model_for_tests()?;
-        // Under the target directory, replaced by every run: a static is never dropped, so a
-        // temporary directory held here would outlive the process (and fill /tmp run by run).
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-cli");
-        let out = smolbit(&[
-            "convert",
-            gguf.to_str().expect("utf8"),
-            "--out",
-            dir.to_str().expect("utf8"),
-            "--force",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(dir)
-    })
-    .as_deref()
-}
-
 #[test]
 fn generate_json_and_streamed_text_agree() {
-    let Some(model) = real_model() else { return };
+    let Some(model) = real_model("smollm2-cli") else {
+        return;
+    };
     let m = model.to_str().expect("utf8");
     let args = [
         "generate",
@@ -260,7 +221,9 @@ fn generate_json_and_streamed_text_agree() {
 #[test]
 fn chat_reads_turns_from_stdin() {
     use std::io::Write;
-    let Some(model) = real_model() else { return };
+    let Some(model) = real_model("smollm2-cli") else {
+        return;
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_smolbit"))
         .args([
             "chat",
@@ -393,7 +356,7 @@ fn eval_errors_are_one_line() {
 /// the pipeline's CI path end to end. b158's answers must be flagged degenerate.
 #[test]
 fn eval_shards_merge_and_report_on_the_real_model() {
-    let Some(f32_dir) = real_model() else {
+    let Some(f32_dir) = real_model("smollm2-cli") else {
         eprintln!("skipped: default model not cached");
         return;
     };
@@ -680,7 +643,7 @@ fn eval_native_models_with_and_without_a_shared_vocabulary() {
 fn eval_runs_humaneval_and_any_suite_from_any_directory() {
     // An installed binary run from `/`: the built-in held-out text, HumanEval from the cache
     // (fetched by `cargo xtask fetch-model`), and a suite with categories of its own.
-    let Some(f32_dir) = real_model() else {
+    let Some(f32_dir) = real_model("smollm2-cli") else {
         eprintln!("skipped: default model not cached");
         return;
     };

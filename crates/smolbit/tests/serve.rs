@@ -6,35 +6,15 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-/// The default model converted once (as in `tests/cli.rs`); `None` (skipped) when it is not
-/// cached, unless `SMOLBIT_REQUIRE_MODEL=1`.
-fn real_model() -> Option<&'static Path> {
-    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    DIR.get_or_init(|| {
-        let gguf = smolbit_weights::cache::default_model_for_tests()?;
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("smollm2-serve");
-        let out = Command::new(env!("CARGO_BIN_EXE_smolbit"))
-            .args(["convert", gguf.to_str().expect("utf8"), "--out"])
-            .arg(&dir)
-            .arg("--force")
-            .output()
-            .expect("run smolbit");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(dir)
-    })
-    .as_deref()
-}
+mod common;
+use common::{real_model, smolbit_ok};
 
 /// A running server: its address, its log lines so far, and the process (SIGTERMed on drop).
 struct Server {
@@ -229,18 +209,11 @@ fn post(addr: &str, path: &str, body: &Value) -> Reply {
 }
 
 fn generate_text(model: &Path, args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_smolbit"))
-        .args(["--threads", "2", "generate", "--model"])
-        .arg(model)
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("run smolbit generate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let model = model.to_str().expect("utf8");
+    let mut all = vec!["--threads", "2", "generate", "--model", model];
+    all.extend_from_slice(args);
+    all.push("--json");
+    let out = smolbit_ok(&all);
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     v["text"].as_str().expect("text").to_string()
 }
@@ -249,7 +222,9 @@ const PROMPT: &str = "Write a Python function that adds two numbers.";
 
 #[test]
 fn serve_answers_as_generate_does() {
-    let Some(model) = real_model() else { return };
+    let Some(model) = real_model("smollm2-serve") else {
+        return;
+    };
     let mut server = Server::start(model, &[]);
     let addr = server.addr.clone();
     let id = model
@@ -356,7 +331,9 @@ fn serve_answers_as_generate_does() {
 
 #[test]
 fn serve_rejects_bad_requests_and_keeps_serving() {
-    let Some(model) = real_model() else { return };
+    let Some(model) = real_model("smollm2-serve") else {
+        return;
+    };
     let server = Server::start(model, &["--api-key", "sekrit"]);
     let addr = server.addr.clone();
     let id = model
@@ -449,7 +426,9 @@ fn serve_rejects_bad_requests_and_keeps_serving() {
 
 #[test]
 fn serve_bounds_its_queue_and_frees_slots_of_clients_that_leave() {
-    let Some(model) = real_model() else { return };
+    let Some(model) = real_model("smollm2-serve") else {
+        return;
+    };
     let server = Server::start(model, &["--parallel", "4", "--queue", "8"]);
     let addr = server.addr.clone();
     let id = model
