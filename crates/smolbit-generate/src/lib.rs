@@ -455,43 +455,53 @@ impl Generator {
         self.advance(seq, logits).map(Some)
     }
 
-    /// [`Generator::step`] for several sequences: those past their prompt decode their next
-    /// token together ([`Model::forward_last_batch`]: one pass over the weights for all of
-    /// them), the others step alone. One result per sequence, in order. Batched logits may
-    /// differ from single-sequence ones in the last bits (the kernels' multi-token tiles sum in
-    /// another order), so a greedy answer can in rare cases differ from an unbatched run's.
+    /// [`Generator::step`] for several sequences at once: each one's prompt (on its first step)
+    /// or last token, all in one pass ([`Model::forward_last_batch`]: each weight read once for
+    /// all of them). One result per sequence, in order. Batched logits may differ from
+    /// single-sequence ones in the last bits on float tables (the kernels' multi-token tiles
+    /// sum in another order), so a greedy answer can in rare cases differ from an unbatched
+    /// run's; the packed ternary and 8-bit kernels give the same bits either way.
     pub fn step_batch(
         &self,
         seqs: &mut [&mut Sequence],
     ) -> Result<Vec<Option<String>>, GenerateError> {
         let mut out: Vec<Option<String>> = vec![None; seqs.len()];
-        let mut batch = Vec::new();
-        for (i, seq) in seqs.iter_mut().enumerate() {
-            if !self.wants_step(seq) {
-                continue;
-            }
-            if seq.tokens.is_empty() {
-                out[i] = self.step(seq)?;
-            } else {
-                batch.push(i);
-            }
-        }
-        if !batch.is_empty() {
-            let tokens: Vec<u32> = batch
-                .iter()
-                .map(|&i| *seqs[i].tokens.last().unwrap_or(&0))
-                .collect();
+        let batch: Vec<usize> = (0..seqs.len())
+            .filter(|&i| self.wants_step(seqs[i]))
+            .collect();
+        if let [i] = batch[..] {
+            out[i] = self.step(seqs[i])?;
+        } else if !batch.is_empty() {
             let logits = {
-                let mut caches: Vec<&mut smolbit_model::KvCache> = seqs
-                    .iter_mut()
-                    .enumerate()
-                    .filter(|(i, _)| batch.contains(i))
-                    .map(|(_, s)| &mut s.cache)
-                    .collect();
-                self.model.forward_last_batch(&tokens, &mut caches)?
+                let mut inputs: Vec<&[u32]> = Vec::with_capacity(batch.len());
+                let mut caches: Vec<&mut smolbit_model::KvCache> = Vec::with_capacity(batch.len());
+                for (i, s) in seqs.iter_mut().enumerate() {
+                    if batch.contains(&i) {
+                        let s = &mut **s;
+                        // The prompt on the first step, then the previous token.
+                        inputs.push(match s.tokens.last() {
+                            None => &s.history,
+                            Some(last) => std::slice::from_ref(last),
+                        });
+                        caches.push(&mut s.cache);
+                    }
+                }
+                self.model.forward_last_batch(&inputs, &mut caches)?
             };
-            for (&i, l) in batch.iter().zip(logits) {
-                out[i] = Some(self.advance(seqs[i], l)?);
+            // Each sequence's pick (the argmax or a draw over the vocabulary) and its text, the
+            // sequences in parallel.
+            use rayon::prelude::*;
+            let picked: Vec<(usize, Result<String, GenerateError>)> = seqs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| batch.contains(i))
+                .zip(logits)
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|((i, s), l)| (i, self.advance(s, l)))
+                .collect();
+            for (i, r) in picked {
+                out[i] = Some(r?);
             }
         }
         Ok(out)

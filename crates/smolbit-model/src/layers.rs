@@ -141,7 +141,7 @@ pub(crate) struct HostSeq<'a> {
 /// Append a step's keys and values (`[t, K * D]`, after RoPE) to a layer's host cache, stored as
 /// `E`, then attend to everything cached.
 #[allow(clippy::too_many_arguments)]
-fn cache_and_attend<E: smolbit_ternary::attention::KvElement>(
+pub(crate) fn cache_and_attend<E: smolbit_ternary::attention::KvElement>(
     keys: &mut Vec<E>,
     values: &mut Vec<E>,
     q: &[f32],
@@ -729,7 +729,7 @@ impl Fused {
 }
 
 /// `act(gate) · up` on host rows `[gate | up]` (`[T, 2f]`) -> `[T, f]`.
-fn host_glu(gu: &[f32], f: usize, act: HiddenAct) -> Vec<f32> {
+pub(crate) fn host_glu(gu: &[f32], f: usize, act: HiddenAct) -> Vec<f32> {
     match act {
         HiddenAct::Silu => smolbit_ternary::ops::swiglu(gu, f),
         HiddenAct::Relu2 => smolbit_ternary::ops::relu2_glu(gu, f),
@@ -929,6 +929,11 @@ pub struct Block {
 }
 
 impl Block {
+    /// Query heads, key/value heads and the head dimension.
+    pub(crate) fn heads(&self) -> (usize, usize, usize) {
+        (self.n_heads, self.n_kv, self.head_dim)
+    }
+
     pub(crate) fn load(
         c: &ModelConfig,
         i: usize,
@@ -1038,13 +1043,21 @@ impl Block {
             n_kv: nkv,
             d,
         };
-        let mut attn = Vec::with_capacity(t * qw);
-        let mut rows = qkv.chunks_exact(qw + 2 * kw);
-        for s in seqs.iter_mut() {
+        // Each sequence's queries, keys and values (its rows of `qkv`), RoPE, the append to its
+        // cache and its attention; sequences decoded together run in parallel (each reads only
+        // its own cache).
+        let width = qw + 2 * kw;
+        let mut starts = Vec::with_capacity(seqs.len());
+        let mut row = 0;
+        for s in seqs.iter() {
+            starts.push(row);
+            row += s.t;
+        }
+        let one = |(s, &start): (&mut HostSeq<'_>, &usize)| -> Vec<f32> {
             let mut q = Vec::with_capacity(s.t * qw);
             let mut k = Vec::with_capacity(s.t * kw);
             let mut v = Vec::with_capacity(s.t * kw);
-            for row in rows.by_ref().take(s.t) {
+            for row in qkv[start * width..][..s.t * width].chunks_exact(width) {
                 q.extend_from_slice(&row[..qw]);
                 k.extend_from_slice(&row[qw..qw + kw]);
                 v.extend_from_slice(&row[qw + kw..]);
@@ -1053,15 +1066,22 @@ impl Block {
                 crate::host::apply_rope(&mut q, nh, d, &s.rope.0, &s.rope.1);
                 crate::host::apply_rope(&mut k, nkv, d, &s.rope.0, &s.rope.1);
             }
-            attn.extend(match &mut *s.cache {
+            match &mut *s.cache {
                 HostKv::F32(keys, values) => {
                     cache_and_attend(keys, values, &q, &k, &v, s.t, s.past, heads)
                 }
                 HostKv::F16(keys, values) => {
                     cache_and_attend(keys, values, &q, &k, &v, s.t, s.past, heads)
                 }
-            });
-        }
+            }
+        };
+        let parts: Vec<Vec<f32>> = if seqs.len() > 1 {
+            use rayon::prelude::*;
+            seqs.par_iter_mut().zip(&starts).map(one).collect()
+        } else {
+            seqs.iter_mut().zip(&starts).map(one).collect()
+        };
+        let mut attn = parts.concat();
         if let Some(n) = &self.attn_sub_norm {
             n.apply_host(&mut attn);
         }

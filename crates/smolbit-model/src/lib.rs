@@ -23,7 +23,10 @@
 //! On the CPU the blocks run on the host path by default: the residual stream stays in host
 //! memory, and norms, RoPE, attention (`smolbit_ternary::attention`, over a host KV cache of f32
 //! or, with [`LoadOptions::kv_cache`], f16) and SwiGLU run beside the kernels, so decoding makes
-//! no burn calls on a packed model.
+//! no burn calls on a packed model. Several sequences step together through
+//! [`Model::forward_last_batch`]; their decode steps on a packed model run on a team of threads
+//! (module `team`: the whole step per thread, products split by rows, parts exchanged at
+//! barriers).
 //! [`LoadOptions::burn_ops`] (or `SMOLBIT_BURN_OPS=1`) runs burn's ops instead, as every other
 //! device does; the two are tested against each other.
 
@@ -33,6 +36,7 @@ pub mod fused;
 pub mod gpu;
 mod host;
 mod layers;
+mod team;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -677,42 +681,49 @@ impl Model {
         }
     }
 
-    /// One decoding step of several sequences at once: `tokens[i]` after what `caches[i]`
-    /// holds; the next-token logits of each. On the CPU host path the sequences go through the
-    /// linears together (each weight read once for all of them, as the packed kernels take
-    /// several tokens) and through attention one by one; elsewhere, and for one sequence, this is
-    /// [`Model::forward_last`] per sequence. Batched logits equal the single-sequence ones up to
-    /// the kernels' summation order (multi-token tiles instead of the one-token path).
+    /// One step of several sequences at once: `inputs[i]` (a prompt, or the last token) after
+    /// what `caches[i]` holds; the next-token logits of each. On the CPU host path all their
+    /// tokens go through the linears together (each weight read once for all of them, as the
+    /// packed kernels take several tokens), attention per sequence against its own cache (the
+    /// sequences in parallel), and the head on each sequence's last position only; elsewhere,
+    /// and for one sequence, this is [`Model::forward_last`] per sequence. Batched logits equal
+    /// the single-sequence ones up to the kernels' summation order: the packed ternary and 8-bit
+    /// kernels give the same bits for any number of tokens, float tables may sum in another
+    /// order.
     pub fn forward_last_batch(
         &self,
-        tokens: &[u32],
+        inputs: &[&[u32]],
         caches: &mut [&mut KvCache],
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        assert_eq!(tokens.len(), caches.len(), "one token per cache");
-        if !self.host || tokens.len() <= 1 {
-            return tokens
+        assert_eq!(inputs.len(), caches.len(), "one input per cache");
+        if !self.host || inputs.len() <= 1 {
+            return inputs
                 .iter()
                 .zip(caches.iter_mut())
-                .map(|(&t, c)| self.forward_last(&[t], c))
+                .map(|(t, c)| self.forward_last(t, c))
                 .collect();
         }
-        for (&t, c) in tokens.iter().zip(caches.iter()) {
-            self.check_tokens(&[t], c)?;
+        for (t, c) in inputs.iter().zip(caches.iter()) {
+            self.check_tokens(t, c)?;
         }
-        let b = tokens.len();
-        let mut x = self.embed_host(tokens);
+        if let Some(logits) = self.step_on_team(inputs, caches) {
+            return Ok(logits);
+        }
+        let b = inputs.len();
+        let mut x = self.embed_host(&inputs.concat());
         let pasts: Vec<usize> = caches.iter().map(|c| c.len()).collect();
         let ropes: Vec<_> = pasts
             .iter()
-            .map(|&p| host::rope_tables(&self.config, p, 1))
+            .zip(inputs)
+            .map(|(&p, t)| host::rope_tables(&self.config, p, t.len()))
             .collect();
         for (i, layer) in self.layers.iter().enumerate() {
             let mut seqs: Vec<layers::HostSeq<'_>> = caches
                 .iter_mut()
                 .zip(&ropes)
-                .zip(&pasts)
-                .map(|((c, rope), &past)| layers::HostSeq {
-                    t: 1,
+                .zip(pasts.iter().zip(inputs))
+                .map(|((c, rope), (&past, t))| layers::HostSeq {
+                    t: t.len(),
                     past,
                     rope,
                     cache: c.host_mut(i),
@@ -720,13 +731,88 @@ impl Model {
                 .collect();
             layer.forward_host(&mut x, &mut seqs, &self.device);
         }
+        for (c, t) in caches.iter_mut().zip(inputs) {
+            c.advance(t.len());
+        }
+        // Each sequence's last position (the norm is per position).
+        let n = self.config.hidden_size;
+        let mut last = Vec::with_capacity(b * n);
+        let mut end = 0;
+        for t in inputs {
+            end += t.len();
+            last.extend_from_slice(&x[(end - 1) * n..end * n]);
+        }
+        self.norm.apply_host(&mut last);
+        let logits = self.head_host(last, b);
+        let vocab = logits.len() / b;
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// [`Model::forward_last_batch`]'s decode step on a team of threads (`team`), where it
+    /// applies: one token per sequence, at most [`team::MAX_SEQS`] sequences, at least two
+    /// threads in rayon's pool, every linear packed ternary with int8 activations and an 8-bit
+    /// head. `None` elsewhere (the caller runs the general path).
+    fn step_on_team(
+        &self,
+        inputs: &[&[u32]],
+        caches: &mut [&mut KvCache],
+    ) -> Option<Vec<Vec<f32>>> {
+        if inputs.iter().any(|t| t.len() != 1) {
+            return None;
+        }
+        let (layers, head, n) = self.team_plan(inputs.len())?;
+        let step = team::Step {
+            layers,
+            norm: &self.norm,
+            head,
+            x: self.embed_host(&inputs.concat()),
+        };
+        let seqs = caches
+            .iter_mut()
+            .enumerate()
+            .map(|(index, c)| {
+                let past = c.len();
+                team::TeamSeq {
+                    index,
+                    past,
+                    rope: host::rope_tables(&self.config, past, 1),
+                    cache: c,
+                }
+            })
+            .collect();
+        let logits = team::run(&step, seqs, n)?;
         for c in caches.iter_mut() {
             c.advance(1);
         }
-        self.norm.apply_host(&mut x);
-        let logits = self.head_host(x, b);
-        let vocab = logits.len() / b;
-        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+        Some(logits)
+    }
+
+    /// The team's weights and size for a decode step of `seqs` sequences, where it applies.
+    fn team_plan(
+        &self,
+        seqs: usize,
+    ) -> Option<(Vec<team::TeamLayer<'_>>, &dyn QuantizedTable, usize)> {
+        let n = rayon::current_num_threads().min(seqs);
+        if !self.host || n < 2 || seqs > team::MAX_SEQS {
+            return None;
+        }
+        let head = match &self.head {
+            Table::Quantized(m, _) if m.has_rows() => m.as_ref(),
+            _ => return None,
+        };
+        let layers = self
+            .layers
+            .iter()
+            .map(team::TeamLayer::of)
+            .collect::<Option<Vec<_>>>()?;
+        Some((layers, head, n))
+    }
+
+    /// Whether a decode step of `seqs` sequences (one token each, through
+    /// [`Model::forward_last_batch`]) runs on a team of threads (module `team`) rather than one
+    /// parallel call per product.
+    pub fn decodes_on_team(&self, seqs: usize) -> bool {
+        self.team_plan(seqs).is_some()
     }
 
     /// Embedding and decoder blocks (no final norm), optionally recording each block's linear
@@ -914,15 +1000,28 @@ pub fn tensor_to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         .expect("reading back an f32 tensor from its own device cannot fail")
 }
 
-/// Index of the largest value (the first one on ties, as `torch.argmax`).
+/// Index of the largest value (the first one on ties, as `torch.argmax`; NaNs are never
+/// larger, and a NaN first value gives 0). Two passes the compiler vectorizes: the maximum over
+/// sixteen lanes, then the first index holding it (a scalar scan of a 49,152-word vocabulary
+/// took about 40 µs a token, serial in every decode step).
 pub fn argmax(v: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &x) in v.iter().enumerate() {
-        if x > v[best] {
-            best = i;
+    const LANES: usize = 16;
+    if v.first().is_none_or(|x| x.is_nan()) {
+        return 0;
+    }
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &x) in lanes.iter_mut().zip(c) {
+            *m = if x > *m { x } else { *m };
         }
     }
-    best
+    let mut max = f32::NEG_INFINITY;
+    for &x in lanes.iter().chain(tail) {
+        max = if x > max { x } else { max };
+    }
+    v.iter().position(|&x| x == max).unwrap_or(0)
 }
 
 /// Indices of the `k` largest values, largest first.
@@ -936,4 +1035,45 @@ pub fn top_k(v: &[f32], k: usize) -> Vec<usize> {
     idx.truncate(k);
     idx.sort_by(|&a, &b| v[b].total_cmp(&v[a]).then(a.cmp(&b)));
     idx
+}
+
+#[cfg(test)]
+mod tests {
+    /// The plain scan `argmax` replaced, as the reference: first index of the largest value.
+    fn scan(v: &[f32]) -> usize {
+        let mut best = 0;
+        for (i, &x) in v.iter().enumerate() {
+            if x > v[best] {
+                best = i;
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn argmax_equals_the_plain_scan() {
+        let mut s = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        for len in [1usize, 2, 15, 16, 17, 33, 1000, 49_152] {
+            for case in 0..6 {
+                // Few distinct values, so ties are common.
+                let mut v: Vec<f32> = (0..len).map(|_| (next() % 9) as f32 - 4.0).collect();
+                match case {
+                    1 => v[len / 2] = f32::NAN,
+                    2 => v.iter_mut().for_each(|x| *x = f32::NEG_INFINITY),
+                    3 => v[len - 1] = 100.0,
+                    4 => v[0] = f32::NAN,
+                    5 => v.iter_mut().step_by(3).for_each(|x| *x = -0.0),
+                    _ => {}
+                }
+                assert_eq!(super::argmax(&v), scan(&v), "len {len} case {case}");
+            }
+        }
+        assert_eq!(super::argmax(&[]), 0);
+    }
 }

@@ -73,11 +73,12 @@ fn main() {
             ("planes3:g64", Granularity::Group(64), 3),
         ] {
             let p = PackedTernary::from_matrix(&matrix(rows, cols, planes, gran)).expect("packs");
-            for tokens in [1usize, 128] {
+            // T=4: sequences decoded together (`smolbit serve --parallel 4`).
+            for tokens in [1usize, 4, 128] {
                 let x: Vec<f32> = (0..tokens * cols)
                     .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
                     .collect();
-                let reps = reps_env.unwrap_or(if tokens == 1 { 50 } else { 5 });
+                let reps = reps_env.unwrap_or(if tokens <= 4 { 50 } else { 5 });
                 for isa in Isa::available() {
                     if !want(name, label, "a8", isa, tokens) {
                         continue;
@@ -113,6 +114,36 @@ fn main() {
                     (rows * cols * tokens * planes) as f64 / t / 1e9
                 );
             }
+        }
+    }
+    // The 8-bit output head of a 135M model (tied embedding, 28 MB): decode's largest table.
+    let (name, rows, cols) = ("smollm2 head 49152x576", 49152, 576);
+    let w: Vec<f32> = (0..rows * cols)
+        .map(|i| ((i * 53) % 97) as f32 / 48.0 - 1.0)
+        .collect();
+    let head = Q8Matrix::from_f32(&w, rows, cols);
+    for tokens in [1usize, 4] {
+        let x: Vec<f32> = (0..tokens * cols)
+            .map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0)
+            .collect();
+        for isa in Isa::available() {
+            if !want(name, "q8", "a8", isa, tokens) {
+                continue;
+            }
+            let t = median_secs(
+                || {
+                    std::hint::black_box(head.matmul_with(isa, &x, tokens));
+                },
+                reps_env.unwrap_or(20),
+            );
+            println!(
+                "{name:28} {:12} a8 {:10} T={tokens:<4} {:9.3} ms  {:7.2} GB/s weights  {:8.1} GMAC/s",
+                "q8",
+                isa.name(),
+                t * 1e3,
+                head.bytes() as f64 / t / 1e9,
+                (rows * cols * tokens) as f64 / t / 1e9
+            );
         }
     }
 }

@@ -14,6 +14,8 @@ pub struct BenchArgs<'a> {
     pub prompt_tokens: usize,
     pub new_tokens: usize,
     pub repeats: usize,
+    /// Sequences decoded together ([`smolbit_model::Model::forward_last_batch`]).
+    pub batch: usize,
     pub device: &'a str,
     pub head: smolbit_model::HeadPolicy,
     pub kv_cache: smolbit_model::KvStorage,
@@ -47,22 +49,44 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let model = smolbit_model::Model::load_with(a.model, &dev, opts)?;
     let load_ms = start.elapsed().as_secs_f64() * 1e3;
     let vocab = model.config().vocab_size;
-    let prompt: Vec<u32> = (0..a.prompt_tokens.max(1))
-        .map(|i| ((i as u64 * 7919 + 13) % vocab as u64) as u32)
+    let batch = a.batch.max(1);
+    // One prompt per sequence, each its own (shifted) run of ids.
+    let prompts: Vec<Vec<u32>> = (0..batch as u64)
+        .map(|s| {
+            (0..a.prompt_tokens.max(1) as u64)
+                .map(|i| ((i * 7919 + 13 + s * 104_729) % vocab as u64) as u32)
+                .collect()
+        })
         .collect();
     let (mut prefill, mut decode, mut ttft) = (Vec::new(), Vec::new(), Vec::new());
     // Launches and device reads of the fused GPU decode steps over the timed runs.
     let (mut launches, mut reads, mut steps) = (0u64, 0u64, 0u64);
     // One warm-up run (allocator, page faults of mapped weights, backend caches), not counted.
     for rep in 0..=a.repeats.max(1) {
-        let mut cache = model.new_cache();
+        let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache()).collect();
         let t0 = Instant::now();
         // Greedy: the argmax on the device where the fused GPU step runs.
-        let mut next = model.forward_argmax(&prompt, &mut cache)?;
+        let mut next = vec![model.forward_argmax(&prompts[0], &mut caches[0])?];
+        let first = t0.elapsed().as_secs_f64();
+        // The other sequences' prompts, one at a time as `smolbit serve` runs them (untimed).
+        for (p, c) in prompts.iter().zip(&mut caches).skip(1) {
+            next.push(model.forward_argmax(p, c)?);
+        }
         let t1 = Instant::now();
         let before = model.gpu_counters();
         for _ in 1..a.new_tokens {
-            next = model.forward_argmax(&[next], &mut cache)?;
+            if batch == 1 {
+                next[0] = model.forward_argmax(&next[..1], &mut caches[0])?;
+            } else {
+                let mut refs: Vec<_> = caches.iter_mut().collect();
+                let inputs: Vec<&[u32]> = next.iter().map(std::slice::from_ref).collect();
+                let logits = model.forward_last_batch(&inputs, &mut refs)?;
+                // The picks in parallel, as `smolbit serve`'s batches take them.
+                use rayon::prelude::*;
+                next.par_iter_mut()
+                    .zip(&logits)
+                    .for_each(|(n, l)| *n = smolbit_model::argmax(l) as u32);
+            }
         }
         let t2 = Instant::now();
         if rep == 0 {
@@ -71,13 +95,13 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         if let (Some(b), Some(e)) = (before, model.gpu_counters()) {
             launches += e.0 - b.0;
             reads += e.1 - b.1;
-            steps += a.new_tokens.saturating_sub(1) as u64;
+            steps += (batch * a.new_tokens.saturating_sub(1)) as u64;
         }
-        let first = t1.duration_since(t0).as_secs_f64();
         ttft.push(first * 1e3);
-        prefill.push(prompt.len() as f64 / first);
+        prefill.push(a.prompt_tokens.max(1) as f64 / first);
         if a.new_tokens > 1 {
-            decode.push((a.new_tokens - 1) as f64 / t2.duration_since(t1).as_secs_f64());
+            let tokens = batch * (a.new_tokens - 1);
+            decode.push(tokens as f64 / t2.duration_since(t1).as_secs_f64());
         }
     }
     let threads = rayon::current_num_threads();
@@ -87,12 +111,17 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
     let rss = smolbit_eval::run::peak_rss_kib().map(smolbit_eval::kib_to_mb);
     if !a.json {
         println!(
-            "{}: prefill {p:.1} tok/s ({} tokens), decode {d:.1} tok/s ({} tokens), time to first \
+            "{}: prefill {p:.1} tok/s ({} tokens), decode {d:.1} tok/s ({} tokens{}), time to first \
              token {t:.1} ms, peak RSS {}, load {load_ms:.0} ms; medians of {} runs, {threads} \
              threads, kernels {isa}, linears {}, head {}, KV cache {}",
             a.model.display(),
-            prompt.len(),
+            a.prompt_tokens.max(1),
             a.new_tokens,
+            if batch > 1 {
+                format!(" each, {batch} sequences together, all counted")
+            } else {
+                String::new()
+            },
             rss.map_or("n/a".into(), |m| format!("{m:.0} MB")),
             a.repeats.max(1),
             model.linear_storage(),
@@ -119,7 +148,8 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
             "peak_rss_mb": rss,
             "load_ms": load_ms,
             "decode_bytes": model.decode_bytes(),
-            "prompt_tokens": prompt.len(),
+            "prompt_tokens": a.prompt_tokens.max(1),
+            "batch": batch,
             "new_tokens": a.new_tokens,
             "repeats": a.repeats.max(1),
             "threads": threads,

@@ -132,6 +132,10 @@ enum Command {
         /// Timed runs (after one warm-up run).
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Sequences decoded together, one token each per step (`smolbit serve --parallel`'s
+        /// batches); decode tok/s is then the sum over them.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+        batch: u32,
         /// Device: cpu or, in builds with the wgpu feature, wgpu.
         #[arg(long, default_value = "cpu")]
         device: String,
@@ -419,6 +423,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             prompt_tokens,
             new_tokens,
             repeats,
+            batch,
             device,
             head,
             kv_cache,
@@ -429,6 +434,7 @@ fn dispatch(cli: Cli) -> Result<()> {
             prompt_tokens,
             new_tokens,
             repeats,
+            batch: batch as usize,
             device: &device,
             head,
             kv_cache,

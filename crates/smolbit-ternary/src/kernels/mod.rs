@@ -165,7 +165,8 @@ pub enum Isa {
     Scalar,
     /// x86-64 AVX2.
     Avx2,
-    /// x86-64 AVX-512 VNNI with 256-bit vectors (AVX-512 VL).
+    /// x86-64 AVX-512 VNNI (with AVX-512 VL and BW), on 256-bit vectors for the packed
+    /// ternary kernels and 512-bit ones for the 8-bit tables.
     Avx512Vnni,
     /// aarch64 NEON (`smull` + pairwise add).
     Neon,
@@ -225,6 +226,7 @@ impl Isa {
 fn detect_cpu() -> Isa {
     if is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx2")
     {
         Isa::Avx512Vnni
@@ -284,6 +286,24 @@ pub trait QuantizedTable: std::fmt::Debug + Send + Sync {
     /// `y = x Wᵀ` with the best implementation this CPU supports.
     fn matmul(&self, x: &[f32], tokens: usize) -> Vec<f32> {
         self.matmul_with(Isa::detect(), x, tokens)
+    }
+    /// Rows `rows` of [`QuantizedTable::matmul_with`], computed on the calling thread:
+    /// `[tokens, rows.len()]`, the same bits as those rows of the whole product (for a team of
+    /// threads that split a product's rows among themselves); `None` where the format has no
+    /// such path.
+    fn matmul_rows(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        tokens: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Option<Vec<f32>> {
+        let _ = (isa, x, tokens, rows);
+        None
+    }
+    /// Whether [`QuantizedTable::matmul_rows`] has a path (answers `Some`).
+    fn has_rows(&self) -> bool {
+        false
     }
 }
 

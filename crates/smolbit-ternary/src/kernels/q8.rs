@@ -2,7 +2,7 @@
 
 #[cfg(target_arch = "aarch64")]
 use super::arm;
-use super::rows::par_rows;
+use super::rows::{RowChunk, par_row_chunks, row_range};
 #[cfg(target_arch = "x86_64")]
 use super::x86;
 use super::{Isa, QuantizedInput, QuantizedTable};
@@ -91,15 +91,94 @@ impl QuantizedTable for Q8Matrix {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
         // One group per token (its sum is not needed here).
         let q = QuantizedInput::new(x, tokens, self.cols, self.padded, self.padded);
-        par_rows(self.rows, tokens, |r, row_out| {
-            let w = &self.data[r * self.padded..][..self.padded];
-            for (t, o) in row_out.iter_mut().enumerate() {
-                let x = &q.values[t * self.padded..][..self.padded];
-                *o = dot_i8(isa, w, x) as f32 / (q.scales[t] * self.scales[r]);
-            }
+        par_row_chunks(self.rows, tokens, 4, |chunk| {
+            self.chunk(isa, &q, tokens, chunk)
         })
     }
+
+    fn matmul_rows(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        tokens: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Option<Vec<f32>> {
+        assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
+        assert!(rows.end <= self.rows, "rows past the table");
+        let q = QuantizedInput::new(x, tokens, self.cols, self.padded, self.padded);
+        Some(row_range(rows, tokens, |chunk| {
+            self.chunk(isa, &q, tokens, chunk)
+        }))
+    }
+
+    fn has_rows(&self) -> bool {
+        true
+    }
 }
+impl Q8Matrix {
+    /// The tokens of `q` against the rows of `chunk`: on AVX-512 VNNI four rows by up to four
+    /// tokens at once (each row's weights loaded once for all), elsewhere row by row.
+    fn chunk(&self, isa: Isa, q: &QuantizedInput, tokens: usize, chunk: &mut RowChunk<'_>) {
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni && (1..=4).contains(&tokens) {
+            return match tokens {
+                1 => self.vnni_chunk::<1>(q, chunk),
+                2 => self.vnni_chunk::<2>(q, chunk),
+                3 => self.vnni_chunk::<3>(q, chunk),
+                _ => self.vnni_chunk::<4>(q, chunk),
+            };
+        }
+        let p = self.padded;
+        for ri in 0..chunk.rows() {
+            let r = chunk.first_row() + ri;
+            let w = &self.data[r * p..][..p];
+            for t in 0..tokens {
+                let x = &q.values[t * p..][..p];
+                chunk.set(
+                    ri,
+                    t,
+                    dot_i8(isa, w, x) as f32 / (q.scales[t] * self.scales[r]),
+                );
+            }
+        }
+    }
+
+    /// The `N` tokens of `q` against the rows of `chunk` on AVX-512 VNNI, four rows at a time
+    /// (a last one to three row by row): the same exact integer sums and f32 operations as
+    /// the portable path.
+    #[cfg(target_arch = "x86_64")]
+    fn vnni_chunk<const N: usize>(&self, q: &QuantizedInput, chunk: &mut RowChunk<'_>) {
+        let p = self.padded;
+        let xs: [&[i8]; N] = std::array::from_fn(|t| &q.values[t * p..][..p]);
+        // One group per token: its sum is the whole row's.
+        let xsums: [i32; N] = std::array::from_fn(|t| q.group_sums[t]);
+        let (first, n) = (chunk.first_row(), chunk.rows());
+        let full = n / 4 * 4;
+        for ri in (0..full).step_by(4) {
+            let r = first + ri;
+            let w = std::array::from_fn(|i| &self.data[(r + i) * p..][..p]);
+            // SAFETY: only called with Isa::Avx512Vnni, produced only when the CPU has it.
+            let dots = unsafe { x86::q8_rows_tokens_vnni::<N>(w, xs, xsums) };
+            for (i, row) in dots.iter().enumerate() {
+                for (t, &d) in row.iter().enumerate() {
+                    chunk.set(ri + i, t, d as f32 / (q.scales[t] * self.scales[r + i]));
+                }
+            }
+        }
+        for ri in full..n {
+            let r = first + ri;
+            let w = &self.data[r * p..][..p];
+            for (t, x) in xs.iter().enumerate() {
+                chunk.set(
+                    ri,
+                    t,
+                    dot_i8(Isa::Avx2, w, x) as f32 / (q.scales[t] * self.scales[r]),
+                );
+            }
+        }
+    }
+}
+
 /// Exact `Σ w·x` of two int8 vectors (values in -127..=127, length a multiple of 32).
 fn dot_i8(isa: Isa, w: &[i8], x: &[i8]) -> i32 {
     #[cfg(target_arch = "x86_64")]
@@ -129,10 +208,11 @@ mod tests {
 
     #[test]
     fn q8_matches_scalar_and_dense() {
-        for (rows, cols) in SHAPES {
+        // (9, 96): four-row sets whose last 32 columns take the 512-bit kernel's masked loads.
+        for (rows, cols) in SHAPES.into_iter().chain([(9, 96)]) {
             let w = random_x(rows * cols, 11);
             let m = Q8Matrix::from_f32(&w, rows, cols);
-            for tokens in [1, 3] {
+            for tokens in [1, 2, 3, 4, 5] {
                 let x = random_x(tokens * cols, 12);
                 let want = m.matmul_with(Isa::Scalar, &x, tokens);
                 for isa in Isa::available() {
@@ -140,6 +220,18 @@ mod tests {
                         m.matmul_with(isa, &x, tokens) == want,
                         "{isa:?} {rows}x{cols}"
                     );
+                    // A team's parts: rows split at an awkward point give those rows' bits.
+                    let cut = rows / 3;
+                    for range in [0..cut, cut..rows] {
+                        let part = m.matmul_rows(isa, &x, tokens, range.clone()).expect("rows");
+                        for t in 0..tokens {
+                            assert!(
+                                part[t * range.len()..][..range.len()]
+                                    == want[t * rows..][range.clone()],
+                                "{isa:?} {rows}x{cols} rows {range:?}"
+                            );
+                        }
+                    }
                 }
                 // Against the f32 product: two int8 roundings (weights and activations), each
                 // off by at most half a step of 1/127 of the row's or token's absmax, so the

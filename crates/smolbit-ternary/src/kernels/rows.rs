@@ -45,8 +45,32 @@ pub(super) fn par_row_chunks(
         f(&mut RowChunk {
             out: &out,
             first,
+            at: first,
             rows: chunk.min(rows - first),
         });
+    });
+    y
+}
+
+/// Run `f` on rows `range` alone, on the calling thread, into a `[tokens, range.len()]` result
+/// (a part of a product that threads of a team split among themselves).
+pub(super) fn row_range(
+    range: std::ops::Range<usize>,
+    tokens: usize,
+    f: impl FnOnce(&mut RowChunk<'_>),
+) -> Vec<f32> {
+    let rows = range.len();
+    let mut y = vec![0f32; rows * tokens];
+    let out = Output {
+        ptr: y.as_mut_ptr(),
+        rows,
+        tokens,
+    };
+    f(&mut RowChunk {
+        out: &out,
+        first: range.start,
+        at: 0,
+        rows,
     });
     y
 }
@@ -61,10 +85,12 @@ struct Output {
 // SAFETY: the chunks write through `ptr` only via `RowChunk::set`, each to its own rows.
 unsafe impl Sync for Output {}
 
-/// Rows `first..first + rows` of an [`Output`]: their only writer (chunks never overlap).
+/// Rows `first..first + rows` of a matrix, written to rows `at..at + rows` of an [`Output`]:
+/// their only writer (chunks never overlap).
 pub(super) struct RowChunk<'a> {
     out: &'a Output,
     first: usize,
+    at: usize,
     rows: usize,
 }
 
@@ -83,9 +109,9 @@ impl RowChunk<'_> {
         assert!(ri < self.rows && t0 + v.len() <= self.out.tokens && scale.len() == v.len());
         let p = self.out.ptr;
         for (i, (v, s)) in v.iter().zip(scale).enumerate() {
-            // SAFETY: as in `set`: token t0 + i < tokens (asserted), row first + ri of this
+            // SAFETY: as in `set`: token t0 + i < tokens (asserted), row at + ri of this
             // chunk alone.
-            unsafe { *p.add((t0 + i) * self.out.rows + self.first + ri) = v * s };
+            unsafe { *p.add((t0 + i) * self.out.rows + self.at + ri) = v * s };
         }
     }
 
@@ -93,9 +119,9 @@ impl RowChunk<'_> {
     #[inline]
     pub(super) fn set(&mut self, ri: usize, t: usize, v: f32) {
         assert!(ri < self.rows && t < self.out.tokens);
-        // SAFETY: `first + rows <= out.rows` (par_row_chunks) and the bounds above keep the
-        // index inside the `tokens * rows` buffer, which outlives every chunk; row
-        // `first + ri` belongs to this chunk alone, so no other thread writes the element.
-        unsafe { *self.out.ptr.add(t * self.out.rows + self.first + ri) = v };
+        // SAFETY: `at + rows <= out.rows` (par_row_chunks, row_range) and the bounds above
+        // keep the index inside the `tokens * rows` buffer, which outlives every chunk; row
+        // `at + ri` belongs to this chunk alone, so no other thread writes the element.
+        unsafe { *self.out.ptr.add(t * self.out.rows + self.at + ri) = v };
     }
 }

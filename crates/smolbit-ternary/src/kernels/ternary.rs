@@ -23,7 +23,7 @@ use rayon::prelude::*;
 #[cfg(target_arch = "aarch64")]
 use super::arm;
 use super::dense::dot_f32;
-use super::rows::{RowChunk, par_row_chunks, par_rows};
+use super::rows::{RowChunk, par_row_chunks, par_rows, row_range};
 #[cfg(target_arch = "x86_64")]
 use super::x86;
 use super::{Isa, QuantizedInput};
@@ -194,26 +194,19 @@ impl PackedTernary {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
         let q = QuantizedInput::new(x, tokens, self.cols, self.padded, self.group);
         let groups = self.groups();
+        let quarters = self.quarters();
         if tokens <= DECODE_TOKENS {
             // Decode: one token, or a few decoded together (`smolbit serve`'s batches). Groups
             // of whole blocks (per-tensor, per-row, 128, 256, ...) go ROWS rows at a time (one
             // activation load and one horizontal sum serve them all); 32- and 64-column groups
-            // row by row. With several tokens each chunk of rows runs the one-token kernel for
-            // every token in turn: its codes come from memory once and from cache after that,
-            // and the kernel stays the faster one-token one (the tiles below pay off on long
-            // prompts). Both give the scalar reference's results exactly.
-            return par_row_chunks(self.rows, tokens, ROWS, |chunk| {
-                for t in 0..tokens {
-                    self.decode_chunk(isa, &q, t, chunk);
-                }
-            });
+            // row by row. Several tokens on AVX-512 VNNI run register-blocked, ROWS rows by
+            // all tokens (each block of codes unpacked once for them all); elsewhere each chunk
+            // of rows runs the one-token kernel for every token in turn (its codes come from
+            // memory once and from cache after that). All give the scalar reference's results
+            // exactly.
+            let decode = Decode::new(self, isa, q, tokens, quarters);
+            return par_row_chunks(self.rows, tokens, ROWS, |chunk| decode.run(chunk));
         }
-        // Quarters of the last block that hold real columns (0 to 4; the rest is padding).
-        let quarters = self
-            .cols
-            .saturating_sub(self.padded - BLOCK)
-            .div_ceil(32)
-            .min(4);
         // Prefill: rows in bands of BAND; for each tile of up to TILE tokens, every row of the
         // band in turn, so the tile's activations stay in L1 across the band (instead of
         // streaming all tokens from L2 for every row) and each unpacked block of codes serves
@@ -261,15 +254,96 @@ impl PackedTernary {
         })
     }
 
-    /// Token `t` of `q` against the rows of `chunk` on the one-token kernels (the decode path
-    /// of [`PackedTernary::matmul_i8_with`]).
-    fn decode_chunk(&self, isa: Isa, q: &QuantizedInput, t: usize, chunk: &mut RowChunk<'_>) {
+    /// Rows `rows` of [`PackedTernary::matmul_i8_with`] for a few tokens (up to 4, as in
+    /// decoding; more run token by token), computed on the calling thread:
+    /// `[tokens, rows.len()]`, the same bits as those rows of the whole product. For a team of
+    /// threads that split one product's rows among themselves (each quantizes the activations
+    /// itself, which is cheap at a few tokens and needs no hand-over).
+    pub fn matmul_i8_rows(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        tokens: usize,
+        rows: std::ops::Range<usize>,
+    ) -> Vec<f32> {
+        assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
+        assert!(rows.end <= self.rows, "rows past the matrix");
+        let q = QuantizedInput::new(x, tokens, self.cols, self.padded, self.group);
+        let decode = Decode::new(self, isa, q, tokens, self.quarters());
+        row_range(rows, tokens, |chunk| decode.run(chunk))
+    }
+
+    /// Quarters of the last block that hold real columns (0 to 4; the rest is padding).
+    fn quarters(&self) -> usize {
+        self.cols
+            .saturating_sub(self.padded - BLOCK)
+            .div_ceil(32)
+            .min(4)
+    }
+
+    /// All `N` tokens of `q` (its values in [`pair_activations`]' layout: `paired`) against the
+    /// whole [`ROWS`]-row sets of `chunk`, register-blocked (AVX-512 VNNI, groups of whole
+    /// blocks); returns the chunk row where the sets end.
+    #[cfg(target_arch = "x86_64")]
+    fn decode_rows_tokens<const N: usize>(
+        &self,
+        q: &QuantizedInput,
+        paired: &[i8],
+        quarters: usize,
+        chunk: &mut RowChunk<'_>,
+    ) -> usize {
+        let groups = self.groups();
+        let xs: [&[i8]; N] = std::array::from_fn(|t| &paired[t * self.padded..][..self.padded]);
+        let sums: [&[i32]; N] = std::array::from_fn(|t| &q.group_sums[t * groups..][..groups]);
+        let inv: [f32; N] = std::array::from_fn(|t| 1.0 / q.scales[t]);
+        let (first, n) = (chunk.first_row(), chunk.rows());
+        let full = n / ROWS * ROWS;
+        for ri in (0..full).step_by(ROWS) {
+            let r = first + ri;
+            let mut acc = [[0f32; N]; ROWS];
+            for k in 0..self.planes {
+                // SAFETY: only called with Isa::Avx512Vnni, produced only when the CPU has it.
+                let y = unsafe {
+                    x86::rows_tokens_dot_vnni::<N>(
+                        std::array::from_fn(|i| self.row_codes(k, r + i)),
+                        std::array::from_fn(|i| self.row_scales(k, r + i)),
+                        xs,
+                        sums,
+                        self.group,
+                        quarters,
+                    )
+                };
+                for i in 0..ROWS {
+                    for t in 0..N {
+                        acc[i][t] += y[i][t];
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (t, (&a, &s)) in row.iter().zip(&inv).enumerate() {
+                    chunk.set(ri + i, t, a * s);
+                }
+            }
+        }
+        full
+    }
+
+    /// Token `t` of `q` against the rows of `chunk` from its row `from` on, on the one-token
+    /// kernels (the decode path of [`PackedTernary::matmul_i8_with`]).
+    fn decode_chunk(
+        &self,
+        isa: Isa,
+        q: &QuantizedInput,
+        t: usize,
+        chunk: &mut RowChunk<'_>,
+        from: usize,
+    ) {
         let groups = self.groups();
         let x = &q.values[t * self.padded..][..self.padded];
         let sums = &q.group_sums[t * groups..][..groups];
         let inv = 1.0 / q.scales[t];
         let (first, n) = (chunk.first_row(), chunk.rows());
-        let mut ri = 0;
+        let mut ri = from;
         while ri < n {
             let r = first + ri;
             if self.group >= BLOCK && n - ri >= ROWS {
@@ -396,6 +470,104 @@ impl PackedTernary {
         par_rows(self.rows, tokens, f)
     }
 }
+/// The decode path of [`PackedTernary::matmul_i8_with`] for `tokens` (up to
+/// [`DECODE_TOKENS`]) quantized tokens: whatever a chunk of rows needs, prepared once per
+/// product.
+// The register-blocked fields are read on x86-64 only.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+struct Decode<'a> {
+    m: &'a PackedTernary,
+    isa: Isa,
+    q: QuantizedInput,
+    tokens: usize,
+    quarters: usize,
+    /// Several tokens on AVX-512 VNNI with groups of whole blocks: the register-blocked
+    /// kernel, on `paired` activations.
+    blocked: bool,
+    paired: Vec<i8>,
+}
+
+impl<'a> Decode<'a> {
+    fn new(
+        m: &'a PackedTernary,
+        isa: Isa,
+        q: QuantizedInput,
+        tokens: usize,
+        quarters: usize,
+    ) -> Self {
+        let blocked = cfg!(target_arch = "x86_64")
+            && (2..=DECODE_TOKENS).contains(&tokens)
+            && isa == Isa::Avx512Vnni
+            && m.group >= BLOCK;
+        #[cfg(target_arch = "x86_64")]
+        let paired = if blocked {
+            pair_activations(&q.values, m.padded, m.group / BLOCK)
+        } else {
+            Vec::new()
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let paired = Vec::new();
+        Decode {
+            m,
+            isa,
+            q,
+            tokens,
+            quarters,
+            blocked,
+            paired,
+        }
+    }
+
+    /// The rows of `chunk`: register-blocked where it applies, then (the rest, or everything)
+    /// the one-token kernels token by token.
+    fn run(&self, chunk: &mut RowChunk<'_>) {
+        #[allow(unused_mut)]
+        let mut from = 0;
+        #[cfg(target_arch = "x86_64")]
+        if self.blocked {
+            let (m, q, p, k) = (self.m, &self.q, &self.paired, self.quarters);
+            from = match self.tokens {
+                2 => m.decode_rows_tokens::<2>(q, p, k, chunk),
+                3 => m.decode_rows_tokens::<3>(q, p, k, chunk),
+                _ => m.decode_rows_tokens::<4>(q, p, k, chunk),
+            };
+        }
+        for t in 0..self.tokens {
+            self.m.decode_chunk(self.isa, &self.q, t, chunk, from);
+        }
+    }
+}
+
+/// Int8 activations (tokens of `padded` values) rearranged for the 512-bit multi-token kernel:
+/// in each group of `per` blocks, blocks pair up from the group's first, and within a pair
+/// quarter `k` (32 values) of the first block and quarter `k` of the second lie side by side at
+/// `64 · k`, matching one 64-byte load of the pair's codes; a group's odd last block stays as
+/// it was.
+#[cfg(target_arch = "x86_64")]
+pub(super) fn pair_activations(values: &[i8], padded: usize, per: usize) -> Vec<i8> {
+    let mut out = values.to_vec();
+    let blocks = padded / BLOCK;
+    for (src, dst) in values
+        .chunks_exact(padded)
+        .zip(out.chunks_exact_mut(padded))
+    {
+        for g0 in (0..blocks).step_by(per.max(1)) {
+            let end = (g0 + per.max(1)).min(blocks);
+            let mut b = g0;
+            while end - b >= 2 {
+                let (a, c) = (&src[b * BLOCK..][..BLOCK], &src[(b + 1) * BLOCK..][..BLOCK]);
+                let d = &mut dst[b * BLOCK..][..2 * BLOCK];
+                for k in 0..4 {
+                    d[64 * k..][..32].copy_from_slice(&a[32 * k..][..32]);
+                    d[64 * k + 32..][..32].copy_from_slice(&c[32 * k..][..32]);
+                }
+                b += 2;
+            }
+        }
+    }
+    out
+}
+
 /// Rows that share one tile of prefill activations.
 const BAND: usize = 16;
 
@@ -637,12 +809,14 @@ mod tests {
             Granularity::Group(64),
             Granularity::Group(128),
             Granularity::Group(256),
+            // Three blocks a group: the multi-token kernel's pairs start at odd blocks too.
+            Granularity::Group(384),
         ];
         for (i, (rows, cols)) in SHAPES.into_iter().enumerate() {
             for (j, gran) in grans.into_iter().enumerate() {
                 let m = random_matrix(rows, cols, 1 + (i + j) % 3, gran, (i * 10 + j) as u64);
                 let p = PackedTernary::from_matrix(&m).expect("packs");
-                for tokens in [1, 3, 4, 8, 9, 17] {
+                for tokens in [1, 2, 3, 4, 8, 9, 17] {
                     let x = random_x(tokens * cols, 99 + i as u64);
                     let want = p.matmul_i8_with(Isa::Scalar, &x, tokens);
                     for isa in Isa::available() {
@@ -651,6 +825,18 @@ mod tests {
                             got == want,
                             "{isa:?} differs on {rows}x{cols} {gran:?} t={tokens}"
                         );
+                        // A team's parts: rows split at an awkward point give those rows' bits.
+                        let cut = rows * 2 / 5;
+                        for range in [0..cut, cut..rows] {
+                            let part = p.matmul_i8_rows(isa, &x, tokens, range.clone());
+                            for t in 0..tokens {
+                                assert!(
+                                    part[t * range.len()..][..range.len()]
+                                        == want[t * rows..][range.clone()],
+                                    "{isa:?} rows {range:?} of {rows}x{cols} {gran:?} t={tokens}"
+                                );
+                            }
+                        }
                     }
                 }
             }
@@ -677,7 +863,7 @@ mod tests {
                     scales: vec![1.0; gran.scales_per_plane(rows, cols)],
                 };
                 let p = PackedTernary::from_matrix(&m).expect("packs");
-                for tokens in [1, 8] {
+                for tokens in [1, 4, 8] {
                     let x = vec![sign; tokens * cols];
                     let want = p.matmul_i8_with(Isa::Scalar, &x, tokens);
                     for (i, v) in want.iter().enumerate() {
