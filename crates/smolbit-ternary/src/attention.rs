@@ -345,7 +345,27 @@ mod x86 {
         };
         let mut max = [f32::NEG_INFINITY; G];
         let pairs = n - n % 2;
+        // This head's part of a cached row is `d` elements: fetched ahead, keys AHEAD rows
+        // before they are scored and values while the keys are (read after the softmax). The
+        // cache of a layer comes from beyond the last-level cache in decoding (the weights
+        // stream through in between), and its rows are strided, so the loads stalled on memory
+        // without this (perf: 60 % of attention's samples on them). A prefetch never faults.
+        const AHEAD: usize = 8;
+        let row_bytes = d * std::mem::size_of::<E>();
+        let fetch = |base: *const E, row: usize| {
+            let p = base.wrapping_add(row * stride + offset).cast::<i8>();
+            for line in (0..row_bytes).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line));
+            }
+        };
+        for j in 0..AHEAD.min(n) {
+            fetch(kp, j);
+        }
         for j in (0..pairs).step_by(2) {
+            for r in [j, j + 1] {
+                fetch(kp, r + AHEAD);
+                fetch(vp, r);
+            }
             // Per head, the sums of rows j and j + 1.
             let mut acc = [[_mm256_setzero_ps(); 2]; G];
             for c in (0..d).step_by(8) {
