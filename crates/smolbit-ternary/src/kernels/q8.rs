@@ -152,18 +152,22 @@ impl Q8Matrix {
         let xs: [&[i8]; N] = std::array::from_fn(|t| &q.values[t * p..][..p]);
         // One group per token: its sum is the whole row's.
         let xsums: [i32; N] = std::array::from_fn(|t| q.group_sums[t]);
+        let tscales: [f32; N] = std::array::from_fn(|t| q.scales[t]);
         let (first, n) = (chunk.first_row(), chunk.rows());
         let full = n / 4 * 4;
-        for ri in (0..full).step_by(4) {
-            let r = first + ri;
-            let w = std::array::from_fn(|i| &self.data[(r + i) * p..][..p]);
+        {
+            let mut out = chunk.token_rows::<N>();
             // SAFETY: only called with Isa::Avx512Vnni, produced only when the CPU has it.
-            let dots = unsafe { x86::q8_rows_tokens_vnni::<N>(w, xs, xsums) };
-            for (i, row) in dots.iter().enumerate() {
-                for (t, &d) in row.iter().enumerate() {
-                    chunk.set(ri + i, t, d as f32 / (q.scales[t] * self.scales[r + i]));
-                }
-            }
+            unsafe {
+                x86::q8_rows_tokens_vnni::<N>(
+                    &self.data[first * p..][..full * p],
+                    (full, p),
+                    &self.scales[first..][..full],
+                    xs,
+                    (xsums, tscales),
+                    &mut out,
+                )
+            };
         }
         for ri in full..n {
             let r = first + ri;

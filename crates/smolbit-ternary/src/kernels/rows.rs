@@ -115,6 +115,18 @@ impl RowChunk<'_> {
         }
     }
 
+    /// The chunk's outputs for tokens `0..N`, each its rows in order: disjoint slices (tokens'
+    /// rows do not overlap, and the rows are this chunk's alone).
+    pub(super) fn token_rows<const N: usize>(&mut self) -> [&mut [f32]; N] {
+        assert!(N <= self.out.tokens);
+        // SAFETY: for t < tokens, `t * out.rows + at .. + rows` lies inside the
+        // `tokens * rows` buffer (`at + rows <= out.rows`), the N ranges are disjoint, no other
+        // chunk writes them, and the slices borrow `self` mutably, so `set` cannot alias them.
+        std::array::from_fn(|t| unsafe {
+            std::slice::from_raw_parts_mut(self.out.ptr.add(t * self.out.rows + self.at), self.rows)
+        })
+    }
+
     /// Output of the chunk's row `ri` for token `t`.
     #[inline]
     pub(super) fn set(&mut self, ri: usize, t: usize, v: f32) {

@@ -292,37 +292,32 @@ impl PackedTernary {
         quarters: usize,
         chunk: &mut RowChunk<'_>,
     ) -> usize {
-        let groups = self.groups();
+        let (groups, rb) = (self.groups(), self.padded / 4);
         let xs: [&[i8]; N] = std::array::from_fn(|t| &paired[t * self.padded..][..self.padded]);
         let sums: [&[i32]; N] = std::array::from_fn(|t| &q.group_sums[t * groups..][..groups]);
-        let inv: [f32; N] = std::array::from_fn(|t| 1.0 / q.scales[t]);
-        let (first, n) = (chunk.first_row(), chunk.rows());
-        let full = n / ROWS * ROWS;
-        for ri in (0..full).step_by(ROWS) {
-            let r = first + ri;
-            let mut acc = [[0f32; N]; ROWS];
-            for k in 0..self.planes {
-                // SAFETY: only called with Isa::Avx512Vnni, produced only when the CPU has it.
-                let y = unsafe {
-                    x86::rows_tokens_dot_vnni::<N>(
-                        std::array::from_fn(|i| self.row_codes(k, r + i)),
-                        std::array::from_fn(|i| self.row_scales(k, r + i)),
-                        xs,
-                        sums,
-                        self.group,
-                        quarters,
-                    )
-                };
-                for i in 0..ROWS {
-                    for t in 0..N {
-                        acc[i][t] += y[i][t];
-                    }
-                }
-            }
-            for (i, row) in acc.iter().enumerate() {
-                for (t, (&a, &s)) in row.iter().zip(&inv).enumerate() {
-                    chunk.set(ri + i, t, a * s);
-                }
+        let (first, full) = (chunk.first_row(), chunk.rows() / ROWS * ROWS);
+        let mut out = chunk.token_rows::<N>();
+        for k in 0..self.planes {
+            let at = k * self.rows + first;
+            // SAFETY: only called with Isa::Avx512Vnni, produced only when the CPU has it.
+            unsafe {
+                x86::rows_tokens_dot_vnni::<N>(
+                    &self.codes[at * rb..][..full * rb],
+                    &self.scales[at * groups..][..full * groups],
+                    (full, rb, groups),
+                    xs,
+                    sums,
+                    (self.group, quarters),
+                    &mut out,
+                    k > 0,
+                )
+            };
+        }
+        // Divided by the activation scale, as a multiply by its inverse (as `decode_chunk`).
+        for (o, &s) in out.iter_mut().zip(&q.scales) {
+            let inv = 1.0 / s;
+            for v in &mut o[..full] {
+                *v *= inv;
             }
         }
         full

@@ -352,17 +352,35 @@ fn tail(off: &[i32], scales: &[u16], steps: &[f32]) -> ([i32; 8], [u16; 8], [f32
     (o, sc, st)
 }
 
+/// Four i32 vectors summed horizontally, in one vector: `[Σa, Σb, Σc, Σd]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn hsum4_vec(v: [__m256i; 4]) -> __m128i {
+    let ab = _mm256_hadd_epi32(v[0], v[1]);
+    let cd = _mm256_hadd_epi32(v[2], v[3]);
+    let abcd = _mm256_hadd_epi32(ab, cd);
+    _mm_add_epi32(
+        _mm256_castsi256_si128(abcd),
+        _mm256_extracti128_si256(abcd, 1),
+    )
+}
+
+/// Four 512-bit i32 vectors summed horizontally, in one vector: `[Σa, Σb, Σc, Σd]`.
+#[inline]
+#[target_feature(enable = "avx2,avx512f")]
+unsafe fn hsum4_512(v: [__m512i; 4]) -> __m128i {
+    let half =
+        v.map(|a| _mm256_add_epi32(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64::<1>(a)));
+    // SAFETY: register-only.
+    unsafe { hsum4_vec(half) }
+}
+
 /// Four i32 vectors summed horizontally: `[Σa, Σb, Σc, Σd]`.
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn hsum4(v: [__m256i; 4]) -> [i32; 4] {
-    let ab = _mm256_hadd_epi32(v[0], v[1]);
-    let cd = _mm256_hadd_epi32(v[2], v[3]);
-    let abcd = _mm256_hadd_epi32(ab, cd);
-    let s = _mm_add_epi32(
-        _mm256_castsi256_si128(abcd),
-        _mm256_extracti128_si256(abcd, 1),
-    );
+    // SAFETY: register-only.
+    let s = unsafe { hsum4_vec(v) };
     let mut out = [0i32; 4];
     // SAFETY: 16 bytes into a 4 x i32 array.
     unsafe { _mm_storeu_si128(out.as_mut_ptr().cast(), s) };
@@ -473,158 +491,190 @@ rows_dot!(
     flush_vnni
 );
 
-/// `N` tokens (1 to 4) against four packed rows (groups of whole blocks) with AVX-512 VNNI on
-/// 512-bit vectors: the register-blocked form of [`rows_dot_vnni`] for sequences decoded
-/// together. Within each group, blocks go in pairs from the group's first: one 64-byte load
-/// holds a pair's codes, and the activations must be in [`super::ternary::pair_activations`]'
-/// layout (quarter `k` of both blocks side by side), so one shift and mask give 64 codes
-/// against 64 activations. A group's odd last block runs alone through 32-byte masked loads,
-/// computing only its first `quarters` (0 to 4) quarters when it is the row's last block (the
-/// rest is padding, which adds nothing). Each pair's codes are unpacked once for all tokens and
-/// each quarter's activations loaded once for all rows; the `4 · N` accumulators live in
-/// registers. Per row and token, the group's integer sum minus the activation sum times the
-/// group's scale, as in the one-token kernels, so the results are the same bits.
+/// `N` tokens (1 to 4) against `rows` packed rows (a multiple of four; groups of whole blocks)
+/// with AVX-512 VNNI on 512-bit vectors: the register-blocked form of [`rows_dot_vnni`] for
+/// sequences decoded together, four rows at a time. `codes` and `scales` hold the rows one after
+/// another (`rb` code bytes and `groups` scales a row); row `r`'s result for token `t` goes to
+/// `out[t][r]` (added to it with `accumulate`: further trit planes).
+///
+/// Within each group, blocks go in pairs from the group's first: one 64-byte load holds a
+/// pair's codes, and the activations must be in [`super::ternary::pair_activations`]' layout
+/// (quarter `k` of both blocks side by side), so one shift and mask give 64 codes against 64
+/// activations. A group's odd last block runs alone through 32-byte masked loads, computing only
+/// its first `quarters` (0 to 4) quarters when it is the row's last block (the rest is padding,
+/// which adds nothing). Each pair's codes are unpacked once for all tokens and each quarter's
+/// activations loaded once for all four rows; the `4 · N` accumulators live in registers. Per
+/// row and token, the group's integer sum minus the activation sum, times the group's scale,
+/// added up over groups from 0: the one-token kernels' f32 operations in their order, four rows
+/// to a vector, so the results are the same bits.
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn rows_tokens_dot_vnni<const N: usize>(
-    codes: [&[u8]; 4],
-    scales: [&[f32]; 4],
+    codes: &[u8],
+    scales: &[f32],
+    (rows, rb, groups): (usize, usize, usize),
     xs: [&[i8]; N],
     sums: [&[i32]; N],
-    group: usize,
-    quarters: usize,
-) -> [[f32; N]; 4] {
+    (group, quarters): (usize, usize),
+    out: &mut [&mut [f32]; N],
+    accumulate: bool,
+) {
     const M: usize = 4;
-    let blocks = codes[0].len() / BLOCK_BYTES;
-    let groups = scales[0].len();
-    for r in 0..M {
-        assert!(codes[r].len() == blocks * BLOCK_BYTES && scales[r].len() == groups);
-    }
+    let blocks = rb / BLOCK_BYTES;
+    assert!(rows.is_multiple_of(M) && rb.is_multiple_of(BLOCK_BYTES));
+    assert!(codes.len() >= rows * rb && scales.len() >= rows * groups);
     for t in 0..N {
         assert!(xs[t].len() >= blocks * BLOCK && sums[t].len() >= groups);
+        assert!(out[t].len() >= rows);
     }
     assert!(group.is_multiple_of(BLOCK) && groups * group >= blocks * BLOCK && quarters <= 4);
     let mask = _mm512_set1_epi8(3);
-    let cp: [*const u8; M] = std::array::from_fn(|r| codes[r].as_ptr());
     let xp: [*const i8; N] = std::array::from_fn(|t| xs[t].as_ptr());
-    // As in `rows_dot_vnni`: the next four rows' codes fetched while these are computed.
-    let ahead = cp[M - 1].wrapping_add(blocks * BLOCK_BYTES);
     let per = group / BLOCK;
-    let mut y = [[0f32; N]; M];
-    for g in 0..groups {
-        let mut acc = [[_mm512_setzero_si512(); N]; M];
-        let end = ((g + 1) * per).min(blocks);
-        let mut b = g * per;
-        while b < end {
-            // Two blocks (64 code bytes a row, 256 activations a token), or the group's last.
-            let pair = end - b >= 2;
-            let (kc, kx, used): (__mmask64, __mmask64, usize) = if pair {
-                (!0, !0, 4)
-            } else {
-                let used = if b + 1 == blocks { quarters } else { 4 };
-                ((1 << 32) - 1, (1 << 32) - 1, used)
-            };
-            let pf = ahead.wrapping_add(b * M * BLOCK_BYTES);
-            for line in (0..M * BLOCK_BYTES * if pair { 2 } else { 1 }).step_by(64) {
-                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(line).cast());
-            }
-            // SAFETY: the masks keep the loads within blocks b (and b + 1 for a pair) of each
-            // row's codes and each token's activations (asserted lengths); masked-off bytes are
-            // not read.
-            let mut v: [__m512i; M] = std::array::from_fn(|r| unsafe {
-                _mm512_maskz_loadu_epi8(kc, cp[r].add(b * BLOCK_BYTES).cast())
-            });
-            for k in 0..used {
-                let at = b * BLOCK + if pair { 64 * k } else { 32 * k };
-                // SAFETY: as above.
-                let xk: [__m512i; N] =
-                    std::array::from_fn(|t| unsafe { _mm512_maskz_loadu_epi8(kx, xp[t].add(at)) });
-                for r in 0..M {
-                    let c = _mm512_and_si512(v[r], mask);
-                    v[r] = _mm512_srli_epi16::<2>(v[r]);
-                    for t in 0..N {
-                        acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], c, xk[t]);
+    for r0 in (0..rows).step_by(M) {
+        // SAFETY (pointer arithmetic): r0 + M <= rows, so each row's rb bytes are in `codes`.
+        let cp: [*const u8; M] =
+            std::array::from_fn(|r| unsafe { codes.as_ptr().add((r0 + r) * rb) });
+        // As in `rows_dot_vnni`: the next four rows' codes fetched while these are computed.
+        let ahead = cp[M - 1].wrapping_add(rb);
+        let mut y = [_mm_setzero_ps(); N];
+        for g in 0..groups {
+            let mut acc = [[_mm512_setzero_si512(); N]; M];
+            let end = ((g + 1) * per).min(blocks);
+            let mut b = g * per;
+            while b < end {
+                // Two blocks (64 code bytes a row, 256 activations a token), or the group's last.
+                let pair = end - b >= 2;
+                let (k, used): (__mmask64, usize) = if pair {
+                    (!0, 4)
+                } else {
+                    ((1 << 32) - 1, if b + 1 == blocks { quarters } else { 4 })
+                };
+                let pf = ahead.wrapping_add(b * M * BLOCK_BYTES);
+                for line in (0..M * BLOCK_BYTES * if pair { 2 } else { 1 }).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(line).cast());
+                }
+                // SAFETY: the mask keeps the loads within blocks b (and b + 1 for a pair) of
+                // each row's codes and each token's activations (asserted lengths);
+                // masked-off bytes are not read.
+                let mut v: [__m512i; M] = std::array::from_fn(|r| unsafe {
+                    _mm512_maskz_loadu_epi8(k, cp[r].add(b * BLOCK_BYTES).cast())
+                });
+                for q in 0..used {
+                    let at = b * BLOCK + if pair { 64 * q } else { 32 * q };
+                    // SAFETY: as above.
+                    let xq: [__m512i; N] = std::array::from_fn(|t| unsafe {
+                        _mm512_maskz_loadu_epi8(k, xp[t].add(at))
+                    });
+                    for r in 0..M {
+                        let c = _mm512_and_si512(v[r], mask);
+                        v[r] = _mm512_srli_epi16::<2>(v[r]);
+                        for t in 0..N {
+                            acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], c, xq[t]);
+                        }
                     }
                 }
+                b += if pair { 2 } else { 1 };
             }
-            b += if pair { 2 } else { 1 };
+            // The four rows' scales of group g.
+            let sc = _mm_setr_ps(
+                scales[r0 * groups + g],
+                scales[(r0 + 1) * groups + g],
+                scales[(r0 + 2) * groups + g],
+                scales[(r0 + 3) * groups + g],
+            );
+            for t in 0..N {
+                // SAFETY: register-only.
+                let s = unsafe { hsum4_512([acc[0][t], acc[1][t], acc[2][t], acc[3][t]]) };
+                let d = _mm_cvtepi32_ps(_mm_sub_epi32(s, _mm_set1_epi32(sums[t][g])));
+                y[t] = _mm_add_ps(y[t], _mm_mul_ps(sc, d));
+            }
         }
         for t in 0..N {
-            let half: [__m256i; M] = std::array::from_fn(|r| {
-                _mm256_add_epi32(
-                    _mm512_castsi512_si256(acc[r][t]),
-                    _mm512_extracti64x4_epi64::<1>(acc[r][t]),
-                )
-            });
-            // SAFETY: register-only.
-            let s = unsafe { hsum4(half) };
-            for r in 0..M {
-                y[r][t] += scales[r][g] * (s[r] - sums[t][g]) as f32;
+            let o = &mut out[t][r0..r0 + M];
+            // SAFETY: four f32 in bounds (r0 + M <= rows <= out[t].len()).
+            unsafe {
+                let v = if accumulate {
+                    _mm_add_ps(_mm_loadu_ps(o.as_ptr()), y[t])
+                } else {
+                    y[t]
+                };
+                _mm_storeu_ps(o.as_mut_ptr(), v);
             }
         }
     }
-    y
 }
 
-/// `Σ w·x` of four int8 rows against `N` int8 tokens (1 to 4) with AVX-512 VNNI on 512-bit
-/// vectors, exactly: `vpdpbusd` takes unsigned bytes, so each weight is biased to `w + 128` (a
-/// sign-bit flip) and `128 · Σ x` (`xsums`) taken off after. Each 64 weights are loaded once for
-/// all tokens and each 64 activations once for all rows; a last 32 columns go through masked
-/// loads (which read nothing past them).
+/// `N` int8 tokens (1 to 4) against `rows` int8 rows (a multiple of four, `cols` values each,
+/// one after another in `w`) with AVX-512 VNNI on 512-bit vectors, four rows at a time; row
+/// `r`'s result for token `t` goes to `out[t][r]`: the exact `Σ w·x` as f32 divided by
+/// `tscales[t] · rscales[r]`, the portable path's operations four rows to a vector. `vpdpbusd`
+/// takes unsigned bytes, so each weight is biased to `w + 128` (a sign-bit flip) and
+/// `128 · Σ x` (`xsums`) taken off after. Each 64 weights are loaded once for all tokens and
+/// each 64 activations once for all four rows; a last 32 columns go through masked loads (which
+/// read nothing past them).
 #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(super) unsafe fn q8_rows_tokens_vnni<const N: usize>(
-    w: [&[i8]; 4],
+    w: &[i8],
+    (rows, cols): (usize, usize),
+    rscales: &[f32],
     xs: [&[i8]; N],
-    xsums: [i32; N],
-) -> [[i32; N]; 4] {
+    (xsums, tscales): ([i32; N], [f32; N]),
+    out: &mut [&mut [f32]; N],
+) {
     const M: usize = 4;
-    let cols = w[0].len();
-    assert!(cols.is_multiple_of(32));
-    assert!(w.iter().all(|r| r.len() == cols) && xs.iter().all(|x| x.len() == cols));
-    let flip = _mm512_set1_epi8(i8::MIN);
-    let wp: [*const i8; M] = std::array::from_fn(|r| w[r].as_ptr());
-    let xp: [*const i8; N] = std::array::from_fn(|t| xs[t].as_ptr());
-    // The next four rows (contiguous after these in a table), fetched at the pace these are
-    // read, as in `rows_dot_vnni`; a prefetch never faults.
-    let ahead = wp[M - 1].wrapping_add(cols);
-    let mut acc = [[_mm512_setzero_si512(); N]; M];
-    let mut c = 0;
-    while c < cols {
-        // 64 columns, or the last 32.
-        let k: __mmask64 = if cols - c >= 64 { !0 } else { (1 << 32) - 1 };
-        let pf = ahead.wrapping_add(c * M);
-        for line in (0..M * 64).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(line).cast());
-        }
-        // SAFETY: the mask keeps every load within c..cols of its row or token (asserted
-        // lengths); masked-off bytes are not read.
-        let xv: [__m512i; N] =
-            std::array::from_fn(|t| unsafe { _mm512_maskz_loadu_epi8(k, xp[t].add(c)) });
-        for r in 0..M {
-            // SAFETY: as above.
-            let wv = unsafe { _mm512_maskz_loadu_epi8(k, wp[r].add(c)) };
-            // Masked-off lanes: 0 ^ 0x80 = 128 against activation 0, nothing added.
-            let wu = _mm512_xor_si512(wv, flip);
-            for t in 0..N {
-                acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wu, xv[t]);
-            }
-        }
-        c += 64;
-    }
-    let mut out = [[0i32; N]; M];
+    assert!(cols.is_multiple_of(32) && rows.is_multiple_of(M));
+    assert!(w.len() >= rows * cols && rscales.len() >= rows);
     for t in 0..N {
-        let half: [__m256i; M] = std::array::from_fn(|r| {
-            _mm256_add_epi32(
-                _mm512_castsi512_si256(acc[r][t]),
-                _mm512_extracti64x4_epi64::<1>(acc[r][t]),
-            )
-        });
-        // SAFETY: register-only.
-        let s = unsafe { hsum4(half) };
-        for r in 0..M {
-            out[r][t] = s[r] - 128 * xsums[t];
+        assert!(xs[t].len() == cols && out[t].len() >= rows);
+    }
+    let flip = _mm512_set1_epi8(i8::MIN);
+    let xp: [*const i8; N] = std::array::from_fn(|t| xs[t].as_ptr());
+    for r0 in (0..rows).step_by(M) {
+        // SAFETY (pointer arithmetic): r0 + M <= rows, so each row's cols bytes are in `w`.
+        let wp: [*const i8; M] =
+            std::array::from_fn(|r| unsafe { w.as_ptr().add((r0 + r) * cols) });
+        // The next four rows (contiguous after these), fetched at the pace these are read, as
+        // in `rows_dot_vnni`; a prefetch never faults.
+        let ahead = wp[M - 1].wrapping_add(cols);
+        let mut acc = [[_mm512_setzero_si512(); N]; M];
+        let mut c = 0;
+        while c < cols {
+            // 64 columns, or the last 32.
+            let k: __mmask64 = if cols - c >= 64 { !0 } else { (1 << 32) - 1 };
+            let pf = ahead.wrapping_add(c * M);
+            for line in (0..M * 64).step_by(64) {
+                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(line).cast());
+            }
+            // SAFETY: the mask keeps every load within c..cols of its row or token (asserted
+            // lengths); masked-off bytes are not read.
+            let xv: [__m512i; N] =
+                std::array::from_fn(|t| unsafe { _mm512_maskz_loadu_epi8(k, xp[t].add(c)) });
+            for r in 0..M {
+                // SAFETY: as above.
+                let wv = unsafe { _mm512_maskz_loadu_epi8(k, wp[r].add(c)) };
+                // Masked-off lanes: 0 ^ 0x80 = 128 against activation 0, nothing added.
+                let wu = _mm512_xor_si512(wv, flip);
+                for t in 0..N {
+                    acc[r][t] = _mm512_dpbusd_epi32(acc[r][t], wu, xv[t]);
+                }
+            }
+            c += 64;
+        }
+        // SAFETY: four f32 of rscales in bounds (r0 + M <= rows).
+        let rs = unsafe { _mm_loadu_ps(rscales.as_ptr().add(r0)) };
+        for t in 0..N {
+            // SAFETY: register-only.
+            let s = unsafe { hsum4_512([acc[0][t], acc[1][t], acc[2][t], acc[3][t]]) };
+            let dot = _mm_sub_epi32(s, _mm_set1_epi32(128 * xsums[t]));
+            let v = _mm_div_ps(
+                _mm_cvtepi32_ps(dot),
+                _mm_mul_ps(_mm_set1_ps(tscales[t]), rs),
+            );
+            // SAFETY: four f32 in bounds (r0 + M <= rows <= out[t].len()).
+            unsafe { _mm_storeu_ps(out[t].as_mut_ptr().add(r0), v) };
         }
     }
-    out
 }
 
 row_dot_n!(row_dot_n_avx2, "avx2", prod_avx2, flush_avx2);
