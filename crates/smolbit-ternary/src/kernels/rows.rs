@@ -116,7 +116,9 @@ impl RowChunk<'_> {
     }
 
     /// The chunk's outputs for tokens `0..N`, each its rows in order: disjoint slices (tokens'
-    /// rows do not overlap, and the rows are this chunk's alone).
+    /// rows do not overlap, and the rows are this chunk's alone). For the x86-64 kernels that
+    /// write whole sets of rows.
+    #[cfg(target_arch = "x86_64")]
     pub(super) fn token_rows<const N: usize>(&mut self) -> [&mut [f32]; N] {
         assert!(N <= self.out.tokens);
         // SAFETY: for t < tokens, `t * out.rows + at .. + rows` lies inside the
