@@ -22,8 +22,9 @@ use smolbit_ternary::kernels::{Isa, PackedTernary, QuantizedTable};
 
 use crate::layers::{Block, Fused, HostKv, KvCache, Linear, cache_and_attend, host_glu};
 
-/// Sequences up to which a step runs on a team (the packed kernels' register-blocked width).
-pub(crate) const MAX_SEQS: usize = 4;
+/// Sequences up to which a step runs on a team (the packed kernels take up to 16 tokens
+/// register-blocked, four at a time).
+pub(crate) const MAX_SEQS: usize = 16;
 
 /// A layer's packed weights, when every linear is packed ternary with int8 activations.
 pub(crate) struct TeamLayer<'a> {

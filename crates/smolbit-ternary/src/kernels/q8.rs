@@ -120,13 +120,17 @@ impl Q8Matrix {
     /// tokens at once (each row's weights loaded once for all), elsewhere row by row.
     fn chunk(&self, isa: Isa, q: &QuantizedInput, tokens: usize, chunk: &mut RowChunk<'_>) {
         #[cfg(target_arch = "x86_64")]
-        if isa == Isa::Avx512Vnni && (1..=4).contains(&tokens) {
-            return match tokens {
-                1 => self.vnni_chunk::<1>(q, chunk),
-                2 => self.vnni_chunk::<2>(q, chunk),
-                3 => self.vnni_chunk::<3>(q, chunk),
-                _ => self.vnni_chunk::<4>(q, chunk),
-            };
+        if isa == Isa::Avx512Vnni {
+            // Four tokens at a time.
+            for t0 in (0..tokens).step_by(4) {
+                match tokens - t0 {
+                    1 => self.vnni_chunk::<1>(q, chunk, t0),
+                    2 => self.vnni_chunk::<2>(q, chunk, t0),
+                    3 => self.vnni_chunk::<3>(q, chunk, t0),
+                    _ => self.vnni_chunk::<4>(q, chunk, t0),
+                }
+            }
+            return;
         }
         let p = self.padded;
         for ri in 0..chunk.rows() {
@@ -143,20 +147,20 @@ impl Q8Matrix {
         }
     }
 
-    /// The `N` tokens of `q` against the rows of `chunk` on AVX-512 VNNI, four rows at a time
-    /// (a last one to three row by row): the same exact integer sums and f32 operations as
+    /// Tokens `t0..t0 + N` of `q` against the rows of `chunk` on AVX-512 VNNI, four rows at a
+    /// time (a last one to three row by row): the same exact integer sums and f32 operations as
     /// the portable path.
     #[cfg(target_arch = "x86_64")]
-    fn vnni_chunk<const N: usize>(&self, q: &QuantizedInput, chunk: &mut RowChunk<'_>) {
+    fn vnni_chunk<const N: usize>(&self, q: &QuantizedInput, chunk: &mut RowChunk<'_>, t0: usize) {
         let p = self.padded;
-        let xs: [&[i8]; N] = std::array::from_fn(|t| &q.values[t * p..][..p]);
+        let xs: [&[i8]; N] = std::array::from_fn(|t| &q.values[(t0 + t) * p..][..p]);
         // One group per token: its sum is the whole row's.
-        let xsums: [i32; N] = std::array::from_fn(|t| q.group_sums[t]);
-        let tscales: [f32; N] = std::array::from_fn(|t| q.scales[t]);
+        let xsums: [i32; N] = std::array::from_fn(|t| q.group_sums[t0 + t]);
+        let tscales: [f32; N] = std::array::from_fn(|t| q.scales[t0 + t]);
         let (first, n) = (chunk.first_row(), chunk.rows());
         let full = n / 4 * 4;
         {
-            let mut out = chunk.token_rows::<N>();
+            let mut out = chunk.token_rows::<N>(t0);
             // SAFETY: only called with Isa::Avx512Vnni, produced only when the CPU has it.
             unsafe {
                 x86::q8_rows_tokens_vnni::<N>(
@@ -172,11 +176,11 @@ impl Q8Matrix {
         for ri in full..n {
             let r = first + ri;
             let w = &self.data[r * p..][..p];
-            for (t, x) in xs.iter().enumerate() {
+            for (t, (x, s)) in xs.iter().zip(tscales).enumerate() {
                 chunk.set(
                     ri,
-                    t,
-                    dot_i8(Isa::Avx2, w, x) as f32 / (q.scales[t] * self.scales[r]),
+                    t0 + t,
+                    dot_i8(Isa::Avx2, w, x) as f32 / (s * self.scales[r]),
                 );
             }
         }
@@ -216,7 +220,7 @@ mod tests {
         for (rows, cols) in SHAPES.into_iter().chain([(9, 96)]) {
             let w = random_x(rows * cols, 11);
             let m = Q8Matrix::from_f32(&w, rows, cols);
-            for tokens in [1, 2, 3, 4, 5] {
+            for tokens in [1, 2, 3, 4, 5, 9] {
                 let x = random_x(tokens * cols, 12);
                 let want = m.matmul_with(Isa::Scalar, &x, tokens);
                 for isa in Isa::available() {

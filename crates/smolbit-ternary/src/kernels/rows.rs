@@ -115,17 +115,20 @@ impl RowChunk<'_> {
         }
     }
 
-    /// The chunk's outputs for tokens `0..N`, each its rows in order: disjoint slices (tokens'
-    /// rows do not overlap, and the rows are this chunk's alone). For the x86-64 kernels that
-    /// write whole sets of rows.
+    /// The chunk's outputs for tokens `t0..t0 + N`, each its rows in order: disjoint slices
+    /// (tokens' rows do not overlap, and the rows are this chunk's alone). For the x86-64
+    /// kernels that write whole sets of rows.
     #[cfg(target_arch = "x86_64")]
-    pub(super) fn token_rows<const N: usize>(&mut self) -> [&mut [f32]; N] {
-        assert!(N <= self.out.tokens);
-        // SAFETY: for t < tokens, `t * out.rows + at .. + rows` lies inside the
+    pub(super) fn token_rows<const N: usize>(&mut self, t0: usize) -> [&mut [f32]; N] {
+        assert!(t0 + N <= self.out.tokens);
+        // SAFETY: for t0 + t < tokens (asserted), `(t0 + t) * out.rows + at .. + rows` lies inside the
         // `tokens * rows` buffer (`at + rows <= out.rows`), the N ranges are disjoint, no other
         // chunk writes them, and the slices borrow `self` mutably, so `set` cannot alias them.
         std::array::from_fn(|t| unsafe {
-            std::slice::from_raw_parts_mut(self.out.ptr.add(t * self.out.rows + self.at), self.rows)
+            std::slice::from_raw_parts_mut(
+                self.out.ptr.add((t0 + t) * self.out.rows + self.at),
+                self.rows,
+            )
         })
     }
 

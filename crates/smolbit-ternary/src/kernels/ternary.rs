@@ -195,7 +195,7 @@ impl PackedTernary {
         let q = QuantizedInput::new(x, tokens, self.cols, self.padded, self.group);
         let groups = self.groups();
         let quarters = self.quarters();
-        if tokens <= DECODE_TOKENS {
+        if tokens <= DECODE_TOKENS || Decode::blocks(self, isa) {
             // Decode: one token, or a few decoded together (`smolbit serve`'s batches). Groups
             // of whole blocks (per-tensor, per-row, 128, 256, ...) go ROWS rows at a time (one
             // activation load and one horizontal sum serve them all); 32- and 64-column groups
@@ -281,9 +281,9 @@ impl PackedTernary {
             .min(4)
     }
 
-    /// All `N` tokens of `q` (its values in [`pair_activations`]' layout: `paired`) against the
-    /// whole [`ROWS`]-row sets of `chunk`, register-blocked (AVX-512 VNNI, groups of whole
-    /// blocks); returns the chunk row where the sets end.
+    /// Tokens `t0..t0 + N` of `q` (its values in [`pair_activations`]' layout: `paired`)
+    /// against rows `band` of `chunk` (whole [`ROWS`]-row sets), register-blocked (AVX-512
+    /// VNNI, groups of whole blocks).
     #[cfg(target_arch = "x86_64")]
     fn decode_rows_tokens<const N: usize>(
         &self,
@@ -291,20 +291,22 @@ impl PackedTernary {
         paired: &[i8],
         quarters: usize,
         chunk: &mut RowChunk<'_>,
-    ) -> usize {
-        let (groups, rb) = (self.groups(), self.padded / 4);
-        let xs: [&[i8]; N] = std::array::from_fn(|t| &paired[t * self.padded..][..self.padded]);
-        let sums: [&[i32]; N] = std::array::from_fn(|t| &q.group_sums[t * groups..][..groups]);
-        let (first, full) = (chunk.first_row(), chunk.rows() / ROWS * ROWS);
-        let mut out = chunk.token_rows::<N>();
+        (t0, band): (usize, std::ops::Range<usize>),
+    ) {
+        let (groups, rb, pad) = (self.groups(), self.padded / 4, self.padded);
+        let xs: [&[i8]; N] = std::array::from_fn(|t| &paired[(t0 + t) * pad..][..pad]);
+        let sums: [&[i32]; N] =
+            std::array::from_fn(|t| &q.group_sums[(t0 + t) * groups..][..groups]);
+        let (first, n) = (chunk.first_row() + band.start, band.len());
+        let mut out = chunk.token_rows::<N>(t0).map(|o| &mut o[band.clone()]);
         for k in 0..self.planes {
             let at = k * self.rows + first;
             // SAFETY: only called with Isa::Avx512Vnni, produced only when the CPU has it.
             unsafe {
                 x86::rows_tokens_dot_vnni::<N>(
-                    &self.codes[at * rb..][..full * rb],
-                    &self.scales[at * groups..][..full * groups],
-                    (full, rb, groups),
+                    &self.codes[at * rb..][..n * rb],
+                    &self.scales[at * groups..][..n * groups],
+                    (n, rb, groups),
                     xs,
                     sums,
                     (self.group, quarters),
@@ -314,13 +316,12 @@ impl PackedTernary {
             };
         }
         // Divided by the activation scale, as a multiply by its inverse (as `decode_chunk`).
-        for (o, &s) in out.iter_mut().zip(&q.scales) {
+        for (o, &s) in out.iter_mut().zip(&q.scales[t0..]) {
             let inv = 1.0 / s;
-            for v in &mut o[..full] {
+            for v in o.iter_mut() {
                 *v *= inv;
             }
         }
-        full
     }
 
     /// Token `t` of `q` against the rows of `chunk` from its row `from` on, on the one-token
@@ -465,9 +466,9 @@ impl PackedTernary {
         par_rows(self.rows, tokens, f)
     }
 }
-/// The decode path of [`PackedTernary::matmul_i8_with`] for `tokens` (up to
-/// [`DECODE_TOKENS`]) quantized tokens: whatever a chunk of rows needs, prepared once per
-/// product.
+/// The decode path of [`PackedTernary::matmul_i8_with`] for `tokens` quantized tokens (up to
+/// [`DECODE_TOKENS`], or any number on the register-blocked kernel): whatever a chunk of rows
+/// needs, prepared once per product.
 // The register-blocked fields are read on x86-64 only.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 struct Decode<'a> {
@@ -490,10 +491,7 @@ impl<'a> Decode<'a> {
         tokens: usize,
         quarters: usize,
     ) -> Self {
-        let blocked = cfg!(target_arch = "x86_64")
-            && (2..=DECODE_TOKENS).contains(&tokens)
-            && isa == Isa::Avx512Vnni
-            && m.group >= BLOCK;
+        let blocked = tokens > 1 && Decode::blocks(m, isa);
         #[cfg(target_arch = "x86_64")]
         let paired = if blocked {
             pair_activations(&q.values, m.padded, m.group / BLOCK)
@@ -513,19 +511,35 @@ impl<'a> Decode<'a> {
         }
     }
 
-    /// The rows of `chunk`: register-blocked where it applies, then (the rest, or everything)
-    /// the one-token kernels token by token.
+    /// Whether several tokens against `m` take the register-blocked kernel: AVX-512 VNNI, groups
+    /// of whole blocks.
+    fn blocks(m: &PackedTernary, isa: Isa) -> bool {
+        cfg!(target_arch = "x86_64") && isa == Isa::Avx512Vnni && m.group >= BLOCK
+    }
+
+    /// The rows of `chunk`: register-blocked where it applies (four tokens at a time), then
+    /// (the rest, or everything) the one-token kernels token by token.
     fn run(&self, chunk: &mut RowChunk<'_>) {
         #[allow(unused_mut)]
         let mut from = 0;
         #[cfg(target_arch = "x86_64")]
         if self.blocked {
             let (m, q, p, k) = (self.m, &self.q, &self.paired, self.quarters);
-            from = match self.tokens {
-                2 => m.decode_rows_tokens::<2>(q, p, k, chunk),
-                3 => m.decode_rows_tokens::<3>(q, p, k, chunk),
-                _ => m.decode_rows_tokens::<4>(q, p, k, chunk),
-            };
+            // Bands of BAND rows, each through every group of four tokens: a band's codes and
+            // a group's activations stay in L1 while the other goes past (as the tiles do).
+            from = chunk.rows() / ROWS * ROWS;
+            for b0 in (0..from).step_by(BAND) {
+                let band = b0..(b0 + BAND).min(from);
+                for t0 in (0..self.tokens).step_by(DECODE_TOKENS) {
+                    let at = (t0, band.clone());
+                    match self.tokens - t0 {
+                        1 => m.decode_rows_tokens::<1>(q, p, k, chunk, at),
+                        2 => m.decode_rows_tokens::<2>(q, p, k, chunk, at),
+                        3 => m.decode_rows_tokens::<3>(q, p, k, chunk, at),
+                        _ => m.decode_rows_tokens::<4>(q, p, k, chunk, at),
+                    }
+                }
+            }
         }
         for t in 0..self.tokens {
             self.m.decode_chunk(self.isa, &self.q, t, chunk, from);
@@ -600,8 +614,8 @@ fn rows_dot_one(
 /// the mask fill 13 of AVX2's 16 vector registers).
 const TILE: usize = 8;
 
-/// Tokens up to which int8 products run the one-token kernels token by token (decoding
-/// several sequences at once) rather than the multi-token tiles.
+/// Tokens up to which int8 products run the decode path (decoding several sequences at once)
+/// rather than the multi-token tiles; also the register-blocked kernel's width.
 const DECODE_TOKENS: usize = 4;
 
 /// The first `n` tokens of a tile (`xs`, `sums`) against one packed row. `quarters`: the
@@ -811,7 +825,7 @@ mod tests {
             for (j, gran) in grans.into_iter().enumerate() {
                 let m = random_matrix(rows, cols, 1 + (i + j) % 3, gran, (i * 10 + j) as u64);
                 let p = PackedTernary::from_matrix(&m).expect("packs");
-                for tokens in [1, 2, 3, 4, 8, 9, 17] {
+                for tokens in [1, 2, 3, 4, 6, 8, 9, 16, 17] {
                     let x = random_x(tokens * cols, 99 + i as u64);
                     let want = p.matmul_i8_with(Isa::Scalar, &x, tokens);
                     for isa in Isa::available() {
