@@ -749,7 +749,7 @@ impl Model {
     }
 
     /// [`Model::forward_last_batch`]'s decode step on a team of threads (`team`), where it
-    /// applies: one token per sequence, at most [`team::MAX_SEQS`] sequences, at least two
+    /// applies: one token per sequence, at most `team::max_seqs()` sequences, at least two
     /// threads in rayon's pool, every linear packed ternary with int8 activations and an 8-bit
     /// head. `None` elsewhere (the caller runs the general path).
     fn step_on_team(
@@ -793,7 +793,7 @@ impl Model {
         seqs: usize,
     ) -> Option<(Vec<team::TeamLayer<'_>>, &dyn QuantizedTable, usize)> {
         let n = rayon::current_num_threads().min(seqs);
-        if !self.host || n < 2 || seqs > team::MAX_SEQS {
+        if !self.host || n < 2 || seqs > team::max_seqs() {
             return None;
         }
         let head = match &self.head {

@@ -2,7 +2,7 @@
 //! packed ternary model, [`crate::Model::forward_last_batch`]).
 //!
 //! The general host path runs every product as its own parallel call on rayon's pool: about
-//! five per layer, each a fork and a join that wake the pool (3 to 8 µs apiece on two cores),
+//! five per layer, each a fork and a join that wake the pool (microseconds apiece),
 //! with the work between them (norms, activation quantization, the GLU, the residual adds) on
 //! one thread while the others wait. At four sequences of the 135M model that serial share was a
 //! quarter of the step (`--threads 1` against `--threads 2`). Here each of `n` threads runs the
@@ -22,9 +22,16 @@ use smolbit_ternary::kernels::{Isa, PackedTernary, QuantizedTable};
 
 use crate::layers::{Block, Fused, HostKv, KvCache, Linear, cache_and_attend, host_glu};
 
-/// Sequences up to which a step runs on a team (the packed kernels take up to 16 tokens
-/// register-blocked, four at a time).
-pub(crate) const MAX_SEQS: usize = 16;
+/// Sequences up to which a step runs on a team: 16 where the packed kernels take any number of
+/// tokens register-blocked (AVX-512 VNNI), else 4 (beyond, the general path's tiles are faster
+/// than the one-token kernels a team's share would run token by token).
+pub(crate) fn max_seqs() -> usize {
+    if Isa::detect() == Isa::Avx512Vnni {
+        16
+    } else {
+        4
+    }
+}
 
 /// A layer's packed weights, when every linear is packed ternary with int8 activations.
 pub(crate) struct TeamLayer<'a> {
@@ -95,10 +102,10 @@ impl Barrier {
     }
 }
 
-/// Where the members publish their parts: two sets of slots, used in alternate phases, so a
-/// member writing phase `k + 1`'s part never overwrites phase `k`'s while another still reads it
-/// (between the two lies phase `k + 1`'s barrier, which every reader of phase `k` has passed...
-/// after reading).
+/// Where the members publish their parts: two sets of slots, used in alternate phases. A member
+/// reads phase `k`'s parts right after phase `k`'s barrier and before it arrives at phase
+/// `k + 1`'s, so by the time anyone writes phase `k + 2`'s part into the same slot (after phase
+/// `k + 1`'s barrier) every reader of phase `k` is done.
 struct Board {
     barrier: Barrier,
     slots: [Vec<RwLock<Vec<f32>>>; 2],
@@ -226,6 +233,12 @@ fn member(
     mut mine: Vec<TeamSeq<'_>>,
 ) -> Vec<(usize, Vec<f32>)> {
     let isa = Isa::detect();
+    // Everyone checks in before any work. Member 0 runs on the calling thread with the others'
+    // jobs in its own rayon queue until idle workers take them; a rayon join in its work (the
+    // activation quantization splits from 8 tokens, attention from long contexts) could pop one
+    // of those jobs onto this thread, and that member would then wait at a barrier for this
+    // one forever. After this barrier every member is running, so no member job is left queued.
+    board.barrier.wait();
     let mut me = Member {
         board,
         i,

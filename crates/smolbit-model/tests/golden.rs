@@ -720,17 +720,27 @@ fn batched_decode_matches_one_sequence_at_a_time() {
         false,
     )
     .expect("quantize");
-    let prompts: [&[u32]; 3] = [&[1, 2, 3], &[5, 6, 7, 8, 9, 10, 11], &[4]];
-    for dir in [testdata("tiny-llama"), b158, q4] {
+    // Three sequences, and nine (four-token groups with one left over, and activation
+    // quantization that splits across threads from eight tokens).
+    let three: Vec<Vec<u32>> = vec![vec![1, 2, 3], vec![5, 6, 7, 8, 9, 10, 11], vec![4]];
+    let nine: Vec<Vec<u32>> = (0..9u32)
+        .map(|p| (0..1 + p % 5).map(|i| 1 + (p * 7 + i * 3) % 40).collect())
+        .collect();
+    for (dir, prompts) in [testdata("tiny-llama"), b158, q4]
+        .into_iter()
+        .flat_map(|d| [(d.clone(), &three), (d, &nine)])
+    {
         let m = Model::load(&dir, &dev).expect("load");
         // The packed model's one-token steps run on a team of threads, where rayon has two.
         if dir.ends_with("b158") && rayon::current_num_threads() >= 2 {
-            assert!(m.decodes_on_team(prompts.len()), "b158 takes the team");
+            assert!(m.decodes_on_team(3), "b158 takes the team");
         }
-        let steps = [[12u32, 13, 14], [20, 21, 22]];
+        let steps: Vec<Vec<u32>> = (0..2u32)
+            .map(|k| (0..prompts.len() as u32).map(|p| 12 + 8 * k + p).collect())
+            .collect();
         // Per sequence, its inputs in order: the prompt, then one token a step.
         let inputs = |p: usize| -> Vec<Vec<u32>> {
-            std::iter::once(prompts[p].to_vec())
+            std::iter::once(prompts[p].clone())
                 .chain(steps.iter().map(|s| vec![s[p]]))
                 .collect()
         };
@@ -769,8 +779,9 @@ fn batched_decode_matches_one_sequence_at_a_time() {
         // would show.
         assert!(alone[1] != alone[per + 1] && alone[per + 1] != alone[2 * per + 1]);
         eprintln!(
-            "{}: batched against alone, max |diff| {worst:e}",
-            dir.display()
+            "{} ({} sequences): batched against alone, max |diff| {worst:e}",
+            dir.display(),
+            prompts.len()
         );
         assert!(worst < 1e-4, "{}: max |diff| {worst}", dir.display());
     }
