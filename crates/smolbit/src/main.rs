@@ -235,7 +235,7 @@ struct ServeArgs {
     /// Port (0: any free port; the one chosen is printed).
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Requests generated at once, interleaved token by token.
+    /// Requests generated at once, decoded together as one batch (a token each per round).
     #[arg(long, default_value_t = 4)]
     parallel: usize,
     /// Requests that may wait for a slot; beyond that the server answers 503.
