@@ -50,7 +50,7 @@ pub struct ServeOptions {
     pub host: String,
     /// Port (0: any free port; the one chosen is printed).
     pub port: u16,
-    /// Sequences generated at once, interleaved token by token.
+    /// Sequences generated at once, decoded together as one batch (a token each per round).
     pub parallel: usize,
     /// Requests that may wait for a free slot before the server answers 503.
     pub queue: usize,
