@@ -299,12 +299,12 @@ fn member(
         let mut h = x.clone();
         blk.mlp_norm.apply_host(&mut h);
         let f = l.gate_up.rows / 2;
-        let mine_f = me.share(f);
-        let w = mine_f.len();
-        let gate = l.gate_up.matmul_i8_rows(isa, &h, b, mine_f.clone());
-        let up = l
+        let gate_rows = me.share(f);
+        let w = gate_rows.len();
+        let up_rows = f + gate_rows.start..f + gate_rows.end;
+        let [gate, up] = l
             .gate_up
-            .matmul_i8_rows(isa, &h, b, f + mine_f.start..f + mine_f.end);
+            .matmul_i8_row_sets(isa, &h, b, [gate_rows, up_rows]);
         let mut gu = Vec::with_capacity(b * 2 * w);
         for t in 0..b {
             gu.extend_from_slice(&gate[t * w..][..w]);

@@ -201,14 +201,14 @@ impl PackedTernary {
         let groups = self.groups();
         let quarters = self.quarters();
         if tokens <= DECODE_TOKENS || Decode::blocks(self, isa) {
-            // Decode: one token, or a few decoded together (`smolbit serve`'s batches). Groups
-            // of whole blocks (per-tensor, per-row, 128, 256, ...) go ROWS rows at a time (one
+            // Decode: one token, or a few decoded together (`smolbit serve`'s batches), and on
+            // the register-blocked kernel any number of tokens (prefill too). Groups of whole
+            // blocks (per-tensor, per-row, 128, 256, ...) go ROWS rows at a time (one
             // activation load and one horizontal sum serve them all); 32- and 64-column groups
-            // row by row. Several tokens on AVX-512 VNNI run register-blocked, ROWS rows by
-            // all tokens (each block of codes unpacked once for them all); elsewhere each chunk
-            // of rows runs the one-token kernel for every token in turn (its codes come from
-            // memory once and from cache after that). All give the scalar reference's results
-            // exactly.
+            // row by row. Several tokens on AVX-512 VNNI run register-blocked, ROWS rows by four
+            // tokens (each block of codes unpacked once for them); elsewhere each chunk of rows
+            // runs the one-token kernel for every token in turn (its codes come from memory once
+            // and from cache after that). All give the scalar reference's results exactly.
             let decode = Decode::new(self, isa, q, tokens, quarters);
             return par_row_chunks(self.rows, tokens, ROWS, |chunk| decode.run(chunk));
         }
@@ -259,11 +259,11 @@ impl PackedTernary {
         })
     }
 
-    /// Rows `rows` of [`PackedTernary::matmul_i8_with`] for a few tokens (up to 4, as in
-    /// decoding; more run token by token), computed on the calling thread:
+    /// Rows `rows` of [`PackedTernary::matmul_i8_with`], computed on the calling thread:
     /// `[tokens, rows.len()]`, the same bits as those rows of the whole product. For a team of
     /// threads that split one product's rows among themselves (each quantizes the activations
-    /// itself, which is cheap at a few tokens and needs no hand-over).
+    /// itself, which is cheap at a few tokens and needs no hand-over). The decode path's kernels
+    /// run: register-blocked on AVX-512 VNNI, elsewhere one token at a time (slow for many).
     pub fn matmul_i8_rows(
         &self,
         isa: Isa,
@@ -271,11 +271,27 @@ impl PackedTernary {
         tokens: usize,
         rows: std::ops::Range<usize>,
     ) -> Vec<f32> {
+        let [part] = self.matmul_i8_row_sets(isa, x, tokens, [rows]);
+        part
+    }
+
+    /// [`PackedTernary::matmul_i8_rows`] for several sets of rows of one input (the activations
+    /// quantized once): one `[tokens, set.len()]` result per set.
+    pub fn matmul_i8_row_sets<const S: usize>(
+        &self,
+        isa: Isa,
+        x: &[f32],
+        tokens: usize,
+        sets: [std::ops::Range<usize>; S],
+    ) -> [Vec<f32>; S] {
         assert_eq!(x.len(), tokens * self.cols, "x must be [tokens, cols]");
-        assert!(rows.end <= self.rows, "rows past the matrix");
+        assert!(
+            sets.iter().all(|r| r.end <= self.rows),
+            "rows past the matrix"
+        );
         let q = QuantizedInput::new(x, tokens, self.cols, self.padded, self.group);
         let decode = Decode::new(self, isa, q, tokens, self.quarters());
-        row_range(rows, tokens, |chunk| decode.run(chunk))
+        sets.map(|rows| row_range(rows, tokens, |chunk| decode.run(chunk)))
     }
 
     /// Quarters of the last block that hold real columns (0 to 4; the rest is padding).
@@ -565,8 +581,8 @@ pub(super) fn pair_activations(values: &[i8], padded: usize, per: usize) -> Vec<
         .chunks_exact(padded)
         .zip(out.chunks_exact_mut(padded))
     {
-        for g0 in (0..blocks).step_by(per.max(1)) {
-            let end = (g0 + per.max(1)).min(blocks);
+        for g0 in (0..blocks).step_by(per) {
+            let end = (g0 + per).min(blocks);
             let mut b = g0;
             while end - b >= 2 {
                 let (a, c) = (&src[b * BLOCK..][..BLOCK], &src[(b + 1) * BLOCK..][..BLOCK]);
