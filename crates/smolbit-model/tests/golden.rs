@@ -190,15 +190,7 @@ fn tiny_llama_b158_matches_transformers_bitlinear() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let f32_dir = tiny_llama_f32(tmp.path());
     let q = tmp.path().join("b158");
-    let qopts = smolbit_weights::quantize::QuantizeOptions {
-        scheme: "b158".parse().expect("scheme"),
-        packing: smolbit_ternary::pack::Packing::Base3,
-        calibration: None,
-        overwrite: false,
-        iters: 1,
-        quantize_embeddings: false,
-    };
-    smolbit_weights::quantize::quantize_model(&f32_dir, &q, &qopts).expect("quantize");
+    common::quantize(&f32_dir, &q, "b158", smolbit_ternary::pack::Packing::Base3);
     // transformers keeps the head in f32: so do we here (the packed kernels still run the
     // projections; the default 8-bit head is checked in packed_kernels_match_the_reference_path).
     let opts = smolbit_model::LoadOptions {
@@ -241,15 +233,7 @@ fn packed_kernels_match_the_reference_path() {
     for (scheme, n) in [("b158", 8), ("planes2:g32", 20), ("planes2:row:a8", 8)] {
         let tokens: Vec<u32> = (0..n).map(|i| (i * 7 + 1) % 50).collect();
         let q = tmp.path().join(scheme.replace(':', "-"));
-        let qopts = smolbit_weights::quantize::QuantizeOptions {
-            scheme: scheme.parse().expect("scheme"),
-            packing: smolbit_ternary::pack::Packing::TwoBit,
-            calibration: None,
-            overwrite: false,
-            iters: 2,
-            quantize_embeddings: false,
-        };
-        smolbit_weights::quantize::quantize_model(&f32_dir, &q, &qopts).expect("quantize");
+        common::quantize(&f32_dir, &q, scheme, smolbit_ternary::pack::Packing::TwoBit);
         let load = |reference_linears, head| {
             let opts = smolbit_model::LoadOptions {
                 reference_linears,
@@ -363,16 +347,12 @@ fn quantized_embeddings_load_and_run() {
 fn host_path_matches_burn_ops() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let b158 = tmp.path().join("b158");
-    let qopts = smolbit_weights::quantize::QuantizeOptions {
-        scheme: "b158".parse().expect("scheme"),
-        packing: smolbit_ternary::pack::Packing::TwoBit,
-        calibration: None,
-        overwrite: false,
-        iters: 2,
-        quantize_embeddings: false,
-    };
-    smolbit_weights::quantize::quantize_model(&tiny_llama_f32(tmp.path()), &b158, &qopts)
-        .expect("quantize");
+    common::quantize(
+        &tiny_llama_f32(tmp.path()),
+        &b158,
+        "b158",
+        smolbit_ternary::pack::Packing::TwoBit,
+    );
     let cpu = device("cpu").expect("cpu");
     // b158 on 8 tokens (see packed_kernels_match_the_reference_path on int8 rounding flips).
     for (dir, n) in [(testdata("tiny-smollm3"), 20), (b158, 8)] {
@@ -702,16 +682,12 @@ fn batched_decode_matches_one_sequence_at_a_time() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dev = device("cpu").expect("cpu");
     let b158 = tmp.path().join("b158");
-    let qopts = smolbit_weights::quantize::QuantizeOptions {
-        scheme: "b158".parse().expect("scheme"),
-        packing: smolbit_ternary::pack::Packing::TwoBit,
-        calibration: None,
-        overwrite: false,
-        iters: 2,
-        quantize_embeddings: false,
-    };
-    smolbit_weights::quantize::quantize_model(&testdata("tiny-llama"), &b158, &qopts)
-        .expect("quantize");
+    common::quantize(
+        &testdata("tiny-llama"),
+        &b158,
+        "b158",
+        smolbit_ternary::pack::Packing::TwoBit,
+    );
     let q4 = tmp.path().join("q4");
     smolbit_weights::blocked::quantize_blocked(
         &testdata("tiny-llama"),

@@ -171,15 +171,7 @@ fn b158_trits_equal_numpy_on_the_default_model() {
     let Some(r) = real() else { return };
     let tmp = tempfile::tempdir().expect("tempdir");
     let q = tmp.path().join("b158");
-    let opts = smolbit_weights::quantize::QuantizeOptions {
-        scheme: "b158".parse().expect("scheme"),
-        packing: smolbit_ternary::pack::Packing::TwoBit,
-        calibration: None,
-        overwrite: false,
-        iters: 1,
-        quantize_embeddings: false,
-    };
-    smolbit_weights::quantize::quantize_model(&r.dir, &q, &opts).expect("quantize");
+    common::quantize(&r.dir, &q, "b158", smolbit_ternary::pack::Packing::TwoBit);
     let md = smolbit_weights::ModelDir::open(&q).expect("open");
     let qc = md.quant.clone().expect("qc");
     let refs: serde_json::Value = serde_json::from_str(

@@ -226,15 +226,7 @@ fn ternary_checkpoints_on_wgpu() {
         ("planes2:g32", smolbit_ternary::pack::Packing::TwoBit),
     ] {
         let q = tmp.path().join(scheme.replace(':', "-"));
-        let qopts = smolbit_weights::quantize::QuantizeOptions {
-            scheme: scheme.parse().expect("scheme"),
-            packing,
-            calibration: None,
-            overwrite: false,
-            iters: 2,
-            quantize_embeddings: false,
-        };
-        smolbit_weights::quantize::quantize_model(&f32_dir, &q, &qopts).expect("quantize");
+        common::quantize(&f32_dir, &q, scheme, packing);
         let opts = LoadOptions {
             reference_linears: false,
             head: HeadPolicy::F32,
@@ -336,15 +328,12 @@ fn fused_decode_equals_burn_decode() {
         },
     )
     .expect("convert");
-    let qopts = smolbit_weights::quantize::QuantizeOptions {
-        scheme: "b158".parse().expect("scheme"),
-        packing: smolbit_ternary::pack::Packing::Base3,
-        calibration: None,
-        overwrite: false,
-        iters: 2,
-        quantize_embeddings: false,
-    };
-    smolbit_weights::quantize::quantize_model(&f32_dir, &b158, &qopts).expect("quantize");
+    common::quantize(
+        &f32_dir,
+        &b158,
+        "b158",
+        smolbit_ternary::pack::Packing::Base3,
+    );
     // (directory, golden logits, launches per layer by the design)
     let cases = [
         (

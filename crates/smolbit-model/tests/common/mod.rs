@@ -26,3 +26,17 @@ pub fn golden(file: &str) -> Golden {
         logits: serde_json::from_value(v["logits"].clone()).expect("logits"),
     }
 }
+
+/// Quantize the checkpoint in `src` into `out` by `scheme` as `smolbit quantize` does by default
+/// (no calibration, two least-squares iterations for planes schemes, embedding and head kept).
+pub fn quantize(src: &Path, out: &Path, scheme: &str, packing: smolbit_ternary::pack::Packing) {
+    let opts = smolbit_weights::quantize::QuantizeOptions {
+        scheme: scheme.parse().expect("scheme"),
+        packing,
+        calibration: None,
+        overwrite: false,
+        iters: 2,
+        quantize_embeddings: false,
+    };
+    smolbit_weights::quantize::quantize_model(src, out, &opts).expect("quantize");
+}
