@@ -466,38 +466,35 @@ impl Generator {
         seqs: &mut [&mut Sequence],
     ) -> Result<Vec<Option<String>>, GenerateError> {
         let mut out: Vec<Option<String>> = vec![None; seqs.len()];
-        let batch: Vec<usize> = (0..seqs.len())
-            .filter(|&i| self.wants_step(seqs[i]))
+        let mut stepping: Vec<(usize, &mut Sequence)> = seqs
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| self.wants_step(s).then_some((i, &mut **s)))
             .collect();
-        if let [i] = batch[..] {
-            out[i] = self.step(seqs[i])?;
-        } else if !batch.is_empty() {
+        if let [(i, seq)] = &mut stepping[..] {
+            out[*i] = self.step(seq)?;
+        } else if !stepping.is_empty() {
             let logits = {
-                let mut inputs: Vec<&[u32]> = Vec::with_capacity(batch.len());
-                let mut caches: Vec<&mut smolbit_model::KvCache> = Vec::with_capacity(batch.len());
-                for (i, s) in seqs.iter_mut().enumerate() {
-                    if batch.contains(&i) {
-                        let s = &mut **s;
-                        // The prompt on the first step, then the previous token.
-                        inputs.push(match s.tokens.last() {
-                            None => &s.history,
-                            Some(last) => std::slice::from_ref(last),
-                        });
-                        caches.push(&mut s.cache);
-                    }
-                }
+                // The prompt on the first step, then the previous token.
+                let (inputs, mut caches): (Vec<&[u32]>, Vec<&mut smolbit_model::KvCache>) =
+                    stepping
+                        .iter_mut()
+                        .map(|(_, s)| {
+                            let input: &[u32] = match s.tokens.last() {
+                                None => &s.history,
+                                Some(last) => std::slice::from_ref(last),
+                            };
+                            (input, &mut s.cache)
+                        })
+                        .unzip();
                 self.model.forward_last_batch(&inputs, &mut caches)?
             };
             // Each sequence's pick (the argmax or a draw over the vocabulary) and its text, the
             // sequences in parallel.
             use rayon::prelude::*;
-            let picked: Vec<(usize, Result<String, GenerateError>)> = seqs
-                .iter_mut()
-                .enumerate()
-                .filter(|(i, _)| batch.contains(i))
-                .zip(logits)
-                .collect::<Vec<_>>()
+            let picked: Vec<(usize, Result<String, GenerateError>)> = stepping
                 .into_par_iter()
+                .zip(logits)
                 .map(|((i, s), l)| (i, self.advance(s, l)))
                 .collect();
             for (i, r) in picked {

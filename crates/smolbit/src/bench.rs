@@ -68,7 +68,7 @@ pub fn bench(a: &BenchArgs) -> Result<()> {
         // Greedy: the argmax on the device where the fused GPU step runs.
         let mut next = vec![model.forward_argmax(&prompts[0], &mut caches[0])?];
         let first = t0.elapsed().as_secs_f64();
-        // The other sequences' prompts, one at a time as `smolbit serve` runs them (untimed).
+        // The other sequences' prompts, one at a time (untimed: only the decode steps count).
         for (p, c) in prompts.iter().zip(&mut caches).skip(1) {
             next.push(model.forward_argmax(p, c)?);
         }
