@@ -119,21 +119,23 @@ impl Q8Matrix {
     /// The tokens of `q` against the rows of `chunk`: on AVX-512 VNNI four rows by up to four
     /// tokens at once (each row's weights loaded once for all), elsewhere row by row.
     fn chunk(&self, isa: Isa, q: &QuantizedInput, tokens: usize, chunk: &mut RowChunk<'_>) {
+        #[allow(unused_mut)]
+        let mut from = 0;
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512Vnni {
             // Four tokens at a time.
             for t0 in (0..tokens).step_by(4) {
-                match tokens - t0 {
+                from = match tokens - t0 {
                     1 => self.vnni_chunk::<1>(q, chunk, t0),
                     2 => self.vnni_chunk::<2>(q, chunk, t0),
                     3 => self.vnni_chunk::<3>(q, chunk, t0),
                     _ => self.vnni_chunk::<4>(q, chunk, t0),
-                }
+                };
             }
-            return;
         }
+        // The rest (on AVX-512 VNNI, the last one to three rows), row by row.
         let p = self.padded;
-        for ri in 0..chunk.rows() {
+        for ri in from..chunk.rows() {
             let r = chunk.first_row() + ri;
             let w = &self.data[r * p..][..p];
             for t in 0..tokens {
@@ -147,11 +149,16 @@ impl Q8Matrix {
         }
     }
 
-    /// Tokens `t0..t0 + N` of `q` against the rows of `chunk` on AVX-512 VNNI, four rows at a
-    /// time (a last one to three row by row): the same exact integer sums and f32 operations as
-    /// the portable path.
+    /// Tokens `t0..t0 + N` of `q` against the whole four-row sets of `chunk` on AVX-512 VNNI: the
+    /// same exact integer sums and f32 operations as the portable path. Returns the chunk row
+    /// where the sets end.
     #[cfg(target_arch = "x86_64")]
-    fn vnni_chunk<const N: usize>(&self, q: &QuantizedInput, chunk: &mut RowChunk<'_>, t0: usize) {
+    fn vnni_chunk<const N: usize>(
+        &self,
+        q: &QuantizedInput,
+        chunk: &mut RowChunk<'_>,
+        t0: usize,
+    ) -> usize {
         let p = self.padded;
         let xs: [&[i8]; N] = std::array::from_fn(|t| &q.values[(t0 + t) * p..][..p]);
         // One group per token: its sum is the whole row's.
@@ -159,31 +166,19 @@ impl Q8Matrix {
         let tscales: [f32; N] = std::array::from_fn(|t| q.scales[t0 + t]);
         let (first, n) = (chunk.first_row(), chunk.rows());
         let full = n / 4 * 4;
-        {
-            let mut out = chunk.token_rows::<N>(t0);
-            // SAFETY: only called with Isa::Avx512Vnni, produced only when the CPU has it.
-            unsafe {
-                x86::q8_rows_tokens_vnni::<N>(
-                    &self.data[first * p..][..full * p],
-                    (full, p),
-                    &self.scales[first..][..full],
-                    xs,
-                    (xsums, tscales),
-                    &mut out,
-                )
-            };
-        }
-        for ri in full..n {
-            let r = first + ri;
-            let w = &self.data[r * p..][..p];
-            for (t, (x, s)) in xs.iter().zip(tscales).enumerate() {
-                chunk.set(
-                    ri,
-                    t0 + t,
-                    dot_i8(Isa::Avx2, w, x) as f32 / (s * self.scales[r]),
-                );
-            }
-        }
+        let mut out = chunk.token_rows::<N>(t0);
+        // SAFETY: only called with Isa::Avx512Vnni, produced only when the CPU has it.
+        unsafe {
+            x86::q8_rows_tokens_vnni::<N>(
+                &self.data[first * p..][..full * p],
+                (full, p),
+                &self.scales[first..][..full],
+                xs,
+                (xsums, tscales),
+                &mut out,
+            )
+        };
+        full
     }
 }
 
