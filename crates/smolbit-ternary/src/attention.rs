@@ -349,7 +349,8 @@ mod x86 {
         // before they are scored and values while the keys are (read after the softmax). The
         // cache of a layer comes from beyond the last-level cache in decoding (the weights
         // stream through in between), and its rows are strided, so the loads stalled on memory
-        // without this (`perf annotate`: two thirds of attention's samples on them). A prefetch never faults.
+        // without this (`perf annotate`: two thirds of attention's samples on them). A
+        // prefetch never faults.
         const AHEAD: usize = 8;
         let row_bytes = d * std::mem::size_of::<E>();
         let fetch = |base: *const E, row: usize| {
