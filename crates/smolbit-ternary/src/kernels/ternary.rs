@@ -18,10 +18,11 @@
 //! register-blocked kernel: four rows by up to four tokens, 512-bit, each pair of blocks' codes
 //! unpacked once for all four tokens, in bands of 16 rows through every group of four tokens
 //! (sequences decoded together, and prefill: at 128 tokens it beat the tiles by 1.4× on the
-//! 135M model and 1.6× on the 3B shape, `smolbit bench`). Elsewhere (AVX2, NEON, 32- and 64-column groups) a few tokens run the
-//! one-token kernels in turn and prefill runs tiles of eight tokens over bands of 16 rows, so
-//! each unpacked block of codes serves the tile and the tile's activations stay in L1 across
-//! the band. The NEON kernels share that structure (without the prefetch).
+//! 135M model and 1.6× on the 3B shape, `smolbit bench`). Elsewhere (AVX2, NEON, 32- and
+//! 64-column groups) a few tokens run the one-token kernels in turn and prefill runs tiles of
+//! eight tokens over bands of 16 rows, so each unpacked block of codes serves the tile and the
+//! tile's activations stay in L1 across the band. The NEON kernels share that structure
+//! (without the prefetch).
 
 use rayon::prelude::*;
 
